@@ -1,0 +1,90 @@
+"""The one PostgreSQL resource, and the translation of connection failures into clear errors.
+
+Everything that talks to PostgreSQL (assets, the IO manager, checks, sensors, the command line)
+opens its connections through :class:`PostgresResource` or :func:`connect`, so that every connection
+carries the same application name and timeouts, and every failure to connect says which database,
+which variable configures it, and what to try.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from etl_assets.errors import DatabaseUnreachable
+from etl_assets.settings import redact_dsn
+
+APPLICATION_NAME = "etl-assets"
+
+
+def _explain(exc: psycopg.OperationalError, role: str, env_var: str, dsn: str) -> DatabaseUnreachable:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = "check that the server is running and reachable"
+    lowered = text.lower()
+    if "password" in lowered or "authentication" in lowered:
+        hint = "check the user name and password in it"
+    elif "does not exist" in lowered and "database" in lowered:
+        hint = "create the database or correct the name in it"
+    return DatabaseUnreachable(
+        f"Cannot connect to the {role} database at {redact_dsn(dsn)}: {text}. "
+        f"The connection string comes from {env_var}; {hint}."
+    )
+
+
+@contextmanager
+def connect(
+    dsn: str,
+    *,
+    role: str = "PostgreSQL",
+    env_var: str = "the DSN",
+    autocommit: bool = False,
+    connect_timeout: int = 10,
+    application_name: str = APPLICATION_NAME,
+) -> Iterator[psycopg.Connection]:
+    """Open a psycopg connection; a failure to connect raises :class:`DatabaseUnreachable`.
+
+    With ``autocommit=False`` the caller groups work in ``with conn.transaction():`` blocks; leaving
+    the context commits what is pending on success and rolls back on an exception.
+    """
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+        )
+    except psycopg.OperationalError as exc:
+        raise _explain(exc, role, env_var, dsn) from None
+    with conn:
+        yield conn
+
+
+class PostgresResource(ConfigurableResource):
+    """A PostgreSQL database (source or warehouse). Configure ``dsn`` with ``dagster.EnvVar``.
+
+    The DSN is a secret: it is never logged or put into metadata; use :attr:`display_name` there.
+    """
+
+    dsn: str = Field(description="libpq connection string or URI; set it with EnvVar, never inline.")
+    role: str = Field(default="warehouse", description="What this database is, for error messages.")
+    env_var: str = Field(default="ETL_WAREHOUSE_DSN", description="Where the DSN comes from, for messages.")
+    connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
+
+    @property
+    def display_name(self) -> str:
+        return redact_dsn(self.dsn)
+
+    @contextmanager
+    def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+        with connect(
+            self.dsn,
+            role=self.role,
+            env_var=self.env_var,
+            autocommit=autocommit,
+            connect_timeout=self.connect_timeout,
+        ) as conn:
+            yield conn

@@ -1,0 +1,28 @@
+"""The Dagster Definitions of the project: ``dagster dev``, ``dagster asset materialize`` and
+``etl-assets`` all load this module.
+
+Each domain keeps its assets, checks, jobs, sensors and schedules in its own module exposing
+``build_defs() -> dagster.Definitions``; this module merges them and binds the shared resources in
+one place. Loading it resolves the database DSNs first (starting the embedded server for any that
+is unset), so that ``dagster.EnvVar`` finds them in every process.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from etl_assets.resources import build_resources
+from etl_assets.settings import ensure_environment
+
+
+def build_definitions() -> dg.Definitions:
+    """Merge every domain's definitions and bind the shared resources."""
+    from etl_assets import domains
+
+    parts = [module.build_defs() for module in domains.modules()]
+    merged = dg.Definitions.merge(*parts) if parts else dg.Definitions()
+    return dg.Definitions.merge(merged, dg.Definitions(resources=build_resources()))
+
+
+ensure_environment()
+defs = build_definitions()

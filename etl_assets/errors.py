@@ -1,0 +1,32 @@
+"""The project's error types.
+
+Every failure a user can cause or fix (configuration, unreachable databases, missing tables, bad rows)
+is raised as an :class:`EtlError` whose message names the thing and says what to do. The command line
+prints these without a traceback; Dagster shows them as the step's failure message.
+"""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """A failure with a message meant for the user: what went wrong, where, and what to do."""
+
+
+class ConfigError(EtlError):
+    """Invalid configuration: environment variables, the pipelines YAML, asset metadata."""
+
+
+class DatabaseUnreachable(EtlError):
+    """A PostgreSQL server could not be reached or refused the credentials."""
+
+
+class MissingObject(EtlError):
+    """A table, column or schema that the configuration names does not exist."""
+
+
+class SchemaMismatch(EtlError):
+    """A frame or source does not fit the target table and cannot be widened safely."""
+
+
+class ServerError(EtlError):
+    """The embedded PostgreSQL server could not be started, stopped or inspected."""

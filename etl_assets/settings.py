@@ -1,0 +1,160 @@
+"""Where everything lives: environment variables, the project home and the database DSNs.
+
+One place decides which PostgreSQL servers the project talks to. Each of ``ETL_SOURCE_DSN``,
+``ETL_WAREHOUSE_DSN`` and ``DAGSTER_PG_URL`` that is unset falls back to a database on the embedded
+server under ``ETL_HOME``; :func:`ensure_environment` resolves them once and exports them into
+``os.environ`` so that every child process (the webserver, the daemon, run workers, ``dagster``
+commands) inherits the same answer and Dagster resources can read them through ``dagster.EnvVar``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from etl_assets.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+SOURCE_DSN_VAR = "ETL_SOURCE_DSN"
+WAREHOUSE_DSN_VAR = "ETL_WAREHOUSE_DSN"
+DAGSTER_URL_VAR = "DAGSTER_PG_URL"
+HOME_VAR = "ETL_HOME"
+PIPELINES_VAR = "ETL_PIPELINES"
+
+# Environment variable -> database name on the embedded server.
+EMBEDDED_DATABASES: dict[str, str] = {
+    SOURCE_DSN_VAR: "source",
+    WAREHOUSE_DSN_VAR: "warehouse",
+    DAGSTER_URL_VAR: "dagster",
+}
+
+CONTROL_SCHEMA = "etl"
+
+
+def etl_home() -> Path:
+    """The folder holding the embedded server's data and the default Dagster home."""
+    raw = os.environ.get(HOME_VAR)
+    home = Path(raw).expanduser() if raw else PROJECT_ROOT / ".etl"
+    return home.resolve()
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password removed, safe for messages and logs."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable DSN>"
+    if parts.scheme and parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username or ""
+        netloc = f"{user}:***@{netloc}" if user else f"***@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if not parts.scheme and "password" in dsn:
+        return " ".join("password=***" if t.startswith("password=") else t for t in dsn.split())
+    return dsn
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The resolved connection strings of one process."""
+
+    source_dsn: str
+    warehouse_dsn: str
+    dagster_url: str
+    dagster_home: Path
+    embedded: tuple[str, ...]  # which of the variables point at the embedded server
+
+
+def dagster_home() -> Path:
+    """``DAGSTER_HOME`` when set, else ``$ETL_HOME/dagster``, holding a copy of the repo's dagster.yaml."""
+    raw = os.environ.get("DAGSTER_HOME")
+    if raw:
+        home = Path(raw).expanduser().resolve()
+    else:
+        home = etl_home() / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    shipped = PROJECT_ROOT / "dagster.yaml"
+    if not raw or not target.exists():
+        if not shipped.exists():
+            raise ConfigError(
+                f"dagster.yaml was not found at {shipped}; reinstall the project with `pip install -e .` "
+                "from its repository."
+            )
+        if not target.exists() or target.read_bytes() != shipped.read_bytes():
+            shutil.copyfile(shipped, target)
+    return home
+
+
+def ensure_environment(*, seed_demo: bool = True) -> Environment:
+    """Resolve every DSN, starting the embedded server for those that are unset, and export them.
+
+    Idempotent and cheap once the variables are set: a process that inherited them from the
+    command line does no work here.
+    """
+    from etl_assets import embedded  # local: importing pgserver is not free
+
+    missing = [var for var in EMBEDDED_DATABASES if not os.environ.get(var)]
+    if missing:
+        server = embedded.ensure_running()
+        for var in missing:
+            database = EMBEDDED_DATABASES[var]
+            embedded.ensure_database(server, database)
+            os.environ[var] = embedded.database_uri(server, database)
+        os.environ.setdefault("ETL_EMBEDDED", ",".join(missing))
+    home = dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    env = Environment(
+        source_dsn=os.environ[SOURCE_DSN_VAR],
+        warehouse_dsn=os.environ[WAREHOUSE_DSN_VAR],
+        dagster_url=os.environ[DAGSTER_URL_VAR],
+        dagster_home=home,
+        embedded=tuple(v for v in os.environ.get("ETL_EMBEDDED", "").split(",") if v),
+    )
+    if seed_demo and SOURCE_DSN_VAR in env.embedded:
+        from etl_assets.demo.seed import ensure_seeded
+
+        ensure_seeded(env.source_dsn)
+    return env
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server and credentials as ``dsn``, another database; URIs stay URIs."""
+    from urllib.parse import quote
+
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + quote(database), parts.query, parts.fragment))
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dsn, dbname=database)
+
+
+def as_url(dsn: str) -> str:
+    """A ``postgresql://`` URL for a libpq DSN (SQLAlchemy, hence dagster-postgres, wants URLs)."""
+    if "://" in dsn:
+        return dsn
+    from urllib.parse import quote, urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    database = quote(params.pop("dbname", ""), safe="")
+    host = params.pop("host", "")
+    port = params.pop("port", "")
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    if host.startswith("/"):
+        params["host"] = host
+        host = ""
+    netloc = f"{auth}{host}" + (f":{port}" if port and host else "")
+    if port and not host:
+        params["port"] = port
+    query = urlencode(params)
+    return f"postgresql://{netloc}/{database}" + (f"?{query}" if query else "")

@@ -1,0 +1,120 @@
+"""Shared fixtures: a real PostgreSQL server and per-session databases on it.
+
+By default the tests start (or reuse) an embedded server under ``.etl-test/`` in the repository,
+separate from the one ``etl-assets`` uses. With ``ETL_TEST_PG_DSN`` set (a role that may create
+databases), they use that server instead. Either way each pytest session (each xdist worker) creates
+its own databases with a random prefix and drops them at the end, so concurrent sessions never meet.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from etl_assets.settings import PROJECT_ROOT, as_url, with_database
+
+TEST_HOME = Path(os.environ.get("ETL_TEST_HOME", PROJECT_ROOT / ".etl-test")).resolve()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> str:
+    """A DSN of a role allowed to create databases on the server under test."""
+    external = os.environ.get("ETL_TEST_PG_DSN")
+    if external:
+        return external
+    from etl_assets import embedded
+
+    server = embedded.ensure_running(TEST_HOME)
+    return server.admin_uri
+
+
+def create_database(admin_dsn: str, name: str) -> str:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(admin_dsn, name)
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def pg_databases(pg_admin_dsn: str) -> Iterator[dict[str, str]]:
+    """Fresh ``source``, ``warehouse`` and ``dagster`` databases for this session: name -> DSN."""
+    prefix = f"t{secrets.token_hex(4)}"
+    names = {role: f"{prefix}_{role}" for role in ("source", "warehouse", "dagster")}
+    dsns = {role: create_database(pg_admin_dsn, name) for role, name in names.items()}
+    yield dsns
+    for name in names.values():
+        drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture(scope="session")
+def source_dsn(pg_databases: dict[str, str]) -> str:
+    return pg_databases["source"]
+
+
+@pytest.fixture(scope="session")
+def warehouse_dsn(pg_databases: dict[str, str]) -> str:
+    return pg_databases["warehouse"]
+
+
+@pytest.fixture(scope="session")
+def dagster_url(pg_databases: dict[str, str]) -> str:
+    return as_url(pg_databases["dagster"])
+
+
+@pytest.fixture
+def warehouse_conn(warehouse_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the session's warehouse database."""
+    with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def source_conn(source_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the session's source database."""
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def fresh_schema(warehouse_conn: psycopg.Connection) -> Iterator[str]:
+    """A new, empty schema in the warehouse, dropped after the test."""
+    name = f"s_{secrets.token_hex(4)}"
+    warehouse_conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    warehouse_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def etl_env(
+    pg_databases: dict[str, str], dagster_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Environment variables pointing the project at the session's databases, with its own DAGSTER_HOME.
+
+    Child processes (``etl-assets`` commands, ``dagster`` commands, run workers) inherit them.
+    """
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        "ETL_SOURCE_DSN": pg_databases["source"],
+        "ETL_WAREHOUSE_DSN": pg_databases["warehouse"],
+        "DAGSTER_PG_URL": dagster_url,
+        "DAGSTER_HOME": str(home),
+        "ETL_HOME": str(tmp_path / "etl_home"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ETL_EMBEDDED", raising=False)
+    monkeypatch.delenv("ETL_PIPELINES", raising=False)
+    return env

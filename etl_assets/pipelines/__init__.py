@@ -1,0 +1,1 @@
+"""Shipped table declarations (package data): ``demo.yaml`` declares the demo source."""

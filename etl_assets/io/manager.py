@@ -1,0 +1,173 @@
+"""The Dagster IO manager that stores pandas and polars frames in warehouse tables.
+
+One IO manager with one handler per frame type (the shared mapping in
+:mod:`etl_assets.io.typemap` makes the handlers thin). Each asset chooses how it is written through
+its definition metadata:
+
+* ``write_mode``: ``insert`` | ``upsert`` | ``truncate_insert`` (default) | ``swap``
+* ``primary_key``: list of columns (created as the primary key; required for ``upsert``)
+* ``order_by``: the column that decides which duplicate-key row wins in an upsert
+* ``partition_expr``: the column holding a partitioned asset's partition (time window or key)
+* ``target``: ``"schema.table"`` (default: from the asset key, see ``TableRef.for_asset_key``)
+
+An asset may return a :class:`~etl_assets.io.batch.LoadBatch` to run hooks (cursor, dead letters) in
+the write's transaction and add metadata. Returning ``None`` stores nothing. Loading returns pandas
+or polars according to the input parameter's annotation (pandas when unannotated); input metadata
+``columns`` selects columns; a partitioned input loads only its partitions' rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from etl_assets.db import PostgresResource
+from etl_assets.errors import ConfigError
+from etl_assets.io.batch import LoadBatch
+from etl_assets.io.reader import FrameKind, read_table
+from etl_assets.io.tables import TableRef
+from etl_assets.io.writer import WRITE_MODES, PartitionWindow, write_frame
+
+
+class _FrameHandler:
+    """How one frame type is recognised and loaded (the write path is shared)."""
+
+    kind: FrameKind
+
+    def handles(self, typ: Any) -> bool:
+        raise NotImplementedError
+
+
+class _PolarsHandler(_FrameHandler):
+    kind: FrameKind = "polars"
+
+    def handles(self, typ: Any) -> bool:
+        return typ in (pl.DataFrame, pl.LazyFrame) or getattr(typ, "__module__", "").startswith("polars")
+
+
+class _PandasHandler(_FrameHandler):
+    kind: FrameKind = "pandas"
+
+    def handles(self, typ: Any) -> bool:
+        return getattr(typ, "__module__", "").startswith("pandas")
+
+
+HANDLERS: tuple[_FrameHandler, ...] = (_PolarsHandler(), _PandasHandler())
+
+
+def _metadata_value(value: Any) -> Any:
+    return getattr(value, "value", value)  # dagster wraps some definition metadata values
+
+
+class PostgresIOManager(dg.ConfigurableIOManager):
+    """Stores asset outputs (pandas/polars frames) in warehouse tables and loads them back."""
+
+    warehouse: PostgresResource
+    default_write_mode: str = Field(
+        default="truncate_insert", description="Write mode for assets without write_mode metadata."
+    )
+    default_schema: str = Field(default="public", description="Schema for one-part asset keys.")
+
+    # -- configuration per asset -------------------------------------------------------------------
+
+    @staticmethod
+    def _definition_metadata(context: Any) -> Mapping[str, Any]:
+        meta = getattr(context, "definition_metadata", None) or {}
+        return {k: _metadata_value(v) for k, v in meta.items()}
+
+    def _target(self, asset_key: dg.AssetKey | None, meta: Mapping[str, Any]) -> TableRef:
+        if meta.get("target"):
+            return TableRef.parse(str(meta["target"]), default_schema=self.default_schema)
+        if asset_key is None:
+            raise ConfigError(
+                "The PostgreSQL IO manager stores assets only; give the output a 'target' metadata."
+            )
+        ref = TableRef.for_asset_key(asset_key)
+        if len(asset_key.path) == 1:
+            ref = TableRef(self.default_schema, ref.name)
+        return ref
+
+    @staticmethod
+    def _partition(context: Any, meta: Mapping[str, Any]) -> PartitionWindow | None:
+        if not context.has_asset_partitions:
+            return None
+        column = meta.get("partition_expr")
+        if not column:
+            raise ConfigError(
+                f"Asset {context.asset_key.to_user_string()} is partitioned but has no 'partition_expr' "
+                "metadata naming the column that holds its partition."
+            )
+        if isinstance(column, Mapping):
+            raise ConfigError(
+                "Multi-dimensional partitions are not supported by the PostgreSQL IO manager yet."
+            )
+        try:
+            window = context.asset_partitions_time_window
+        except Exception:  # not time-partitioned: static or dynamic partition keys
+            return PartitionWindow(str(column), values=tuple(context.asset_partition_keys))
+        return PartitionWindow(str(column), start=window.start, end=window.end)
+
+    # -- storing -----------------------------------------------------------------------------------
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        batch = obj if isinstance(obj, LoadBatch) else LoadBatch(obj)
+        meta = self._definition_metadata(context)
+        mode = str(meta.get("write_mode") or self.default_write_mode)
+        if mode not in WRITE_MODES:
+            raise ConfigError(
+                f"Asset {context.asset_key.to_user_string()} has write_mode {mode!r}; "
+                f"use one of {', '.join(WRITE_MODES)}."
+            )
+        primary_key = meta.get("primary_key") or ()
+        if isinstance(primary_key, str):
+            primary_key = (primary_key,)
+        target = self._target(context.asset_key if context.has_asset_key else None, meta)
+        partition = self._partition(context, meta)
+        with self.warehouse.connect() as conn:
+            result = write_frame(
+                conn,
+                batch.frame,
+                target,
+                mode,
+                primary_key=tuple(primary_key),
+                order_by=meta.get("order_by"),
+                partition=partition,
+                on_commit=batch.on_commit,
+                run_id=context.run_id,
+            )
+        context.add_output_metadata({**result.metadata(), **dict(batch.metadata)})
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        upstream = context.upstream_output
+        upstream_meta = self._definition_metadata(upstream) if upstream is not None else {}
+        input_meta = self._definition_metadata(context)
+        asset_key = context.asset_key if context.has_asset_key else None
+        target = self._target(asset_key, upstream_meta)
+        typ = getattr(context.dagster_type, "typing_type", None)
+        kind: FrameKind = "pandas"
+        for handler in HANDLERS:
+            if handler.handles(typ):
+                kind = handler.kind
+                break
+        partition = None
+        if context.has_asset_partitions and upstream_meta.get("partition_expr"):
+            column = str(upstream_meta["partition_expr"])
+            try:
+                window = context.asset_partitions_time_window
+                partition = PartitionWindow(column, start=window.start, end=window.end)
+            except Exception:
+                partition = PartitionWindow(column, values=tuple(context.asset_partition_keys))
+        columns = input_meta.get("columns")
+        with self.warehouse.connect() as conn:
+            frame = read_table(conn, target, columns=columns, partition=partition, kind=kind)
+        if typ is pl.LazyFrame:
+            return frame.lazy()
+        return frame

@@ -1,0 +1,449 @@
+"""THE type mapping between data frames (pandas, polars, Arrow) and PostgreSQL, used by everyone.
+
+Frames are normalised to polars first (pandas through :func:`to_polars`), so pandas and polars share
+one mapping. Three directions live here:
+
+* frame column -> PostgreSQL type (:func:`pg_type_for`), used to create and evolve tables;
+* frame column -> the text PostgreSQL's CSV ``COPY`` reads (:func:`copy_expression`): vectorised
+  polars expressions, no per-row Python on the bulk path;
+* PostgreSQL type -> polars dtype (:func:`polars_dtype_for`), used when loading tables back.
+
+Schema evolution rules (:func:`reconcile`) also live here, because "is this a safe widening" is a
+property of the mapping: integer -> bigint, integer -> numeric, real -> double precision,
+varchar(n) -> longer varchar/text and numeric(p,s) -> wider numeric are applied; anything else fails
+with a message naming the column and both types.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import polars as pl
+
+from etl_assets.errors import ConfigError, SchemaMismatch
+
+# Canonical base names (what format_type() prints, shortened where it is long).
+_FORMAT_ALIASES = {
+    "character varying": "varchar",
+    "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz",
+    "time without time zone": "time",
+    "time with time zone": "timetz",
+    "character": "char",
+    "bit varying": "varbit",
+}
+_SQL_NAMES = {
+    "varchar": "character varying",
+    "timestamp": "timestamp without time zone",
+    "timestamptz": "timestamp with time zone",
+    "time": "time without time zone",
+    "timetz": "time with time zone",
+    "char": "character",
+}
+_INT_RANK = {"smallint": 1, "integer": 2, "bigint": 3}
+_INT_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
+
+
+@dataclass(frozen=True)
+class PgType:
+    """A PostgreSQL column type: base name, optional modifiers, array dimensions."""
+
+    base: str
+    precision: int | None = None  # numeric precision, varchar length, timestamp precision
+    scale: int | None = None
+    dims: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> PgType:
+        """Parse ``format_type()`` output such as ``numeric(12,2)[]`` or ``character varying(20)``."""
+        t = text.strip()
+        dims = 0
+        while t.endswith("[]"):
+            dims += 1
+            t = t[:-2]
+        precision = scale = None
+        m = re.fullmatch(r"(.*?)\((\d+)(?:,(\d+))?\)(.*)", t)
+        if m:
+            t = (m.group(1) + m.group(4)).strip()
+            precision = int(m.group(2))
+            scale = int(m.group(3)) if m.group(3) is not None else None
+            if t == "numeric" and scale is None:
+                scale = 0
+        base = _FORMAT_ALIASES.get(t, t)
+        return cls(base, precision, scale, dims)
+
+    @property
+    def element(self) -> PgType:
+        return replace(self, dims=0)
+
+    def sql(self) -> str:
+        """The type as DDL text (built only from catalog names and integers, never user input)."""
+        name = _SQL_NAMES.get(self.base, self.base)
+        if self.precision is not None:
+            mods = f"({self.precision})" if self.scale is None else f"({self.precision},{self.scale})"
+            if self.base in ("timestamp", "timestamptz", "time", "timetz"):
+                head, _, tail = name.partition(" ")
+                name = f"{head}{mods} {tail}".strip()
+            else:
+                name = f"{name}{mods}"
+        return name + "[]" * self.dims
+
+    def __str__(self) -> str:
+        return self.sql()
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames -> polars (the one normalisation step), with hints for types polars has no dtype for.
+# --------------------------------------------------------------------------------------------------
+
+
+def is_pandas(frame: Any) -> bool:
+    return type(frame).__module__.startswith("pandas") and type(frame).__name__ == "DataFrame"
+
+
+def is_polars(frame: Any) -> bool:
+    return isinstance(frame, pl.DataFrame)
+
+
+def _first_value(series: Any) -> Any:
+    idx = series.first_valid_index()
+    return None if idx is None else series.loc[idx]
+
+
+def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
+    """Return ``frame`` as polars plus PostgreSQL type hints for columns polars cannot express.
+
+    pandas ``object`` columns holding ``uuid.UUID`` become text hinted ``uuid``; columns holding
+    dicts (or lists of dicts) become JSON text hinted ``jsonb``. Everything else goes through
+    Arrow (``pl.from_pandas``), which is columnar and keeps NULL distinct from ''.
+    """
+    hints: dict[str, PgType] = {}
+    if isinstance(frame, pl.LazyFrame):
+        frame = frame.collect()
+    if is_polars(frame):
+        for name, dtype in frame.schema.items():
+            if isinstance(dtype, pl.Object):
+                raise SchemaMismatch(
+                    f"Column {name!r} has the polars Object dtype, which has no PostgreSQL type; "
+                    "cast it to a concrete dtype first."
+                )
+        return frame, hints
+    if not is_pandas(frame):
+        raise ConfigError(
+            f"Cannot store a {type(frame).__module__}.{type(frame).__name__}: return a pandas or polars "
+            "DataFrame (or a LoadBatch wrapping one)."
+        )
+    import pandas as pd
+
+    if not all(isinstance(c, str) for c in frame.columns):
+        raise ConfigError("Every column name of a stored frame must be a string; rename the others.")
+    if frame.columns.duplicated().any():
+        dupes = sorted(set(frame.columns[frame.columns.duplicated()]))
+        raise ConfigError(f"Duplicate column names {dupes} in the frame; rename them.")
+    converted: dict[str, Any] = {}
+    for name in frame.columns:
+        col = frame[name]
+        if col.dtype != object:
+            continue
+        value = _first_value(col)
+        if isinstance(value, uuid.UUID):
+            converted[name] = col.map(
+                lambda v: None if v is None or v is pd.NA else str(v), na_action="ignore"
+            )
+            hints[name] = PgType("uuid")
+        elif isinstance(value, dict) or (
+            isinstance(value, list | tuple)
+            and any(isinstance(v, dict | list) for v in value)
+            and _has_dict(value)
+        ):
+            converted[name] = col.map(json.dumps, na_action="ignore")
+            hints[name] = PgType("jsonb")
+    if converted:
+        frame = frame.assign(**converted)
+    try:
+        out = pl.from_pandas(frame, include_index=False)
+    except Exception as exc:  # pyarrow conversion errors name the column in their text
+        raise SchemaMismatch(f"Cannot convert the pandas frame for PostgreSQL: {exc}") from exc
+    for name in converted:
+        out = out.with_columns(pl.col(name).cast(pl.String))
+    return out, hints
+
+
+def _has_dict(value: Any) -> bool:
+    if isinstance(value, dict):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_has_dict(v) for v in value)
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# polars dtype -> PostgreSQL type
+# --------------------------------------------------------------------------------------------------
+
+
+def pg_type_for(name: str, dtype: pl.DataType, hint: PgType | None = None) -> PgType:
+    """The PostgreSQL type a new column for ``dtype`` gets."""
+    if hint is not None:
+        return hint
+    if isinstance(dtype, pl.Int8 | pl.Int16 | pl.UInt8):
+        return PgType("smallint")
+    if isinstance(dtype, pl.Int32 | pl.UInt16):
+        return PgType("integer")
+    if isinstance(dtype, pl.Int64 | pl.UInt32):
+        return PgType("bigint")
+    if isinstance(dtype, pl.UInt64):
+        return PgType("numeric", 20, 0)
+    if isinstance(dtype, pl.Int128):
+        return PgType("numeric", 39, 0)
+    if isinstance(dtype, pl.Float32):
+        return PgType("real")
+    if isinstance(dtype, pl.Float64):
+        return PgType("double precision")
+    if isinstance(dtype, pl.Decimal):
+        return PgType("numeric", dtype.precision, dtype.scale or 0)
+    if isinstance(dtype, pl.String | pl.Categorical | pl.Enum | pl.Null):
+        return PgType("text")
+    if isinstance(dtype, pl.Boolean):
+        return PgType("boolean")
+    if isinstance(dtype, pl.Date):
+        return PgType("date")
+    if isinstance(dtype, pl.Time):
+        return PgType("time")
+    if isinstance(dtype, pl.Datetime):
+        return PgType("timestamptz" if dtype.time_zone else "timestamp")
+    if isinstance(dtype, pl.Duration):
+        return PgType("interval")
+    if isinstance(dtype, pl.Binary):
+        return PgType("bytea")
+    if isinstance(dtype, pl.Struct):
+        return PgType("jsonb")
+    if isinstance(dtype, pl.List | pl.Array):
+        inner = dtype.inner
+        if isinstance(inner, pl.Struct) or _nested_struct(inner):
+            return PgType("jsonb")
+        element = pg_type_for(name, inner)
+        return replace(element, dims=element.dims + 1)
+    raise SchemaMismatch(
+        f"Column {name!r} has dtype {dtype}, which has no PostgreSQL mapping; cast it first."
+    )
+
+
+def _nested_struct(dtype: pl.DataType) -> bool:
+    while isinstance(dtype, pl.List | pl.Array):
+        dtype = dtype.inner
+    return isinstance(dtype, pl.Struct)
+
+
+# --------------------------------------------------------------------------------------------------
+# polars column -> CSV text PostgreSQL's COPY reads (vectorised expressions)
+# --------------------------------------------------------------------------------------------------
+
+
+def _array_element(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Render one array element for a PostgreSQL array literal (strings quoted and escaped)."""
+    if isinstance(dtype, pl.List | pl.Array):
+        return _array_literal(expr, dtype)
+    if isinstance(dtype, pl.Binary):
+        text = pl.concat_str([pl.lit("\\x"), expr.bin.encode("hex")])
+    elif isinstance(dtype, pl.Duration):
+        text = pl.concat_str([expr.dt.total_microseconds().cast(pl.String), pl.lit(" microseconds")])
+    elif isinstance(dtype, pl.Datetime) and dtype.time_zone:
+        text = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(pl.String) + pl.lit("+00")
+    else:
+        text = expr.cast(pl.String)
+    quoted = pl.concat_str(
+        [
+            pl.lit('"'),
+            text.str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True),
+            pl.lit('"'),
+        ]
+    )
+    return quoted.fill_null(pl.lit("NULL"))
+
+
+def _array_literal(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.Array):
+        expr = expr.arr.to_list()
+    inner = dtype.inner
+    body = expr.list.eval(_array_element(pl.element(), inner)).list.join(",")
+    return pl.concat_str([pl.lit("{"), body, pl.lit("}")])
+
+
+def _json_of_list(col: pl.Expr) -> pl.Expr:
+    """JSON text of a list column: encode ``{"v": list}`` and cut the wrapper off (vectorised)."""
+    encoded = pl.struct(col.alias("v")).struct.json_encode().str.slice(5).str.head(-1)
+    return pl.when(col.is_null()).then(None).otherwise(encoded)
+
+
+def copy_expression(name: str, dtype: pl.DataType, target: PgType | None = None) -> pl.Expr:
+    """An expression turning column ``name`` into what CSV COPY parses for its PostgreSQL type.
+
+    Types CSV writes natively (numbers, text, booleans, dates, times, timestamps) pass through;
+    bytes become ``\\x`` hex, durations microsecond intervals, structs JSON, lists array literals.
+    NaN and infinity are written as ``NaN``/``inf``, which PostgreSQL reads for real and double.
+    """
+    col = pl.col(name)
+    if isinstance(dtype, pl.List | pl.Array) and (
+        _nested_struct(dtype) or (target is not None and target.base in ("json", "jsonb"))
+    ):
+        return _json_of_list(col).alias(name)
+    if isinstance(dtype, pl.Binary):
+        return pl.concat_str([pl.lit("\\x"), col.bin.encode("hex")]).alias(name)
+    if isinstance(dtype, pl.Duration):
+        return pl.concat_str([col.dt.total_microseconds().cast(pl.String), pl.lit(" microseconds")]).alias(
+            name
+        )
+    if isinstance(dtype, pl.Struct):
+        return col.struct.json_encode().alias(name)
+    if isinstance(dtype, pl.List | pl.Array):
+        return _array_literal(col, dtype).alias(name)
+    if isinstance(dtype, pl.Categorical | pl.Enum):
+        return col.cast(pl.String).alias(name)
+    return col
+
+
+def copy_ready(frame: pl.DataFrame, targets: dict[str, PgType] | None = None) -> pl.DataFrame:
+    """``frame`` with every column rendered by :func:`copy_expression` (only columns that need it)."""
+    targets = targets or {}
+    exprs = []
+    for name, dtype in frame.schema.items():
+        exprs.append(copy_expression(name, dtype, targets.get(name)))
+    return frame.select(exprs)
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL type -> polars dtype (loading)
+# --------------------------------------------------------------------------------------------------
+
+
+def polars_dtype_for(pg: PgType) -> pl.DataType:
+    """The polars dtype a PostgreSQL column loads as (uuid and json come back as text)."""
+    if pg.dims:
+        inner = polars_dtype_for(pg.element)
+        for _ in range(pg.dims):
+            inner = pl.List(inner)
+        return inner
+    base = pg.base
+    if base == "smallint":
+        return pl.Int16()
+    if base == "integer":
+        return pl.Int32()
+    if base == "bigint":
+        return pl.Int64()
+    if base == "real":
+        return pl.Float32()
+    if base == "double precision":
+        return pl.Float64()
+    if base == "numeric":
+        if pg.precision is None:
+            return pl.Decimal(38, 9)
+        return pl.Decimal(pg.precision, pg.scale or 0)
+    if base == "boolean":
+        return pl.Boolean()
+    if base == "date":
+        return pl.Date()
+    if base in ("time", "timetz"):
+        return pl.Time()
+    if base == "timestamp":
+        return pl.Datetime("us")
+    if base == "timestamptz":
+        return pl.Datetime("us", "UTC")
+    if base == "interval":
+        return pl.Duration("us")
+    if base == "bytea":
+        return pl.Binary()
+    return pl.String()
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema evolution
+# --------------------------------------------------------------------------------------------------
+
+
+def _numeric_of(pg: PgType) -> tuple[int, int] | None:
+    """(integer digits, scale) a type needs as numeric, None when unconstrained."""
+    if pg.base in _INT_DIGITS:
+        return _INT_DIGITS[pg.base], 0
+    if pg.base == "numeric":
+        if pg.precision is None:
+            return None
+        return pg.precision - (pg.scale or 0), pg.scale or 0
+    raise ValueError(pg)
+
+
+def reconcile(
+    column: str, table: str, existing: PgType, incoming: PgType, frame_dtype: pl.DataType | None = None
+) -> PgType | None:
+    """Decide how an existing column takes incoming data: None (fits), a wider type, or an error."""
+    if isinstance(frame_dtype, pl.String | pl.Null) or (frame_dtype is None and incoming.base == "text"):
+        # Text goes into any column type; PostgreSQL parses it (uuid, json, dates read back as text).
+        if existing.base == "varchar" and existing.precision is not None and incoming.base == "text":
+            return PgType("text", dims=existing.dims) if existing.dims == incoming.dims else None
+        return None
+    if isinstance(frame_dtype, pl.Null):
+        return None
+    if existing == incoming:
+        return None
+    if existing.dims != incoming.dims:
+        raise _mismatch(column, table, existing, incoming)
+    e, i = existing.element, incoming.element
+    wider = _reconcile_scalar(e, i)
+    if wider is _FITS:
+        return None
+    if wider is None:
+        raise _mismatch(column, table, existing, incoming)
+    return replace(wider, dims=existing.dims)
+
+
+_FITS = PgType("__fits__")
+
+
+def _reconcile_scalar(e: PgType, i: PgType) -> PgType | None:
+    if e == i:
+        return _FITS
+    if e.base in _INT_RANK and i.base in _INT_RANK:
+        return _FITS if _INT_RANK[i.base] <= _INT_RANK[e.base] else PgType(i.base)
+    if e.base == "numeric" and (i.base in _INT_RANK or i.base == "numeric"):
+        en, inc = _numeric_of(e), _numeric_of(i)
+        if en is None:
+            return _FITS
+        if inc is None:
+            return PgType("numeric")
+        digits, scale = max(en[0], inc[0]), max(en[1], inc[1])
+        if (digits, scale) == en:
+            return _FITS
+        return PgType("numeric", min(digits + scale, 1000), scale)
+    if e.base in _INT_RANK and i.base == "numeric":
+        inc = _numeric_of(i)
+        if inc is None:
+            return PgType("numeric")
+        digits, scale = max(_INT_DIGITS[e.base], inc[0]), inc[1]
+        return PgType("numeric", digits + scale, scale)
+    if e.base == "double precision" and (i.base in ("real", "smallint", "integer")):
+        return _FITS
+    if e.base == "real" and i.base == "double precision":
+        return PgType("double precision")
+    if e.base == "real" and i.base == "smallint":
+        return _FITS
+    if e.base in ("varchar", "char") and i.base in ("text", "varchar"):
+        return PgType("text")
+    if e.base == "text" and i.base in ("varchar", "char"):
+        return _FITS
+    if e.base in ("timestamp", "timestamptz", "time", "timetz") and e.base == i.base:
+        return _FITS  # precision differences: PostgreSQL rounds
+    if e.base == "jsonb" and i.base in ("json",):
+        return _FITS
+    return None
+
+
+def _mismatch(column: str, table: str, existing: PgType, incoming: PgType) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"Column {column!r} of {table} is {existing.sql()} but the frame has {incoming.sql()}, which is not "
+        "a safe widening (safe: integer->bigint/numeric, real->double precision, varchar->text, "
+        "numeric->wider numeric). Cast the column in the asset, or migrate the table yourself."
+    )

@@ -1,0 +1,132 @@
+"""Upsert: staging table, deduplication by key, ``INSERT ... ON CONFLICT DO UPDATE`` with counts.
+
+Why this shape:
+
+* The frame is COPYed into a temporary staging table (``ON COMMIT DROP``; gone on rollback too)
+  whose name is unique per run and partition, so concurrent runs never share staging rows.
+* ``ON CONFLICT`` cannot touch one row twice in a statement, so staging rows are deduplicated by key
+  first: the last row wins, ordered by the asset's ``order_by`` column (NULLs lose) and then by
+  position in the frame (an identity column filled in COPY order).
+* ``DO UPDATE ... WHERE (target row) IS DISTINCT FROM (new row)`` leaves unchanged rows untouched
+  (no dead tuples, no trigger firing); ``RETURNING (xmax = 0)`` tells inserts from updates on every
+  supported PostgreSQL version (``MERGE ... RETURNING`` needs 17).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from etl_assets.errors import SchemaMismatch
+from etl_assets.io import catalog
+from etl_assets.io.bulk import copy_frame
+from etl_assets.io.tables import TableRef
+from etl_assets.io.typemap import PgType
+
+ORDINAL = "__etl_ordinal"
+
+
+def staging_name(target: TableRef, run_id: str | None, partition_label: str | None) -> str:
+    """A temporary table name unique per target, run and partition (plus randomness per call)."""
+    digest = hashlib.sha1(f"{target}|{run_id}|{partition_label}".encode()).hexdigest()[:12]
+    return f"etl_stage_{digest}_{secrets.token_hex(3)}"
+
+
+def create_staging(
+    conn: psycopg.Connection,
+    name: str,
+    types: Mapping[str, PgType],
+    columns: Sequence[str],
+    with_ordinal: bool = True,
+) -> sql.Identifier:
+    parts = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c].sql())) for c in columns]
+    if with_ordinal:
+        parts.append(sql.SQL("{} bigint GENERATED ALWAYS AS IDENTITY").format(sql.Identifier(ORDINAL)))
+    ident = sql.Identifier(name)
+    conn.execute(
+        sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(ident, sql.SQL(", ").join(parts))
+    )
+    return ident
+
+
+def require_unique_index(conn: psycopg.Connection, target: TableRef, keys: Sequence[str]) -> str:
+    name = catalog.unique_index_on(conn, target, keys)
+    if name is None:
+        cols = ", ".join(keys)
+        raise SchemaMismatch(
+            f"Upsert into {target} needs a unique index on ({cols}), and the table has none: the missing "
+            f"index is UNIQUE ({cols}) ON {target}. Create it (CREATE UNIQUE INDEX ... ON {target} ({cols})) "
+            "or add a primary key on those columns."
+        )
+    return name
+
+
+def upsert_frame(
+    conn: psycopg.Connection,
+    frame: pl.DataFrame,
+    target: TableRef,
+    keys: Sequence[str],
+    order_by: str | None,
+    types: Mapping[str, PgType],
+    *,
+    run_id: str | None = None,
+    partition: object | None = None,
+) -> tuple[int, int, int, int]:
+    """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped)."""
+    require_unique_index(conn, target, keys)
+    columns = list(frame.columns)
+    label = getattr(partition, "label", None)
+    name = staging_name(target, run_id, label)
+    stage = create_staging(conn, name, types, columns)
+    # Temporary tables live in the session's own pg_temp schema, which that name addresses.
+    copy_frame(conn, frame, TableRef("pg_temp", name), targets=types)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    key_cols = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
+    order = [sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(order_by))] if order_by else []
+    order.append(sql.SQL("{} DESC").format(sql.Identifier(ORDINAL)))
+    non_keys = [c for c in columns if c not in keys]
+    if non_keys:
+        sets = sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in non_keys
+        )
+        old_row = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in non_keys)
+        new_row = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_keys)
+        action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(
+            sets, old_row, new_row
+        )
+    else:
+        action = sql.SQL("DO NOTHING")
+    stmt = sql.SQL(
+        """
+        WITH src AS MATERIALIZED (
+            SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, {order}
+        ), ins AS (
+            INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM src
+            ON CONFLICT ({keys}) {action}
+            RETURNING (t.xmax = 0) AS inserted
+        )
+        SELECT (SELECT count(*) FROM src),
+               count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
+        FROM ins
+        """
+    ).format(
+        keys=key_cols,
+        cols=cols,
+        stage=stage,
+        order=sql.SQL(", ").join(order),
+        target=target.ident,
+        action=action,
+    )
+    try:
+        distinct, inserted, updated = conn.execute(stmt).fetchone()
+    except psycopg.errors.DataError as exc:
+        from etl_assets.io.bulk import copy_error
+
+        raise copy_error(exc, target) from exc
+    conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+    return inserted, updated, distinct - inserted - updated, frame.height - distinct

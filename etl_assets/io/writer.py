@@ -1,0 +1,397 @@
+"""Writing a frame into a warehouse table: one transaction, one lock per target, every write mode.
+
+:func:`write_frame` is the entry point the IO manager and streaming callers use. Whatever the mode,
+the write runs in ONE transaction on the caller's connection (a savepoint when the caller already
+opened one), takes a transaction-scoped advisory lock per target so two writers of one table never
+interleave, and calls the ``on_commit`` hooks inside that transaction after the data, so cursors,
+checkpoints and dead letters commit atomically with it. A failure part-way rolls everything back:
+the target is exactly as it was, and staging tables (temporary, ``ON COMMIT DROP``) vanish with it.
+
+Modes:
+
+* ``insert``: COPY into the target (append).
+* ``truncate_insert``: ``TRUNCATE`` then COPY in one transaction. Readers never see an empty table;
+  they wait on TRUNCATE's ACCESS EXCLUSIVE lock until the commit.
+* ``upsert``: see :mod:`etl_assets.io.upsert`.
+* ``swap``: see :mod:`etl_assets.io.swap`.
+* with ``partition``: delete exactly the partition's window and COPY its rows (insert and
+  truncate_insert), or upsert within it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+import dagster as dg
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from etl_assets.errors import ConfigError, SchemaMismatch
+from etl_assets.io import catalog
+from etl_assets.io.batch import CommitHook
+from etl_assets.io.bulk import copy_frame
+from etl_assets.io.tables import TableRef, lock_key
+from etl_assets.io.typemap import PgType, pg_type_for, reconcile, to_polars
+
+WriteMode = Literal["insert", "upsert", "truncate_insert", "swap"]
+WRITE_MODES: tuple[str, ...] = ("insert", "upsert", "truncate_insert", "swap")
+
+
+@dataclass(frozen=True)
+class PartitionWindow:
+    """The rows of one partition: ``column`` in ``[start, end)``, or ``column`` in ``values``."""
+
+    column: str
+    start: Any = None
+    end: Any = None
+    values: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.values is None and (self.start is None or self.end is None):
+            raise ConfigError(f"Partition on {self.column!r} needs start and end, or values.")
+
+    @property
+    def label(self) -> str:
+        if self.values is not None:
+            return ",".join(str(v) for v in self.values)
+        return f"{self.start}..{self.end}"
+
+
+@dataclass
+class WriteResult:
+    """What a write did; :meth:`metadata` turns it into materialization metadata."""
+
+    target: TableRef
+    mode: str
+    rows: int
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    duplicates: int = 0
+    table_rows: int | None = None
+    seconds: float = 0.0
+    schema: dg.TableSchema = field(default_factory=lambda: dg.TableSchema(columns=[]))
+    partition: str | None = None
+    added_columns: list[str] = field(default_factory=list)
+    widened_columns: list[str] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        rps = self.rows / self.seconds if self.seconds > 0 else float(self.rows)
+        meta: dict[str, Any] = {
+            "dagster/table_name": str(self.target),
+            "dagster/row_count": self.table_rows if self.table_rows is not None else self.rows,
+            "dagster/column_schema": self.schema,
+            "write_mode": self.mode,
+            "rows_written": self.rows,
+            "rows_inserted": self.inserted,
+            "rows_updated": self.updated,
+            "rows_unchanged": self.unchanged,
+            "rows_deleted": self.deleted,
+            "duplicate_keys_dropped": self.duplicates,
+            "duration_seconds": round(self.seconds, 4),
+            "rows_per_second": round(rps, 1),
+        }
+        if self.partition is not None:
+            meta["partition_window"] = self.partition
+        if self.added_columns:
+            meta["columns_added"] = ", ".join(self.added_columns)
+        if self.widened_columns:
+            meta["columns_widened"] = ", ".join(self.widened_columns)
+        return meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Locks and tables
+# --------------------------------------------------------------------------------------------------
+
+
+def lock_target(conn: psycopg.Connection, target: TableRef) -> None:
+    """Wait for the per-target advisory lock, held until this transaction ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(target),))
+
+
+@dataclass
+class TableShape:
+    """The target's columns after :func:`ensure_table`, and what evolution changed."""
+
+    types: dict[str, PgType]
+    created: bool
+    added: list[str] = field(default_factory=list)
+    widened: list[str] = field(default_factory=list)
+
+
+def frame_types(frame: pl.DataFrame, hints: Mapping[str, PgType] | None = None) -> dict[str, PgType]:
+    hints = hints or {}
+    return {name: pg_type_for(name, dtype, hints.get(name)) for name, dtype in frame.schema.items()}
+
+
+def ensure_table(
+    conn: psycopg.Connection,
+    frame: Any,
+    target: TableRef,
+    primary_key: Sequence[str] = (),
+    *,
+    hints: Mapping[str, PgType] | None = None,
+    create_as: TableRef | None = None,
+) -> TableShape:
+    """Create ``target`` for the frame's schema, or evolve it: add new columns, apply safe widenings.
+
+    A type change that is not a safe widening raises :class:`SchemaMismatch` naming the column and
+    both types, before anything is changed. ``create_as`` evolves a copy (the swap's new table)
+    instead of the target itself.
+    """
+    if not isinstance(frame, pl.DataFrame):
+        frame, more = to_polars(frame)
+        hints = {**more, **(hints or {})}
+    wanted = frame_types(frame, hints)
+    missing = [k for k in primary_key if k not in wanted]
+    if missing:
+        raise ConfigError(f"Primary key column(s) {missing} of {target} are not in the frame {list(wanted)}.")
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
+    if catalog.table_oid(conn, target) is None:
+        parts = [
+            sql.SQL("{} {}{}").format(
+                sql.Identifier(name), sql.SQL(typ.sql()), sql.SQL(" NOT NULL" if name in primary_key else "")
+            )
+            for name, typ in wanted.items()
+        ]
+        if primary_key:
+            parts.append(
+                sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key)))
+            )
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.ident, sql.SQL(", ").join(parts)))
+        return TableShape(types=dict(wanted), created=True)
+    existing = {c.name: c.type for c in catalog.columns(conn, target)}
+    apply_to = create_as or target
+    adds: list[tuple[str, PgType]] = []
+    widen: list[tuple[str, PgType]] = []
+    for name, typ in wanted.items():
+        if name not in existing:
+            adds.append((name, typ))
+            continue
+        wider = reconcile(name, str(target), existing[name], typ, frame.schema[name])
+        if wider is not None:
+            widen.append((name, wider))
+    for name, typ in adds:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                apply_to.ident, sql.Identifier(name), sql.SQL(typ.sql())
+            )
+        )
+        existing[name] = typ
+    for name, typ in widen:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
+                        apply_to.ident,
+                        sql.Identifier(name),
+                        sql.SQL(typ.sql()),
+                        sql.Identifier(name),
+                        sql.SQL(typ.sql()),
+                    )
+                )
+        except psycopg.errors.FeatureNotSupported as exc:
+            raise SchemaMismatch(
+                f"Cannot widen column {name!r} of {target} from {existing[name]} to {typ}: "
+                f"{exc.diag.message_primary} ({exc.diag.message_detail or ''}). Drop or change the dependent "
+                "objects, or use write_mode 'swap', which recreates dependent views."
+            ) from exc
+        existing[name] = typ
+    return TableShape(
+        types=existing, created=False, added=[a for a, _ in adds], widened=[w for w, _ in widen]
+    )
+
+
+def table_schema(conn: psycopg.Connection, target: TableRef) -> dg.TableSchema:
+    """The table's columns as a Dagster ``TableSchema`` (for ``dagster/column_schema``)."""
+    cols = catalog.columns(conn, target)
+    pk = set()
+    row = conn.execute(
+        """
+        SELECT ARRAY(SELECT a.attname FROM unnest(x.indkey) k(attnum)
+                     JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum)
+        FROM pg_index x WHERE x.indrelid = to_regclass(%s) AND x.indisprimary
+        """,
+        (target.regclass_text,),
+    ).fetchone()
+    if row:
+        pk = set(row[0])
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=c.name,
+                type=c.type.sql(),
+                constraints=dg.TableColumnConstraints(
+                    nullable=not c.not_null, unique=c.name in pk and len(pk) == 1
+                ),
+            )
+            for c in cols
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Partitions
+# --------------------------------------------------------------------------------------------------
+
+
+def _bound(value: Any, typ: PgType) -> Any:
+    """A window bound as the partition column's type (dates for date columns, naive for timestamp)."""
+    if isinstance(value, datetime):
+        if typ.base == "date":
+            return value.date()
+        if typ.base == "timestamp" and value.tzinfo is not None:
+            return value.replace(tzinfo=None)
+    if isinstance(value, date) and not isinstance(value, datetime) and typ.base == "timestamptz":
+        return datetime(value.year, value.month, value.day)
+    return value
+
+
+def partition_condition(
+    partition: PartitionWindow, types: Mapping[str, PgType]
+) -> tuple[sql.Composable, tuple]:
+    if partition.column not in types:
+        raise ConfigError(
+            f"Partition column {partition.column!r} is not a column of the table ({list(types)})."
+        )
+    typ = types[partition.column]
+    col = sql.Identifier(partition.column)
+    if partition.values is not None:
+        return sql.SQL("{} = ANY(%s)").format(col), ([_bound(v, typ) for v in partition.values],)
+    return sql.SQL("{} >= %s AND {} < %s").format(col, col), (
+        _bound(partition.start, typ),
+        _bound(partition.end, typ),
+    )
+
+
+def _check_frame_in_window(
+    conn: psycopg.Connection,
+    frame: pl.DataFrame,
+    target: TableRef,
+    partition: PartitionWindow,
+    types: Mapping[str, PgType],
+) -> None:
+    """Refuse rows outside the partition window: they would survive the next replace of their own."""
+    if partition.column not in frame.columns:
+        raise ConfigError(
+            f"The frame for {target} has no partition column {partition.column!r} (partition_expr); "
+            f"its columns are {frame.columns}."
+        )
+    col = frame.get_column(partition.column)
+    if col.null_count():
+        raise SchemaMismatch(
+            f"{col.null_count()} row(s) for {target} have NULL in partition column {partition.column!r}; "
+            f"partition {partition.label} must contain only its own rows."
+        )
+    if partition.values is not None:
+        return
+    lo, hi = col.min(), col.max()
+    cond, params = partition_condition(partition, types)
+    typ = types[partition.column].sql()
+    ok = conn.execute(
+        sql.SQL("SELECT bool_and({}) FROM (VALUES (%s::{t}), (%s::{t})) v({})").format(
+            cond, sql.Identifier(partition.column), t=sql.SQL(typ)
+        ),
+        (*params, lo, hi),
+    ).fetchone()[0]
+    if not ok:
+        raise SchemaMismatch(
+            f"Rows for {target} partition {partition.label} have {partition.column!r} from {lo} to {hi}, "
+            "outside the partition's window; filter the frame to its partition."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def write_frame(
+    conn: psycopg.Connection,
+    frame: Any,
+    target: TableRef,
+    mode: str,
+    *,
+    primary_key: Sequence[str] = (),
+    order_by: str | None = None,
+    partition: PartitionWindow | None = None,
+    on_commit: Iterable[CommitHook] = (),
+    run_id: str | None = None,
+    count_rows: bool = True,
+) -> WriteResult:
+    """Write ``frame`` (pandas or polars) into ``target`` with ``mode``; see the module docstring."""
+    started = time.perf_counter()
+    if mode not in WRITE_MODES:
+        raise ConfigError(f"Unknown write_mode {mode!r} for {target}; use one of {', '.join(WRITE_MODES)}.")
+    primary_key = tuple(primary_key or ())
+    if mode == "upsert" and not primary_key:
+        raise ConfigError(
+            f"write_mode 'upsert' for {target} needs primary_key (the columns that identify a row)."
+        )
+    if mode == "swap" and partition is not None:
+        raise ConfigError(f"write_mode 'swap' replaces all of {target}; it cannot write one partition.")
+    df, hints = to_polars(frame)
+    if order_by is not None and order_by not in df.columns:
+        raise ConfigError(f"order_by column {order_by!r} is not in the frame for {target} ({df.columns}).")
+    hooks = list(on_commit)
+    with conn.transaction():
+        lock_target(conn, target)
+        if mode == "swap":
+            from etl_assets.io.swap import swap_write
+
+            result = swap_write(conn, df, target, primary_key=primary_key, hints=hints, run_id=run_id)
+        else:
+            shape = ensure_table(conn, df, target, primary_key, hints=hints)
+            result = WriteResult(
+                target=target,
+                mode=mode,
+                rows=df.height,
+                added_columns=shape.added,
+                widened_columns=shape.widened,
+            )
+            if partition is not None:
+                result.partition = partition.label
+                _check_frame_in_window(conn, df, target, partition, shape.types)
+            if mode == "upsert":
+                from etl_assets.io.upsert import upsert_frame
+
+                counts = upsert_frame(
+                    conn, df, target, primary_key, order_by, shape.types, run_id=run_id, partition=partition
+                )
+                result.inserted, result.updated, result.unchanged, result.duplicates = counts
+            else:
+                if partition is not None:
+                    cond, params = partition_condition(partition, shape.types)
+                    cur = conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(target.ident) + cond, params)
+                    result.deleted = cur.rowcount
+                elif mode == "truncate_insert":
+                    result.deleted = conn.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(target.ident)
+                    ).fetchone()[0]
+                    conn.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+                copy_frame(conn, df, target, targets=shape.types)
+                result.inserted = df.height
+            if count_rows:
+                if partition is not None:
+                    cond, params = partition_condition(partition, shape.types)
+                    result.table_rows = conn.execute(
+                        sql.SQL("SELECT count(*) FROM {} WHERE ").format(target.ident) + cond, params
+                    ).fetchone()[0]
+                elif mode == "truncate_insert":
+                    result.table_rows = df.height
+                else:
+                    result.table_rows = conn.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(target.ident)
+                    ).fetchone()[0]
+        result.schema = table_schema(conn, target)
+        for hook in hooks:
+            hook(conn)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,225 @@
+"""The core commands: run, dev, seed, simulate, reset, server, env."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+from etl_assets.errors import ConfigError, ServerError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="materialize the whole graph once, headless, and print a summary",
+        description="Materialize the selected assets (default: all) in this process through the Dagster "
+        "instance; runs and check results show up in the UI afterwards. Exit status 1 when a step or an "
+        "ERROR-severity check failed; failed WARN checks are listed but keep exit status 0.",
+    )
+    p.add_argument(
+        "--select",
+        action="append",
+        metavar="SELECTION",
+        help="asset key (raw/orders) or Dagster selection (key:raw/orders+, group:mart); repeatable",
+    )
+    p.add_argument(
+        "--partition",
+        metavar="KEY",
+        help="partition key for partitioned assets (default: the latest complete time window, "
+        "or every partition of a non-time partitioning)",
+    )
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on the same databases")
+    p.add_argument(
+        "--port", "-p", type=int, default=None, help="webserver port (dagster dev's default: 3000)"
+    )
+    p.add_argument("--host", "-h", default=None, help="webserver host (default: 127.0.0.1)")
+    p.set_defaults(handler=cmd_dev)
+
+    p = sub.add_parser("seed", help="(re)create the demo source schema shop")
+    p.add_argument(
+        "--rows", type=int, default=None, help="number of orders (default 100,000); customers: a tenth"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="random seed: the same seed gives the same rows (default 42)"
+    )
+    p.add_argument("--dirty-share", type=float, default=None, help="share of dirty rows, 0..1 (default 0.02)")
+    p.set_defaults(handler=cmd_seed)
+
+    p = sub.add_parser("simulate", help="apply a batch of inserts, updates and deletes to the demo source")
+    p.add_argument("--changes", type=int, default=1000, help="number of changed rows (default 1000)")
+    p.add_argument("--seed", type=int, default=None, help="make the choice of rows reproducible")
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser(
+        "reset",
+        help="forget the stored state (cursors, checkpoints) of targets so they fully reload",
+    )
+    p.add_argument(
+        "targets", nargs="*", metavar="TARGET", help="warehouse tables, e.g. raw.orders (default: all)"
+    )
+    p.set_defaults(handler=cmd_reset)
+
+    p = sub.add_parser("server", help="manage the embedded PostgreSQL server")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.set_defaults(handler=cmd_server)
+
+    p = sub.add_parser("env", help="print export lines for the databases and DAGSTER_HOME (eval them)")
+    p.set_defaults(handler=cmd_env)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from etl_assets import runner
+    from etl_assets.settings import ensure_environment
+
+    env = ensure_environment()
+    print(
+        f"etl-assets run: DAGSTER_HOME={env.dagster_home}"
+        + (f" (embedded PostgreSQL for {', '.join(env.embedded)})" if env.embedded else ""),
+        flush=True,
+    )
+    summary = runner.run(select=args.select, partition=args.partition, out=lambda s: print(s, flush=True))
+    print(runner.format_summary(summary), flush=True)
+    return summary.exit_code
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from etl_assets.settings import PROJECT_ROOT, ensure_environment
+
+    ensure_environment()
+    workspace = PROJECT_ROOT / "workspace.yaml"
+    if not workspace.exists():
+        raise ConfigError(f"{workspace} is missing; `etl-assets dev` runs from the project's repository.")
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
+    if args.port:
+        command += ["--port", str(args.port)]
+    if args.host:
+        command += ["--host", args.host]
+    print(f"etl-assets dev: {' '.join(command[2:])} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
+    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=os.environ.copy())
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # dagster dev shuts its webserver and daemon down on SIGINT
+        return proc.wait()
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from etl_assets.demo import seed as demo
+    from etl_assets.settings import ensure_environment, redact_dsn
+
+    env = ensure_environment(seed_demo=False)
+    rows = demo.DEFAULT_ROWS if args.rows is None else args.rows
+    seed_value = demo.DEFAULT_SEED if args.seed is None else args.seed
+    share = demo.DEFAULT_DIRTY_SHARE if args.dirty_share is None else args.dirty_share
+    if rows < 0 or not 0 <= share <= 1:
+        raise ConfigError("--rows must be >= 0 and --dirty-share between 0 and 1.")
+    print(
+        f"seeding shop in {redact_dsn(env.source_dsn)}: {rows:,} orders, seed {seed_value}, "
+        f"dirty share {share}"
+    )
+    result = demo.seed(
+        env.source_dsn,
+        rows=rows,
+        seed=seed_value,
+        dirty_share=share,
+        progress=lambda s: print(f"  {s}", flush=True),
+    )
+    print(
+        f"seeded {result.customers:,} customers, {result.categories} categories, {result.orders:,} orders "
+        f"in {result.seconds:.1f}s"
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from etl_assets.demo import seed as demo
+    from etl_assets.settings import ensure_environment
+
+    env = ensure_environment()
+    if args.changes < 0:
+        raise ConfigError("--changes must be >= 0.")
+    result = demo.simulate(env.source_dsn, changes=args.changes, seed=args.seed)
+    for table in ("customers", "orders"):
+        print(
+            f"shop.{table}: {result.inserted.get(table, 0):,} inserted, "
+            f"{result.updated.get(table, 0):,} updated, "
+            f"{result.deleted.get(table, 0):,} deleted"
+        )
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from etl_assets import state as target_state
+    from etl_assets.settings import ensure_environment
+
+    env = ensure_environment(seed_demo=False)
+    removed, unknown = target_state.reset(env.warehouse_dsn, args.targets)
+    if args.targets:
+        for target in removed:
+            print(f"reset {target}: its next run is a full reload")
+        for target in unknown:
+            print(f"no stored state for {target} (nothing to reset)")
+    else:
+        print(f"reset {len(removed)} target(s): " + (", ".join(removed) if removed else "none had state"))
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from etl_assets import embedded
+    from etl_assets.settings import EMBEDDED_DATABASES, etl_home
+
+    home = etl_home()
+    if args.action == "start":
+        server = embedded.ensure_running(home)
+        for database in EMBEDDED_DATABASES.values():
+            embedded.ensure_database(server, database)
+        print(
+            f"embedded PostgreSQL running: pid {server.pid}, socket {server.socket_dir}, data {server.pgdata}"
+        )
+        return 0
+    if args.action == "stop":
+        stopped = embedded.stop(home)
+        print(
+            "embedded PostgreSQL stopped" if stopped else f"no embedded PostgreSQL was running under {home}"
+        )
+        return 0
+    server = embedded.status(home)
+    if server is None:
+        print(f"embedded PostgreSQL: not running (data under {embedded.pgdata_dir(home)})")
+        return 3
+    print(f"embedded PostgreSQL: running, pid {server.pid}, socket {server.socket_dir}, data {server.pgdata}")
+    used = [var for var in EMBEDDED_DATABASES if not os.environ.get(var)]
+    print("used for: " + (", ".join(used) if used else "nothing (every DSN variable is set)"))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from etl_assets.settings import (
+        DAGSTER_URL_VAR,
+        HOME_VAR,
+        SOURCE_DSN_VAR,
+        WAREHOUSE_DSN_VAR,
+        ensure_environment,
+        etl_home,
+    )
+
+    try:
+        env = ensure_environment()
+    except ServerError:
+        raise
+    values = {
+        HOME_VAR: str(etl_home()),
+        SOURCE_DSN_VAR: env.source_dsn,
+        WAREHOUSE_DSN_VAR: env.warehouse_dsn,
+        DAGSTER_URL_VAR: env.dagster_url,
+        "DAGSTER_HOME": str(env.dagster_home),
+    }
+    for name, value in values.items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0

@@ -1,0 +1,405 @@
+"""Headless runs: materialize the graph once, in this process, through the Dagster instance.
+
+``etl-assets run`` uses this module. Runs go through ``DagsterInstance.get()`` (``DAGSTER_HOME``,
+storage on PostgreSQL), so runs, materializations and check results are recorded exactly as if the
+UI had launched them, and show up there afterwards.
+
+Partitions: a Dagster job holds assets of one partitions definition only, so the selection is split
+into groups by partitions definition and the groups run one after another, upstream groups first
+(one Dagster run each). Unpartitioned assets run as they are. A partitioned group runs for
+``--partition KEY`` when given; otherwise a time-partitioned group runs its latest complete partition
+(yesterday for daily partitions) and any other partitioned group runs each of its partitions.
+
+Dead runs: an in-process run has no daemon watching it. A run killed with SIGKILL stays STARTED in the
+instance and keeps the pool slots its steps claimed, which would block later runs' steps forever.
+So every headless run first looks for runs in progress whose process is gone (pid tag of our own
+runs, or the pid Dagster's run worker records), marks them failed and frees their slots. Advisory
+locks and open transactions of a killed process are released by PostgreSQL itself when the
+connection drops.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+from etl_assets.errors import ConfigError
+
+PID_TAG = "etl-assets/pid"
+HOST_TAG = "etl-assets/host"
+SOURCE_TAG = "etl-assets/source"
+JOB_PREFIX = "etl_assets_run"
+_IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+# Quiet Dagster's own console logger: progress lines come from our event listener instead.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+@dataclass
+class AssetOutcome:
+    key: str
+    rows: int | None
+    partition: str | None = None
+
+
+@dataclass
+class CheckOutcome:
+    asset: str
+    name: str
+    passed: bool
+    severity: str  # "ERROR" or "WARN"
+    description: str | None = None
+
+
+@dataclass
+class RunSummary:
+    """What one ``etl-assets run`` did."""
+
+    run_ids: list[str] = field(default_factory=list)
+    materialized: list[AssetOutcome] = field(default_factory=list)
+    failed_steps: list[tuple[str, str]] = field(default_factory=list)
+    not_materialized: list[str] = field(default_factory=list)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    cleaned_runs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed_error_checks(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if not c.passed and c.severity == "ERROR"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_steps and not self.failed_error_checks
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Dead runs
+# --------------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The pid a run worker recorded ("Started process for run (pid: N)"), if any."""
+    records = instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.ENGINE_EVENT, limit=50
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = getattr(event, "event_specific_data", None) if event else None
+        pid_meta = (getattr(data, "metadata", None) or {}).get("pid")
+        if pid_meta is not None:
+            try:
+                return int(pid_meta.value)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def cleanup_dead_runs(instance: dg.DagsterInstance, *, local_instance: bool = False) -> list[str]:
+    """Mark in-progress runs whose process is gone as failed and free their pool slots.
+
+    Our own runs carry their pid and host name in tags, so they are judged on this host only. Runs
+    launched by the webserver or daemon record their worker's pid in an engine event; those are
+    judged only when ``local_instance`` says the instance storage is this machine's embedded server
+    (a pid from another machine means nothing here; the daemon's run monitoring covers them).
+    Returns the ids of the runs it marked failed.
+    """
+    host = socket.gethostname()
+    cleaned: list[str] = []
+    for run in instance.get_runs(filters=RunsFilter(statuses=_IN_PROGRESS)):
+        tag_pid = run.tags.get(PID_TAG)
+        if tag_pid is not None:
+            if run.tags.get(HOST_TAG) != host:
+                continue
+            pid: int | None = int(tag_pid)
+        elif local_instance:
+            pid = _worker_pid(instance, run)
+        else:
+            continue
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        instance.report_run_failed(
+            run, message=f"Marked failed by etl-assets: the process running it (pid {pid}) is gone."
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        cleaned.append(run.run_id)
+    return cleaned
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_selection(defs: dg.Definitions, select: Sequence[str] | None) -> list[dg.AssetKey]:
+    """Asset keys for ``--select`` values (Dagster selection syntax, e.g. ``key:raw/orders+``,
+    ``group:mart`` or a plain ``raw/orders``); every asset when empty."""
+    graph = defs.resolve_asset_graph()
+    all_keys = set(graph.materializable_asset_keys)
+    if not select:
+        return sorted(all_keys, key=lambda k: k.to_user_string())
+    chosen: set[dg.AssetKey] = set()
+    for text in select:
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            if ":" not in part and "+" not in part and " " not in part and "*" not in part:
+                key = dg.AssetKey.from_user_string(part)
+                if key not in all_keys:
+                    raise ConfigError(
+                        f"--select {part}: no asset has that key. Known: "
+                        + ", ".join(sorted(k.to_user_string() for k in all_keys))
+                    )
+                chosen.add(key)
+                continue
+            try:
+                keys = dg.AssetSelection.from_string(part).resolve(graph)
+            except Exception as exc:  # Dagster raises several types for a bad selection string
+                raise ConfigError(f"--select {part}: not a valid asset selection ({exc}).") from None
+            if not keys:
+                raise ConfigError(f"--select {part}: selects no asset.")
+            chosen |= keys & all_keys
+    return sorted(chosen, key=lambda k: k.to_user_string())
+
+
+@dataclass
+class Group:
+    """Assets of one partitions definition, run as one Dagster run per partition key."""
+
+    partitions_def: dg.PartitionsDefinition | None
+    keys: list[dg.AssetKey]
+
+
+def plan_groups(defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> list[Group]:
+    """Split keys by partitions definition, ordered so that upstream groups run first."""
+    graph = defs.resolve_asset_graph()
+    groups: dict[int, Group] = {}
+    group_of: dict[dg.AssetKey, int] = {}
+    for key in keys:
+        pdef = graph.get(key).partitions_def
+        gid = next((i for i, g in groups.items() if g.partitions_def == pdef), len(groups))
+        groups.setdefault(gid, Group(pdef, []))
+        groups[gid].keys.append(key)
+        group_of[key] = gid
+    sorter: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter({gid: set() for gid in groups})
+    for key in keys:
+        for parent in graph.get(key).parent_keys:
+            if parent in group_of and group_of[parent] != group_of[key]:
+                sorter.add(group_of[key], group_of[parent])
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError:  # groups depend on each other both ways: unpartitioned first
+        order = sorted(groups, key=lambda gid: groups[gid].partitions_def is not None)
+    return [groups[gid] for gid in order]
+
+
+def partition_keys(group: Group, requested: str | None) -> list[str | None]:
+    pdef = group.partitions_def
+    if pdef is None:
+        return [None]
+    if requested is not None:
+        if not pdef.has_partition_key(requested):
+            raise ConfigError(
+                f"--partition {requested}: not a partition of "
+                + ", ".join(k.to_user_string() for k in group.keys)
+                + (
+                    f" (partitions run from {pdef.get_first_partition_key()}"
+                    f" to {pdef.get_last_partition_key()})"
+                    if pdef.get_first_partition_key()
+                    else ""
+                )
+            )
+        return [requested]
+    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        last = pdef.get_last_partition_key()
+        return [last] if last else []
+    return list(pdef.get_partition_keys())
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+
+def _key_string(key: dg.AssetKey | None) -> str:
+    return key.to_user_string() if key else "?"
+
+
+class _Progress:
+    """Event listener: prints a line per step and gathers the summary."""
+
+    def __init__(self, summary: RunSummary, out: Callable[[str], None], started: float) -> None:
+        self.summary = summary
+        self.out = out
+        self.started = started
+        self.planned: set[str] = set()
+        self.done: set[str] = set()
+
+    def _line(self, text: str) -> None:
+        self.out(f"[{time.monotonic() - self.started:7.1f}s] {text}")
+
+    def __call__(self, entry) -> None:
+        event = entry.dagster_event
+        if event is None:
+            if entry.level >= 30:  # logging.WARNING from user code
+                self.summary.warnings.append(f"{entry.step_key or 'run'}: {entry.user_message}")
+            return
+        et = event.event_type
+        if et == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+            self.planned.add(_key_string(event.asset_key))
+        elif et == DagsterEventType.STEP_START:
+            self._line(f"started    {event.step_key}")
+        elif et == DagsterEventType.ASSET_MATERIALIZATION:
+            mat = event.event_specific_data.materialization
+            rows_meta = mat.metadata.get("dagster/row_count")
+            rows = int(rows_meta.value) if rows_meta is not None else None
+            key = _key_string(mat.asset_key)
+            self.done.add(key)
+            self.summary.materialized.append(AssetOutcome(key, rows, mat.partition))
+            shown = f"{rows:,} rows" if rows is not None else "rows unknown"
+            self._line(f"stored     {key}{f' [{mat.partition}]' if mat.partition else ''}: {shown}")
+        elif et == DagsterEventType.ASSET_CHECK_EVALUATION:
+            ev = event.event_specific_data
+            outcome = CheckOutcome(
+                asset=_key_string(ev.asset_key),
+                name=ev.check_name,
+                passed=ev.passed,
+                severity=ev.severity.value,
+                description=ev.description,
+            )
+            self.summary.checks.append(outcome)
+            verdict = "passed" if ev.passed else f"FAILED ({outcome.severity})"
+            self._line(f"check      {outcome.asset}:{outcome.name} {verdict}")
+            if not ev.passed and outcome.severity == "WARN":
+                self.summary.warnings.append(
+                    f"check {outcome.asset}:{outcome.name} failed"
+                    + (f": {ev.description}" if ev.description else "")
+                )
+        elif et == DagsterEventType.STEP_FAILURE:
+            error = event.event_specific_data.error
+            message = error.message.strip().splitlines()[-1] if error and error.message else "failed"
+            self.summary.failed_steps.append((event.step_key, message))
+            self._line(f"FAILED     {event.step_key}: {message}")
+        elif et == DagsterEventType.STEP_SUCCESS:
+            self._line(f"done       {event.step_key}")
+
+
+def _local_instance() -> bool:
+    """True when the Dagster storage is this machine's embedded server (a unix-socket URL)."""
+    from etl_assets.settings import DAGSTER_URL_VAR
+
+    return DAGSTER_URL_VAR in os.environ.get("ETL_EMBEDDED", "").split(",")
+
+
+def run(
+    select: Sequence[str] | None = None,
+    partition: str | None = None,
+    *,
+    defs: dg.Definitions | None = None,
+    instance: dg.DagsterInstance | None = None,
+    out: Callable[[str], None] = print,
+    tags: dict[str, str] | None = None,
+) -> RunSummary:
+    """Materialize the selected assets (all by default) once, in this process; see the module doc."""
+    started = time.monotonic()
+    if defs is None:
+        from etl_assets.definitions import defs as project_defs
+
+        defs = project_defs
+    if instance is None:
+        from etl_assets.settings import ensure_environment
+
+        ensure_environment()
+        instance = dg.DagsterInstance.get()
+    summary = RunSummary()
+    summary.cleaned_runs = cleanup_dead_runs(instance, local_instance=_local_instance())
+    for run_id in summary.cleaned_runs:
+        out(f"marked run {run_id} failed: its process is gone (pool slots freed)")
+    keys = resolve_selection(defs, select)
+    groups = plan_groups(defs, keys)
+    if partition is not None and all(g.partitions_def is None for g in groups):
+        raise ConfigError("--partition was given but none of the selected assets is partitioned.")
+    plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
+    jobs = [
+        dg.define_asset_job(f"{JOB_PREFIX}_{i}", selection=g.keys, partitions_def=g.partitions_def)
+        for i, g in enumerate(groups)
+    ]
+    resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
+    run_tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), SOURCE_TAG: "etl-assets run"}
+    run_tags.update(tags or {})
+    progress = _Progress(summary, out, started)
+    for group, pk in plans:
+        job = resolved.resolve_job_def(f"{JOB_PREFIX}_{groups.index(group)}")
+        run_id = str(uuid.uuid4())
+        summary.run_ids.append(run_id)
+        instance.add_event_listener(run_id, progress)
+        out(f"run {run_id}: {len(group.keys)} assets" + (f", partition {pk}" if pk else ""))
+        result = job.execute_in_process(
+            run_config=_QUIET,
+            instance=instance,
+            partition_key=pk,
+            raise_on_error=False,
+            run_id=run_id,
+            tags=run_tags,
+        )
+        if not result.success and not summary.failed_steps and not summary.failed_error_checks:
+            summary.failed_steps.append(("run", f"run {run_id} failed"))
+    summary.not_materialized = sorted(progress.planned - progress.done)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The human summary printed at the end of ``etl-assets run``."""
+    lines = ["", "Summary"]
+    lines.append(f"  runs: {', '.join(summary.run_ids) or 'none'}")
+    lines.append(f"  assets materialized: {len(summary.materialized)}")
+    width = max((len(a.key) for a in summary.materialized), default=10)
+    for a in summary.materialized:
+        rows = f"{a.rows:>12,} rows" if a.rows is not None else f"{'?':>12} rows"
+        part = f"  [{a.partition}]" if a.partition else ""
+        lines.append(f"    {a.key:<{width}} {rows}{part}")
+    if summary.not_materialized:
+        lines.append(f"  not materialized: {', '.join(summary.not_materialized)}")
+    if summary.checks:
+        passed = sum(c.passed for c in summary.checks)
+        lines.append(f"  checks: {passed} passed, {len(summary.checks) - passed} failed")
+        for c in summary.checks:
+            verdict = "passed" if c.passed else f"FAILED {c.severity}"
+            lines.append(
+                f"    {c.asset}:{c.name}: {verdict}"
+                + (f" ({c.description})" if c.description and not c.passed else "")
+            )
+    if summary.failed_steps:
+        lines.append("  failed steps:")
+        lines.extend(f"    {step}: {message}" for step, message in summary.failed_steps)
+    if summary.warnings:
+        lines.append(f"  warnings: {len(summary.warnings)}")
+        lines.extend(f"    {w}" for w in summary.warnings)
+    if summary.cleaned_runs:
+        lines.append(f"  dead runs marked failed: {', '.join(summary.cleaned_runs)}")
+    lines.append(f"  duration: {summary.seconds:.1f}s")
+    lines.append(f"  result: {'OK' if summary.ok else 'FAILED'}")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""What every extract mode shares: connections, the target's preparation, and the report.
+
+The target is created from the SOURCE's column types (not from a frame's), so a warehouse copy
+keeps ``numeric(12,2)``, ``timestamp with time zone``, arrays and so on exactly; later runs add new
+source columns and keep columns the source dropped (their new rows get NULL, and the run warns).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.io import catalog
+from etl_assets.io.tables import TableRef
+from etl_assets.io.typemap import PgType, reconcile
+from etl_assets.io.writer import lock_target
+from etl_assets.migrations import ensure_migrated
+from etl_assets.pipeline_config import TableSpec
+
+from .source import SourceTable
+
+Connector = Callable[..., AbstractContextManager[psycopg.Connection]]
+LOADED_AT = "_loaded_at"  # snapshot history (load: insert): when the snapshot was taken
+
+
+@dataclass
+class ExtractReport:
+    """What one extract did; mirrored into Dagster metadata (never read back: etl.state is the truth)."""
+
+    target: TableRef
+    extract: str
+    load: str
+    path: str = "frame"  # "frame" or "copy" (the COPY-to-COPY fast path)
+    rows_read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    cursor_before: str | None = None
+    cursor_after: str | None = None
+    lag_seconds: float | None = None
+    null_cursor_rows: int = 0
+    chunks: int = 0
+    resumed_after: list[Any] | None = None
+    table_rows: int | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    columns_added: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def finish(self) -> ExtractReport:
+        self.seconds = time.perf_counter() - self.started
+        return self
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else float(self.rows_read)
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "dagster/table_name": str(self.target),
+            "extract": self.extract,
+            "write_mode": self.load,
+            "extract_path": self.path,
+            "rows_read": self.rows_read,
+            "rows_inserted": self.inserted,
+            "rows_updated": self.updated,
+            "rows_unchanged": self.unchanged,
+            "rows_deleted": self.deleted,
+            "duration_seconds": round(self.seconds, 4),
+            "rows_per_second": round(self.rows_per_second, 1),
+        }
+        if self.table_rows is not None:
+            meta["dagster/row_count"] = self.table_rows
+        if self.extract == "incremental":
+            meta["cursor_before"] = self.cursor_before or "(none: first run)"
+            meta["cursor_after"] = self.cursor_after or "(none)"
+            meta["null_cursor_rows"] = self.null_cursor_rows
+            if self.lag_seconds is not None:
+                meta["lag_seconds"] = round(self.lag_seconds, 3)
+        if self.extract == "chunked":
+            meta["chunks"] = self.chunks
+            meta["resumed_after_key"] = "(no)" if self.resumed_after is None else str(self.resumed_after)
+        if self.columns_added:
+            meta["columns_added"] = ", ".join(self.columns_added)
+        if self.warnings:
+            meta["warnings"] = "\n".join(self.warnings)
+        return meta
+
+
+def migrated(conn: psycopg.Connection) -> None:
+    """Make sure ``etl`` (state table) exists; works on an autocommit connection too."""
+    was = conn.autocommit
+    if was:
+        conn.autocommit = False
+    try:
+        ensure_migrated(conn)
+        conn.commit()
+    finally:
+        if was:
+            conn.autocommit = True
+
+
+@contextmanager
+def snapshot(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """A read-only REPEATABLE READ transaction: every query inside sees one point in time."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield conn
+
+
+@dataclass
+class TargetInfo:
+    created: bool
+    types: dict[str, PgType]
+    added: list[str]
+    kept: list[str]  # target columns the source no longer has
+
+
+def target_columns(spec: TableSpec, table: SourceTable) -> list[tuple[str, str]]:
+    cols = [(c.name, c.target_type_sql) for c in table.columns]
+    if spec.load == "insert":
+        cols.append((LOADED_AT, "timestamp with time zone"))
+    return cols
+
+
+def target_key(spec: TableSpec) -> tuple[str, ...]:
+    """The target's primary key: the declared key, plus the snapshot time for snapshot history."""
+    if not spec.primary_key:
+        return ()
+    return (*spec.primary_key, LOADED_AT) if spec.load == "insert" else spec.primary_key
+
+
+def create_table_sql(spec: TableSpec, table: SourceTable, ref: TableRef) -> sql.Composed:
+    parts = [
+        sql.SQL("{} {}{}").format(sql.Identifier(name), sql.SQL(typ),
+                                  sql.SQL(" NOT NULL" if name in target_key(spec) else ""))
+        for name, typ in target_columns(spec, table)
+    ]
+    key = target_key(spec)
+    if key:
+        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+    return sql.SQL("CREATE TABLE {} ({})").format(ref.ident, sql.SQL(", ").join(parts))
+
+
+def prepare_target(conn: psycopg.Connection, spec: TableSpec, table: SourceTable) -> TargetInfo:
+    """Create the target with the source's types, or add the source's new columns to it.
+
+    Runs in its own short transaction under the target's write lock; the data write that follows
+    takes the same lock again.
+    """
+    target = spec.target
+    with conn.transaction():
+        lock_target(conn, target)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
+        if catalog.table_oid(conn, target) is None:
+            conn.execute(create_table_sql(spec, table, target))
+            return TargetInfo(True, {n: PgType.parse(t) for n, t in target_columns(spec, table)}, [], [])
+        existing = {c.name: c.type for c in catalog.columns(conn, target)}
+        added: list[str] = []
+        for name, typ in target_columns(spec, table):
+            incoming = PgType.parse(typ)
+            if name not in existing:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    target.ident, sql.Identifier(name), sql.SQL(typ)))
+                existing[name] = incoming
+                added.append(name)
+                continue
+            wider = reconcile(name, str(target), existing[name], incoming)
+            if wider is not None:
+                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                    target.ident, sql.Identifier(name), sql.SQL(wider.sql())))
+                existing[name] = wider
+        wanted = {n for n, _ in target_columns(spec, table)}
+        kept = [n for n in existing if n not in wanted]
+        return TargetInfo(False, existing, added, kept)
+
+
+def note_schema_changes(report: ExtractReport, spec: TableSpec, info: TargetInfo) -> None:
+    report.columns_added = list(info.added)
+    if info.kept:
+        report.warnings.append(
+            f"Source table {spec.source} no longer has column(s) {', '.join(info.kept)}; they stay in "
+            f"{spec.target} and new rows get NULL there."
+        )
+
+
+def count_rows(conn: psycopg.Connection, ref: TableRef) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ref.ident)).fetchone()[0]

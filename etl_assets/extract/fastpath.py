@@ -1,0 +1,238 @@
+"""The COPY-to-COPY fast path (``fast_path: true``): rows never become Python objects.
+
+The source's ``COPY (SELECT …) TO STDOUT`` is streamed block by block into the warehouse's
+``COPY … FROM STDIN`` - what ``pg_dump | psql`` does - in BINARY format when every column has a
+built-in type identical on both sides (no parsing or printing of values at all), in text format
+otherwise. Memory stays at one network block whatever the table size. Transactions, state and
+metadata are those of the frame path of the same mode:
+
+* full / chunked with ``truncate_insert``: TRUNCATE + one COPY stream, with the state, one transaction;
+* full / chunked with ``swap``: a new table filled by one COPY stream, swapped in;
+* full with ``insert``: one COPY stream adding ``_loaded_at`` (snapshot history);
+* ``upsert`` (full, incremental, chunked): COPY into a temporary staging table, then one
+  ``INSERT … ON CONFLICT DO UPDATE … WHERE … IS DISTINCT FROM`` counting inserted/updated/unchanged;
+* chunked ``upsert``/``insert``: one COPY per keyset chunk, each committed with its checkpoint.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.io import catalog
+from etl_assets.io.tables import TableRef
+from etl_assets.io.writer import lock_target
+from etl_assets.pipeline_config import TableSpec
+
+from .common import (
+    LOADED_AT,
+    Connector,
+    ExtractReport,
+    count_rows,
+    migrated,
+    note_schema_changes,
+    prepare_target,
+    snapshot,
+)
+from .source import SourceTable, describe, prepare_session, select_list, typed_key_params
+from .state import load_state, save_state
+
+
+def binary_ok(table: SourceTable, wh: psycopg.Connection, into: TableRef) -> bool:
+    """Binary COPY needs identical types on both sides; user-defined types (text in the warehouse)
+    and widened columns go as text."""
+    if not table.all_builtin:
+        return False
+    have = {c.name: c.type.sql() for c in catalog.columns(wh, into)}
+    from etl_assets.io.typemap import PgType
+
+    return all(have.get(c.name) == PgType.parse(c.type_sql).sql() for c in table.columns)
+
+
+def stream_copy(src: psycopg.Connection, wh: psycopg.Connection, query: sql.Composable, params: Sequence[Any],
+                into: sql.Composable, columns: Sequence[str], binary: bool) -> int:
+    """Stream ``COPY (query) TO STDOUT`` into ``COPY into (columns) FROM STDIN``; returns rows copied."""
+    fmt = sql.SQL("binary" if binary else "text")
+    out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(query, fmt)
+    in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
+        into, sql.SQL(", ").join(map(sql.Identifier, columns)), fmt)
+    with src.cursor() as scur, wh.cursor() as wcur:
+        with scur.copy(out_sql, list(params) or None) as out, wcur.copy(in_sql) as inp:
+            for block in out:
+                inp.write(block)
+        return wcur.rowcount
+
+
+def _stage(wh: psycopg.Connection, target: TableRef) -> sql.Identifier:
+    name = f"etl_fast_{secrets.token_hex(6)}"
+    ident = sql.Identifier(name)
+    wh.execute(sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(ident, target.ident))
+    return ident
+
+
+def upsert_from_stage(wh: psycopg.Connection, stage: sql.Identifier, target: TableRef, columns: Sequence[str],
+                      keys: Sequence[str]) -> tuple[int, int, int]:
+    """(inserted, updated, unchanged) of merging the staged rows (unique by key: one source table)."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    key_cols = sql.SQL(", ").join(map(sql.Identifier, keys))
+    non_keys = [c for c in columns if c not in keys]
+    if non_keys:
+        sets = sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                                  for c in non_keys)
+        old = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in non_keys)
+        new = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_keys)
+        action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(sets, old, new)
+    else:
+        action = sql.SQL("DO NOTHING")
+    staged, inserted, updated = wh.execute(sql.SQL(
+        """WITH ins AS (INSERT INTO {t} AS t ({c}) SELECT {c} FROM {s} ON CONFLICT ({k}) {a}
+                        RETURNING (t.xmax = 0) AS inserted)
+           SELECT (SELECT count(*) FROM {s}), count(*) FILTER (WHERE inserted),
+                  count(*) FILTER (WHERE NOT inserted) FROM ins"""
+    ).format(t=target.ident, c=cols, s=stage, k=key_cols, a=action)).fetchone()
+    return inserted, updated, staged - inserted - updated
+
+
+def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
+                 ) -> ExtractReport:
+    report = ExtractReport(spec.target, spec.extract, spec.load, path="copy")
+    with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
+        migrated(wh)
+        prepare_session(src)
+        table = describe(src, spec)
+        info = prepare_target(wh, spec, table)
+        note_schema_changes(report, spec, info)
+        binary = binary_ok(table, wh, spec.target)
+        if spec.extract == "incremental":
+            _incremental(spec, src, wh, table, binary, report, run_id)
+        elif spec.extract == "chunked" and spec.load in ("upsert", "insert"):
+            _chunks(spec, src, wh, table, binary, report, run_id)
+        else:
+            _whole(spec, src, wh, table, binary, report, run_id)
+        report.table_rows = count_rows(wh, spec.target)
+    return report.finish()
+
+
+def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable, binary: bool,
+           report: ExtractReport, run_id: str | None) -> None:
+    target = spec.target
+    kind = spec.extract
+    with snapshot(src), wh.transaction():
+        lock_target(wh, target)
+        taken_at = src.execute("SELECT now()::text").fetchone()[0]
+        columns = list(table.names)
+        query = sql.SQL("SELECT {} FROM {}").format(select_list(table), table.ref.ident)
+        params: list[Any] = []
+        if spec.load == "insert":
+            query = sql.SQL("SELECT {}, %s::timestamptz FROM {}").format(select_list(table), table.ref.ident)
+            params = [taken_at]
+            columns.append(LOADED_AT)
+        if spec.load == "truncate_insert":
+            report.deleted = count_rows(wh, target)
+            wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+            report.rows_read = stream_copy(src, wh, query, params, target.ident, columns, binary)
+        elif spec.load == "insert":
+            report.rows_read = stream_copy(src, wh, query, params, target.ident, columns, binary)
+        elif spec.load == "swap":
+            from .chunked import _create_build_table, _swap_in
+
+            build = _create_build_table(wh, spec, None)  # type: ignore[arg-type]
+            report.rows_read = stream_copy(src, wh, query, params, build.ident, columns, binary)
+            _swap_in(wh, build, target, run_id)
+        else:  # upsert
+            stage = _stage(wh, target)
+            report.rows_read = stream_copy(src, wh, query, params, stage, columns, binary)
+            report.inserted, report.updated, report.unchanged = upsert_from_stage(
+                wh, stage, target, columns, spec.primary_key)
+        if spec.load != "upsert":
+            report.inserted = report.rows_read
+        state = {"snapshot_at": taken_at, "rows": report.rows_read, "path": "copy"}
+        save_state(wh, target, kind, state, run_id)
+
+
+def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
+                 binary: bool, report: ExtractReport, run_id: str | None) -> None:
+    from .incremental import KIND, extract_queries, read_increment
+
+    previous = load_state(wh, spec.target, KIND)
+    # The bounds come from the same code as the frame path; the rows are streamed in a new snapshot,
+    # bounded by the same upper value, so nothing past it is read.
+    read = read_increment(spec, src, previous, report, to_frame=False)
+    _, query, params = extract_queries(table, spec, read.lower, read.upper)
+    with snapshot(src), wh.transaction():
+        lock_target(wh, spec.target)
+        stage = _stage(wh, spec.target)
+        report.rows_read = stream_copy(src, wh, query, params, stage, table.names, binary)
+        report.null_cursor_rows = wh.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
+            stage, sql.Identifier(spec.cursor or ""))).fetchone()[0]
+        report.inserted, report.updated, report.unchanged = upsert_from_stage(
+            wh, stage, spec.target, table.names, spec.primary_key)
+        read.state["rows_read"] = report.rows_read
+        save_state(wh, spec.target, KIND, read.state, run_id)
+
+
+def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
+            binary: bool, report: ExtractReport, run_id: str | None) -> None:
+    from .chunked import KIND, _mark_finished
+
+    previous = load_state(wh, spec.target, KIND)
+    key = spec.primary_key
+    after = previous.get("after")
+    if after is not None:
+        report.resumed_after = after
+        state = dict(previous)
+    else:
+        state = {"after": None, "loaded_at": src.execute("SELECT now()::text").fetchone()[0], "chunks": 0,
+                 "rows": 0, "pass_run_id": run_id, "passes": previous.get("passes", 0)}
+    order = sql.SQL(", ").join(map(sql.Identifier, key))
+    # Output names k0, k1, ... so that ORDER BY refers to the typed column, not its text rendering.
+    key_text = sql.SQL(", ").join(sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"k{i}"))
+                                  for i, k in enumerate(key))
+    columns = list(table.names)
+    extra = sql.SQL("")
+    if spec.load == "insert":
+        extra = sql.SQL(", %s::timestamptz")
+        columns.append(LOADED_AT)
+    while True:
+        where, params = sql.SQL("TRUE"), []
+        if state["after"] is not None:
+            where = sql.SQL("({}) > ({})").format(order, typed_key_params(table, key, state["after"]))
+            params = list(state["after"])
+        if spec.load == "insert":
+            params = [state["loaded_at"], *params]
+        query = sql.SQL("SELECT {}{} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
+            select_list(table), extra, table.ref.ident, where, order, sql.Literal(spec.chunk_size))
+        with wh.transaction():
+            lock_target(wh, spec.target)
+            stage = _stage(wh, spec.target)
+            copied = stream_copy(src, wh, query, params, stage, columns, binary)
+            finished = copied < spec.chunk_size
+            if copied:
+                last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} LIMIT 1").format(
+                    key_text, stage, sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k))
+                                                        for k in key))).fetchone()
+                if spec.load == "upsert":
+                    i, u, n = upsert_from_stage(wh, stage, spec.target, columns, key)
+                else:
+                    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+                    i, u, n = wh.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                        spec.target.ident, cols, cols, stage)).rowcount, 0, 0
+                report.inserted += i
+                report.updated += u
+                report.unchanged += n
+                report.rows_read += copied
+                report.chunks += 1
+                state["chunks"] += 1
+                state["rows"] += copied
+                state["after"] = None if finished else list(last)
+            else:
+                state["after"] = None
+            if finished:
+                _mark_finished(state)
+            save_state(wh, spec.target, KIND, state, run_id)
+        if finished:
+            return

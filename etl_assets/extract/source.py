@@ -1,0 +1,184 @@
+"""The source side of an extract: what the declared table looks like, and reading its rows.
+
+Rows leave the source through ``COPY (SELECT …) TO STDOUT`` (the fastest way out of PostgreSQL) and
+become a polars frame of text columns: PostgreSQL's own text form round-trips every type exactly
+(numeric scale, timestamps with time zone, intervals, arrays, json, NULL distinct from '') into a
+target created with the source's column types, so no value is ever reinterpreted by Python on the
+way. Reading is streamed in bounded pieces where the caller asks for it (chunked extracts).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from etl_assets.errors import MissingObject
+from etl_assets.io.tables import TableRef
+from etl_assets.io.typemap import PgType
+from etl_assets.pipeline_config import TableSpec
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    name: str
+    type_sql: str  # format_type() text, e.g. "numeric(12,2)", "timestamp with time zone"
+    not_null: bool
+    builtin: bool  # a pg_catalog type: exists in every warehouse, binary COPY works across servers
+
+    @property
+    def target_type_sql(self) -> str:
+        """The warehouse column type: the source's own for built-in types; text for user-defined
+        ones (enums, domains, composite types), which do not exist in the warehouse."""
+        return self.type_sql if self.builtin else "text"
+
+    @property
+    def pg_type(self) -> PgType:
+        return PgType.parse(self.target_type_sql)
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    ref: TableRef
+    columns: tuple[SourceColumn, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> SourceColumn:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def all_builtin(self) -> bool:
+        return all(c.builtin for c in self.columns)
+
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       t.typnamespace = 'pg_catalog'::regnamespace
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = %s::oid AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+
+def prepare_session(conn: psycopg.Connection) -> None:
+    """Fix the settings that shape PostgreSQL's text output, so cursor values stored as text
+    compare and round-trip exactly whatever the server's defaults are."""
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET DateStyle = 'ISO, YMD'")
+    conn.execute("SET IntervalStyle = 'postgres'")
+    conn.execute("SET extra_float_digits = 3")
+    conn.execute("SET bytea_output = 'hex'")
+
+
+def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:
+    """The declared source table's columns; a missing table or declared column raises
+    :class:`MissingObject` naming it and the declaration."""
+    where = f" (declared at line {spec.line})" if spec.line else ""
+    row = conn.execute("SELECT to_regclass(%s)::oid", (spec.source.regclass_text,)).fetchone()
+    if row is None or row[0] is None:
+        raise MissingObject(
+            f"Source table {spec.source} does not exist in the source database{where}; create it, "
+            "grant this role access to it, or correct its name in the tables declaration."
+        )
+    columns = tuple(
+        SourceColumn(name, type_sql, bool(not_null), bool(builtin))
+        for name, type_sql, not_null, builtin in conn.execute(_COLUMNS, (row[0],)).fetchall()
+    )
+    table = SourceTable(spec.source, columns)
+    declared = [("primary_key", c) for c in spec.primary_key]
+    if spec.cursor:
+        declared.append(("cursor", spec.cursor))
+    names = set(table.names)
+    for key, column in declared:
+        if column not in names:
+            raise MissingObject(
+                f"Source table {spec.source} has no column {column!r} (key '{key}'{where}); its columns are "
+                f"{', '.join(table.names)}. Correct the declaration or the source table."
+            )
+    return table
+
+
+def select_list(table: SourceTable, columns: Sequence[str] | None = None) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in (columns or table.names))
+
+
+def copy_query_to_frame(conn: psycopg.Connection, query: sql.Composable, params: Sequence[object] = (),
+                        columns: Sequence[str] = ()) -> pl.DataFrame:
+    """Run ``COPY (query) TO STDOUT`` as CSV and parse it as text columns (NULL stays NULL, '' stays '')."""
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER false)").format(query)
+    buffer = io.BytesIO()
+    with conn.cursor() as cur, cur.copy(copy_sql, params or None) as copy:
+        for block in copy:
+            buffer.write(block)
+    return csv_to_frame(buffer.getvalue(), columns)
+
+
+def csv_to_frame(data: bytes, columns: Sequence[str]) -> pl.DataFrame:
+    if not data:
+        return pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns})
+    return pl.read_csv(
+        io.BytesIO(data),
+        has_header=False,
+        schema={c: pl.String for c in columns},
+        infer_schema=False,
+        quote_char='"',
+    )
+
+
+def key_tuple(frame: pl.DataFrame, key: Sequence[str]) -> list[str | None]:
+    """The last row's key values (text) of a frame ordered by ``key``: the keyset position."""
+    last = frame.select(list(key)).row(-1)
+    return list(last)
+
+
+def keyset_predicate(key: Sequence[str], after: Sequence[object] | None) -> tuple[sql.Composable, list]:
+    """``(k1, k2) > (%s, %s)`` (row comparison: one index range scan on the primary key)."""
+    if after is None:
+        return sql.SQL("TRUE"), []
+    cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    marks = sql.SQL(", ").join(sql.Placeholder() * len(key))
+    return sql.SQL("({}) > ({})").format(cols, marks), list(after)
+
+
+def typed_key_params(table: SourceTable, key: Sequence[str], values: Sequence[object]) -> sql.Composable:
+    """``(%s::type, …)`` placeholders so text key values compare as the key's own types."""
+    parts = [sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.column(k).type_sql)) for k in key]
+    return sql.SQL(", ").join(parts)
+
+
+def iter_keyset_chunks(conn: psycopg.Connection, table: SourceTable, key: Sequence[str], chunk_size: int,
+                       after: Sequence[object] | None = None) -> Iterator[pl.DataFrame]:
+    """Frames of at most ``chunk_size`` rows in primary-key order, starting after ``after``.
+
+    Keyset pagination (``WHERE key > last ORDER BY key LIMIT n``): each chunk is one index range
+    scan, so the cost per chunk does not grow with the position, unlike OFFSET.
+    """
+    position = list(after) if after is not None else None
+    order = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    while True:
+        if position is None:
+            where, params = sql.SQL("TRUE"), []
+        else:
+            where = sql.SQL("({}) > ({})").format(cols, typed_key_params(table, key, position))
+            params = list(position)
+        query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
+            select_list(table), table.ref.ident, where, order, sql.Literal(chunk_size)
+        )
+        frame = copy_query_to_frame(conn, query, params, table.names)
+        if frame.height == 0:
+            return
+        position = key_tuple(frame, key)
+        yield frame
+        if frame.height < chunk_size:
+            return

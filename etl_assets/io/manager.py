@@ -141,7 +141,12 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 on_commit=batch.on_commit,
                 run_id=context.run_id,
             )
-        context.add_output_metadata({**result.metadata(), **dict(batch.metadata)})
+            # Data quality (etl_assets.quality.profile, issue 7): profile the table just committed, on
+            # the same connection, so the UI plots its numbers; the write's own metadata wins on clashes.
+            from etl_assets.quality.profile import profile_after_write
+
+            profile = profile_after_write(conn, target, meta, context.log)
+        context.add_output_metadata({**profile, **result.metadata(), **dict(batch.metadata)})
 
     # -- loading -----------------------------------------------------------------------------------
 

@@ -1,0 +1,54 @@
+"""``etl-assets metrics``: success rate and duration per asset over a window, from ``etl.run_metrics``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "metrics",
+        help="success rate and duration per asset over a window (from etl.run_metrics)",
+        description="Summarise the run metrics recorded by every run (etl-assets run, the UI, the "
+        "daemon): per asset the runs, success rate (skipped assets excluded), failures, average / p95 / "
+        "max duration and records processed and failed.",
+    )
+    p.add_argument("--window", default="7d", help="how far back: 30m, 24h, 7d, 2w (default 7d)")
+    p.add_argument("--asset", default=None, metavar="KEY", help="only this asset (e.g. raw/orders)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_metrics)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from etl_assets.db import connect
+    from etl_assets.quality.metrics import parse_window, summarize
+    from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
+
+    window = parse_window(args.window)
+    env = ensure_environment()
+    with connect(env.warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
+        rows = summarize(conn, window, args.asset)
+    if args.json:
+        print(json.dumps([
+            {**r.__dict__, "last_started": r.last_started.isoformat() if r.last_started else None} for r in rows
+        ], indent=2))
+        return 0
+    if not rows:
+        print(f"No asset runs recorded in the last {args.window}.")
+        return 0
+    header = ("asset", "runs", "success", "failures", "avg s", "p95 s", "max s", "records", "failed", "last")
+    table = [header] + [
+        (
+            r.asset, str(r.runs), f"{r.success_rate:.1%}", str(r.failures),
+            *(("" if v is None else f"{v:.2f}") for v in (r.avg_seconds, r.p95_seconds, r.max_seconds)),
+            str(r.records_processed), str(r.records_failed), r.last_status,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"Run metrics over the last {args.window}:")
+    for row in table:
+        print("  ".join(cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    return 0

@@ -1,0 +1,183 @@
+"""Rules become Dagster asset checks.
+
+One :func:`dagster.multi_asset_check` per asset holds one :class:`dagster.AssetCheckSpec` per rule,
+so the UI lists every rule by its name while the rules of one table share one step and one
+connection (a step per rule would cost a process each under the multiprocess executor).
+Severities map as follows:
+
+- ``error``: ``blocking=True`` and ``AssetCheckSeverity.ERROR``. When it fails the step raises after
+  reporting every rule's result, and Dagster skips the asset's downstream assets in that run.
+- ``warning``: not blocking, ``AssetCheckSeverity.WARN``; the check fails visibly, the run goes on.
+- ``info``: always passes; the result records the measurement (and whether the thresholds held).
+
+A rule that cannot be evaluated (a missing column, broken custom SQL) fails with its own severity
+and the reason, instead of hiding the other rules' results.
+
+Rules for transformed assets are declared in Python next to the asset::
+
+    from etl_assets.quality.checks import rules_for
+    from etl_assets.quality.rules import Rule
+
+    rules_for(["clean", "orders"], [Rule(name="amount_positive", kind="range", columns=["amount"], min=0)])
+
+:func:`rules_for` only records them; ``etl_assets.quality.defs.apply_quality`` turns every recorded
+rule into checks when the project's Definitions are assembled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import psycopg
+
+from etl_assets.errors import EtlError
+from etl_assets.io.tables import TableRef
+from etl_assets.quality.rules import Rule, RuleResult, evaluate
+
+WAREHOUSE_KEY = "warehouse"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The rules of one asset, with the table they run on and the columns to mask."""
+
+    asset_key: dg.AssetKey
+    rules: tuple[Rule, ...]
+    table: TableRef | None = None
+    keys: tuple[str, ...] | None = None
+    sensitive: tuple[str, ...] = ()
+
+    def target(self) -> TableRef:
+        return self.table or TableRef.for_asset_key(self.asset_key)
+
+
+_REGISTRY: dict[dg.AssetKey, RuleSet] = {}
+
+
+def _key(asset: Any) -> dg.AssetKey:
+    if isinstance(asset, dg.AssetsDefinition):
+        return asset.key
+    return dg.AssetKey.from_coercible(asset)
+
+
+def rules_for(
+    asset: Any,
+    rules: Sequence[Rule],
+    *,
+    table: str | TableRef | None = None,
+    keys: Sequence[str] | None = None,
+    sensitive: Sequence[str] = (),
+) -> RuleSet:
+    """Declare ``rules`` for a (transformed) asset; they become its checks in the project Definitions.
+
+    ``table`` defaults to the asset's own table (``TableRef.for_asset_key`` or its ``target``
+    metadata); ``keys`` to the table's primary key. Declaring twice for one asset adds rules; a rule
+    name used twice for one asset is an error.
+    """
+    key = _key(asset)
+    ref = TableRef.parse(table) if isinstance(table, str) else table
+    previous = _REGISTRY.get(key)
+    merged = (*previous.rules, *rules) if previous else tuple(rules)
+    names = [r.name for r in merged]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EtlError(f"Asset {key.to_user_string()}: check name(s) {', '.join(dupes)} declared twice.")
+    rule_set = RuleSet(
+        key,
+        merged,
+        ref or (previous.table if previous else None),
+        tuple(keys) if keys is not None else (previous.keys if previous else None),
+        tuple(dict.fromkeys([*(previous.sensitive if previous else ()), *sensitive])),
+    )
+    _REGISTRY[key] = rule_set
+    return rule_set
+
+
+def registered() -> list[RuleSet]:
+    """Every rule set declared with :func:`rules_for` so far."""
+    return list(_REGISTRY.values())
+
+
+def to_check_result(
+    result: RuleResult, asset_key: dg.AssetKey, sensitive: Iterable[str] = ()
+) -> dg.AssetCheckResult:
+    """The Dagster check result of one evaluated rule, carrying counts, sample and definition."""
+    rule = result.rule
+    metadata: dict[str, Any] = {
+        "failing_rows": dg.MetadataValue.int(result.failing_rows),
+        "failing_percent": dg.MetadataValue.float(result.failing_percent),
+        "total_rows": dg.MetadataValue.int(result.total_rows),
+        "threshold_met": dg.MetadataValue.bool(result.passed),
+        "rule": dg.MetadataValue.json(rule.definition(sensitive)),
+        "table": dg.MetadataValue.text(str(result.table)),
+    }
+    if result.sample:
+        metadata["sample"] = dg.MetadataValue.json(result.sample)
+    for name, value in result.observed.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            metadata[f"observed_{name}"] = dg.MetadataValue.int(value)
+    if result.error:
+        metadata["error"] = dg.MetadataValue.text(result.error)
+    passed = True if rule.severity == "info" else result.passed
+    severity = dg.AssetCheckSeverity.ERROR if rule.severity == "error" else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=rule.name,
+        passed=passed,
+        severity=severity,
+        metadata=metadata,
+        description=rule.describe(),
+    )
+
+
+def run_rule(conn: psycopg.Connection, rule_set: RuleSet, rule: Rule) -> RuleResult:
+    """Evaluate one rule; an evaluation failure becomes a failed result naming the reason."""
+    target = rule_set.target()
+    try:
+        return evaluate(conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive)
+    except (EtlError, psycopg.Error) as exc:
+        if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RuleResult(rule, target, 0, 0, False, error=f"{type(exc).__name__}: {message}")
+
+
+def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
+    """One multi-asset check for the rules of one asset (each rule a named, selectable spec)."""
+    key = rule_set.asset_key
+    specs = [
+        dg.AssetCheckSpec(
+            name=rule.name,
+            asset=key,
+            blocking=rule.blocking,
+            description=rule.describe(),
+            metadata={"severity": rule.severity, "kind": rule.kind},
+        )
+        for rule in rule_set.rules
+    ]
+    by_name = {rule.name: rule for rule in rule_set.rules}
+    op_name = "quality_" + "__".join(key.path).replace("-", "_").replace(".", "_")
+
+    @dg.multi_asset_check(
+        specs=specs,
+        name=op_name,
+        can_subset=True,
+        required_resource_keys={WAREHOUSE_KEY},
+        description=f"Data-quality rules of {key.to_user_string()} on {rule_set.target()}",
+    )
+    def _quality_checks(context: dg.AssetCheckExecutionContext):
+        selected = {k.name for k in context.selected_asset_check_keys}
+        warehouse = getattr(context.resources, WAREHOUSE_KEY)
+        with warehouse.connect(autocommit=True) as conn:
+            for name, rule in by_name.items():
+                if name not in selected:
+                    continue
+                result = run_rule(conn, rule_set, rule)
+                if result.error:
+                    context.log.warning(f"check {name} on {key.to_user_string()} could not run: {result.error}")
+                yield to_check_result(result, key, rule_set.sensitive)
+
+    return _quality_checks

@@ -1,0 +1,175 @@
+"""The data-quality domain: checks, freshness, run metrics, and the policies applied at the root.
+
+Two entry points:
+
+- :func:`build_defs` (listed in ``etl_assets.domains``): the asset checks of every declared table
+  (``checks:`` in the tables YAML) and of every asset given rules with
+  :func:`etl_assets.quality.checks.rules_for`, the run-status sensors that record failed and canceled
+  runs, and the ``etl/run_metrics_summary`` asset (success rate and duration per asset, as a
+  markdown table in the UI).
+- :func:`apply_quality` (called once by ``etl_assets.definitions`` on the merged Definitions): what
+  must touch every domain's assets, so it is applied in one place at the root: the run-metrics hooks
+  on every asset, the FreshnessPolicy on extracted tables, the ``sensitive`` columns of declared
+  tables as asset metadata (read by the IO manager's profile), and Dagster's column-schema change
+  checks (WARN) on the table assets.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import dagster as dg
+from dagster._record import replace  # the same helper Definitions.map_resolved_asset_specs uses
+
+from etl_assets.quality.checks import RuleSet, build_asset_checks, registered
+from etl_assets.quality.metrics import HOOKS, build_run_status_sensors, parse_window, summarize, summary_markdown
+from etl_assets.quality.rules import parse_rules, parse_sensitive
+
+SUMMARY_KEY = dg.AssetKey(["etl", "run_metrics_summary"])
+SUMMARY_WINDOW = "7d"
+FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=_dt.timedelta(hours=24), warn_window=_dt.timedelta(hours=12)
+)
+SCHEMA_CHANGE_EXCLUDE = {SUMMARY_KEY}
+
+
+def _pipelines() -> Any:
+    """The validated tables declaration, or None when the extracts module is not available."""
+    try:
+        from etl_assets.pipeline_config import load_pipelines
+    except ImportError:  # pragma: no cover - the extracts engineer's module ships with the project
+        return None
+    return load_pipelines()
+
+
+def declared_rule_sets(config: Any = None) -> list[RuleSet]:
+    """The rule sets of the declared tables (``checks:`` and ``sensitive:`` of each table)."""
+    config = config if config is not None else _pipelines()
+    if config is None:
+        return []
+    sets: list[RuleSet] = []
+    for spec in config.tables:
+        sensitive = parse_sensitive(spec.label, list(spec.sensitive))
+        rules = parse_rules(spec.label, list(spec.checks))
+        if rules:
+            sets.append(RuleSet(
+                asset_key=dg.AssetKey(spec.asset_key_path),
+                rules=tuple(rules),
+                table=spec.target,
+                keys=tuple(spec.primary_key) or None,
+                sensitive=sensitive,
+            ))
+    return sets
+
+
+def all_rule_sets() -> list[RuleSet]:
+    """Declared (YAML) and registered (Python) rule sets; one asset's sets are merged."""
+    merged: dict[dg.AssetKey, RuleSet] = {}
+    for rule_set in [*declared_rule_sets(), *registered()]:
+        have = merged.get(rule_set.asset_key)
+        if have is None:
+            merged[rule_set.asset_key] = rule_set
+            continue
+        names = {r.name for r in have.rules}
+        clash = [r.name for r in rule_set.rules if r.name in names]
+        if clash:
+            from etl_assets.errors import ConfigError
+
+            raise ConfigError(
+                f"Asset {rule_set.asset_key.to_user_string()}: check name(s) {', '.join(clash)} are declared "
+                "both in the tables YAML and in Python; rename one."
+            )
+        merged[rule_set.asset_key] = RuleSet(
+            have.asset_key, have.rules + rule_set.rules, have.table or rule_set.table,
+            have.keys or rule_set.keys, tuple(dict.fromkeys(have.sensitive + rule_set.sensitive)),
+        )
+    return list(merged.values())
+
+
+@dg.asset(
+    key=SUMMARY_KEY,
+    group_name="etl",
+    kinds={"postgres"},
+    description="Success rate and duration per asset over the last 7 days, from etl.run_metrics "
+    "(also: `etl-assets metrics`).",
+    required_resource_keys={"warehouse"},
+)
+def run_metrics_summary(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    window = parse_window(SUMMARY_WINDOW)
+    with context.resources.warehouse.connect() as conn:
+        summaries = summarize(conn, window)
+    runs = sum(s.runs for s in summaries)
+    successes = sum(s.successes for s in summaries)
+    return dg.MaterializeResult(metadata={
+        "summary": dg.MetadataValue.md(summary_markdown(summaries, window)),
+        "assets_tracked": dg.MetadataValue.int(len(summaries)),
+        "asset_runs": dg.MetadataValue.int(runs),
+        "success_rate": dg.MetadataValue.float(round(successes / runs, 6) if runs else 1.0),
+    })
+
+
+def build_defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[run_metrics_summary],
+        asset_checks=[build_asset_checks(s) for s in all_rule_sets()],
+        sensors=build_run_status_sensors(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Root policies
+# --------------------------------------------------------------------------------------------------
+
+
+def _with_hooks(assets: Any) -> list[Any]:
+    out = []
+    for item in assets or []:
+        if (
+            isinstance(item, dg.AssetsDefinition)
+            and not isinstance(item, dg.AssetChecksDefinition)
+            and item.is_executable
+            and item.keys
+        ):
+            item = item.with_hooks(set(HOOKS))
+        out.append(item)
+    return out
+
+
+def apply_quality(defs: dg.Definitions) -> dg.Definitions:
+    """Apply the project-wide quality policies to the merged Definitions (see module docstring)."""
+    config = _pipelines()
+    extracted: dict[dg.AssetKey, tuple[str, ...]] = {}
+    if config is not None:
+        for spec in config.tables:
+            extracted[dg.AssetKey(spec.asset_key_path)] = parse_sensitive(spec.label, list(spec.sensitive))
+    for rule_set in registered():
+        if rule_set.sensitive:
+            extracted.setdefault(rule_set.asset_key, ())
+
+    def policies(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.key in extracted:
+            spec = dg.apply_freshness_policy(spec, FRESHNESS, overwrite_existing=False)
+        sensitive = set(extracted.get(spec.key, ()))
+        sensitive |= {c for s in registered() if s.asset_key == spec.key for c in s.sensitive}
+        if sensitive and "sensitive" not in (spec.metadata or {}):
+            spec = spec.merge_attributes(metadata={"sensitive": sorted(sensitive)})
+        return spec
+
+    defs = defs.map_asset_specs(func=policies)
+    table_assets = [
+        item
+        for item in defs.assets or []
+        if isinstance(item, dg.AssetsDefinition) and item.is_executable
+        and not isinstance(item, dg.AssetChecksDefinition)
+        and not set(item.keys) & SCHEMA_CHANGE_EXCLUDE
+    ]
+    schema_checks = (
+        list(dg.build_column_schema_change_checks(assets=table_assets, severity=dg.AssetCheckSeverity.WARN))
+        if table_assets else []
+    )
+    return replace(
+        defs,
+        assets=_with_hooks(defs.assets),
+        asset_checks=[*(defs.asset_checks or []), *schema_checks],
+    )

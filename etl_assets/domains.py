@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 
 DOMAIN_MODULES: tuple[str, ...] = (
-    "etl_assets.demo.raw",
+    "etl_assets.extract.assets",
     "etl_assets.demo.graph",
 )
 

@@ -247,6 +247,15 @@ def _key_string(key: dg.AssetKey | None) -> str:
     return key.to_user_string() if key else "?"
 
 
+def _root_message(error) -> str:
+    """The innermost cause's message ("RuntimeError: source exploded"), on one line."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None or not error.message:
+        return "failed"
+    return " ".join(line.strip() for line in error.message.strip().splitlines() if line.strip())
+
+
 class _Progress:
     """Event listener: prints a line per step and gathers the summary."""
 
@@ -299,7 +308,7 @@ class _Progress:
                 )
         elif et == DagsterEventType.STEP_FAILURE:
             error = event.event_specific_data.error
-            message = error.message.strip().splitlines()[-1] if error and error.message else "failed"
+            message = _root_message(error)
             self.summary.failed_steps.append((event.step_key, message))
             self._line(f"FAILED     {event.step_key}: {message}")
         elif et == DagsterEventType.STEP_SUCCESS:

@@ -107,6 +107,7 @@ def ensure_environment(*, seed_demo: bool = True) -> Environment:
             embedded.ensure_database(server, database)
             os.environ[var] = embedded.database_uri(server, database)
         os.environ.setdefault("ETL_EMBEDDED", ",".join(missing))
+    os.environ[DAGSTER_URL_VAR] = dagster_storage_url(os.environ[DAGSTER_URL_VAR])
     home = dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
     env = Environment(
@@ -133,6 +134,20 @@ def with_database(dsn: str, database: str) -> str:
     from psycopg.conninfo import make_conninfo
 
     return make_conninfo(dsn, dbname=database)
+
+
+def dagster_storage_url(dsn: str) -> str:
+    """The URL dagster-postgres needs: ``postgresql+psycopg2://``, whatever form ``dsn`` has.
+
+    SQLAlchemy 2.1 made psycopg 3 the default driver of a plain ``postgresql://`` URL, and
+    dagster-postgres' event log then fails (``NOTIFY run_events, $1`` is a syntax error with
+    server-side parameters); naming the psycopg2 driver keeps it on the driver it is written for.
+    """
+    url = as_url(dsn)
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
 
 
 def as_url(dsn: str) -> str:

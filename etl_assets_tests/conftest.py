@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from etl_assets.settings import PROJECT_ROOT, as_url, with_database
+from etl_assets.settings import PROJECT_ROOT, dagster_storage_url, with_database
 
 TEST_HOME = Path(os.environ.get("ETL_TEST_HOME", PROJECT_ROOT / ".etl-test")).resolve()
 
@@ -69,7 +69,7 @@ def warehouse_dsn(pg_databases: dict[str, str]) -> str:
 
 @pytest.fixture(scope="session")
 def dagster_url(pg_databases: dict[str, str]) -> str:
-    return as_url(pg_databases["dagster"])
+    return dagster_storage_url(pg_databases["dagster"])  # postgresql+psycopg2:// (see settings)
 
 
 @pytest.fixture

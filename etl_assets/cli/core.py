@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", "-p", type=int, default=None, help="webserver port (dagster dev's default: 3000)"
     )
-    p.add_argument("--host", "-h", default=None, help="webserver host (default: 127.0.0.1)")
+    p.add_argument("--host", default=None, help="webserver host (default: 127.0.0.1)")
     p.set_defaults(handler=cmd_dev)
 
     p = sub.add_parser("seed", help="(re)create the demo source schema shop")

@@ -11,12 +11,13 @@ The richer transforms (dead letters, validation rules) live in ``etl_assets/tran
 stays small on purpose.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
+from dagster import AssetExecutionContext
 from psycopg import sql
 
 from etl_assets.db import PostgresResource
@@ -81,7 +82,7 @@ def clean_orders_frame(
     metadata={"write_mode": "truncate_insert", "primary_key": ["id"]},
 )
 def clean_orders(
-    context: dg.AssetExecutionContext, orders: pl.DataFrame, categories: pl.DataFrame
+    context: AssetExecutionContext, orders: pl.DataFrame, categories: pl.DataFrame
 ) -> pl.DataFrame:
     valid, rejected = clean_orders_frame(orders, categories, datetime.now(UTC))
     context.add_output_metadata(

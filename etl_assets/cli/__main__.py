@@ -1,0 +1,7 @@
+"""``python -m etl_assets.cli``: the same as the ``etl-assets`` console script."""
+
+import sys
+
+from etl_assets.cli import main
+
+sys.exit(main())

@@ -1,0 +1,288 @@
+"""Headless runs through the Dagster instance: the demo graph, check severities, selections,
+partition plans, and cleanup after a run killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+import psycopg
+import pytest
+
+from etl_assets import runner
+from etl_assets.demo import seed as demo
+from etl_assets.errors import ConfigError
+from etl_assets.settings import PROJECT_ROOT
+
+DEMO_KEYS = ["clean/orders", "mart/daily_orders", "raw/categories", "raw/customers", "raw/orders"]
+
+
+@pytest.fixture
+def instance(etl_env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+@pytest.fixture
+def demo_defs(etl_env: dict[str, str], source_dsn: str) -> dg.Definitions:
+    demo.seed(source_dsn, rows=2000, seed=1)
+    from etl_assets.definitions import build_definitions
+
+    return build_definitions()
+
+
+def _resources() -> dict:
+    from etl_assets.resources import build_resources
+
+    return build_resources()
+
+
+def test_run_materializes_the_demo_graph(
+    demo_defs: dg.Definitions, instance: dg.DagsterInstance, warehouse_conn: psycopg.Connection
+) -> None:
+    lines: list[str] = []
+    summary = runner.run(defs=demo_defs, instance=instance, out=lines.append)
+    assert summary.ok and summary.exit_code == 0, runner.format_summary(summary)
+    rows = {a.key: a.rows for a in summary.materialized}
+    assert sorted(rows) == DEMO_KEYS
+    assert rows["raw/orders"] == 2000
+    assert rows["raw/customers"] == 200
+    assert rows["raw/categories"] == 12
+    clean = warehouse_conn.execute("SELECT count(*) FROM clean.orders").fetchone()[0]
+    assert rows["clean/orders"] == clean
+    # ~2 % of 2,000 orders are dirty in one of four ways; those are exactly the rows cleaning drops.
+    assert 2000 - 80 < clean < 2000
+    daily = warehouse_conn.execute("SELECT count(*), sum(orders) FROM mart.daily_orders").fetchone()
+    assert rows["mart/daily_orders"] == daily[0] and daily[1] == clean
+    checks = {(c.asset, c.name): (c.passed, c.severity) for c in summary.checks}
+    assert checks == {
+        ("raw/customers", "raw_customers_emails_well_formed"): (False, "WARN"),  # the source is dirty
+        ("clean/orders", "clean_orders_amounts_in_range"): (True, "ERROR"),
+        ("mart/daily_orders", "daily_orders_match_clean"): (True, "ERROR"),
+    }
+    assert any("raw_customers_emails_well_formed" in w for w in summary.warnings)
+    # The run is recorded in the instance like a UI run, with its materializations.
+    [run_id] = summary.run_ids
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+    event = instance.get_latest_materialization_event(dg.AssetKey(["raw", "orders"]))
+    assert event.run_id == run_id
+    text = "\n".join(lines) + runner.format_summary(summary)
+    assert "stored     raw/orders: 2,000 rows" in text
+    assert "result: OK" in text
+
+
+def _check_defs(fail_step: bool) -> dg.Definitions:
+    """A small graph: an asset with a failing ERROR check and a failing WARN check, and a child."""
+
+    @dg.asset(key=["rt", "parent"])
+    def parent() -> dg.MaterializeResult:
+        if fail_step:
+            raise RuntimeError("source exploded")
+        return dg.MaterializeResult(metadata={"dagster/row_count": 3})
+
+    @dg.asset(key=["rt", "child"], deps=[parent])
+    def child() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"dagster/row_count": 1})
+
+    @dg.asset_check(asset=parent, blocking=True)
+    def parent_must_hold() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR)
+
+    @dg.asset_check(asset=parent)
+    def parent_should_hold() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description="meh")
+
+    return dg.Definitions(assets=[parent, child], asset_checks=[parent_must_hold, parent_should_hold])
+
+
+def test_error_check_failure_fails_the_run_and_blocks_downstream(instance: dg.DagsterInstance) -> None:
+    summary = runner.run(defs=_check_defs(fail_step=False), instance=instance, out=lambda s: None)
+    assert summary.exit_code == 1
+    assert [a.key for a in summary.materialized] == ["rt/parent"]
+    assert [(c.name, c.severity) for c in summary.failed_error_checks] == [("parent_must_hold", "ERROR")]
+    assert summary.not_materialized == ["rt/child"]
+    assert "check rt/parent:parent_should_hold failed: meh" in summary.warnings
+    assert "result: FAILED" in runner.format_summary(summary)
+
+
+def test_failed_step_fails_the_run(instance: dg.DagsterInstance) -> None:
+    summary = runner.run(defs=_check_defs(fail_step=True), instance=instance, out=lambda s: None)
+    assert summary.exit_code == 1
+    assert summary.materialized == []
+    assert [step for step, _ in summary.failed_steps] == ["rt__parent"]
+    assert "source exploded" in summary.failed_steps[0][1]
+
+
+def test_warn_only_failures_keep_exit_zero(instance: dg.DagsterInstance) -> None:
+    @dg.asset(key=["rt", "only"])
+    def only() -> None:
+        return None
+
+    @dg.asset_check(asset=only)
+    def only_warns() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+    summary = runner.run(
+        defs=dg.Definitions(assets=[only], asset_checks=[only_warns]), instance=instance, out=lambda s: None
+    )
+    assert summary.exit_code == 0
+    assert [c.passed for c in summary.checks] == [False]
+    assert summary.warnings == ["check rt/only:only_warns failed"]
+
+
+def _partitioned_defs(log: list[str]) -> dg.Definitions:
+    daily = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-01-10")
+
+    @dg.asset(key=["rt", "dim"])
+    def dim() -> dg.MaterializeResult:
+        log.append("dim")
+        return dg.MaterializeResult()
+
+    @dg.asset(key=["rt", "facts"], deps=[dim], partitions_def=daily)
+    def facts(context) -> dg.MaterializeResult:
+        log.append(f"facts {context.partition_key}")
+        return dg.MaterializeResult()
+
+    @dg.asset(key=["rt", "report"], deps=[facts], partitions_def=daily)
+    def report(context) -> dg.MaterializeResult:
+        log.append(f"report {context.partition_key}")
+        return dg.MaterializeResult()
+
+    return dg.Definitions(assets=[report, facts, dim])
+
+
+def test_partitioned_assets_run_after_unpartitioned_ones(instance: dg.DagsterInstance) -> None:
+    log: list[str] = []
+    summary = runner.run(
+        defs=_partitioned_defs(log), instance=instance, partition="2025-01-03", out=lambda s: None
+    )
+    assert summary.ok
+    assert log == ["dim", "facts 2025-01-03", "report 2025-01-03"]
+    assert len(summary.run_ids) == 2
+    assert {(a.key, a.partition) for a in summary.materialized} == {
+        ("rt/dim", None),
+        ("rt/facts", "2025-01-03"),
+        ("rt/report", "2025-01-03"),
+    }
+    # Default: the latest complete partition of a time partitioning.
+    log.clear()
+    summary = runner.run(
+        defs=_partitioned_defs(log), instance=instance, select=["rt/facts"], out=lambda s: None
+    )
+    assert log == ["facts 2025-01-09"]
+    with pytest.raises(ConfigError, match="not a partition"):
+        runner.run(defs=_partitioned_defs(log), instance=instance, partition="1999-01-01", out=lambda s: None)
+    with pytest.raises(ConfigError, match="none of the selected assets is partitioned"):
+        runner.run(
+            defs=_partitioned_defs(log),
+            instance=instance,
+            select=["rt/dim"],
+            partition="2025-01-03",
+            out=lambda s: None,
+        )
+
+
+def test_select_resolves_keys_and_selection_syntax(demo_defs: dg.Definitions) -> None:
+    assert runner.resolve_selection(demo_defs, None) == [dg.AssetKey.from_user_string(k) for k in DEMO_KEYS]
+    assert runner.resolve_selection(demo_defs, ["raw/orders,raw/categories"]) == [
+        dg.AssetKey(["raw", "categories"]),
+        dg.AssetKey(["raw", "orders"]),
+    ]
+    downstream = runner.resolve_selection(demo_defs, ["key:raw/orders+"])
+    assert [k.to_user_string() for k in downstream] == ["clean/orders", "mart/daily_orders", "raw/orders"]
+    assert [k.to_user_string() for k in runner.resolve_selection(demo_defs, ["group:mart"])] == [
+        "mart/daily_orders"
+    ]
+    with pytest.raises(ConfigError, match="no asset has that key"):
+        runner.resolve_selection(demo_defs, ["raw/nope"])
+    with pytest.raises(ConfigError, match="selects no asset"):
+        runner.resolve_selection(demo_defs, ["group:nope"])
+
+
+def _wait_for(predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
+    """Poll ``predicate`` until true; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"process exited ({proc.returncode}) before {what}:\n{out}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def lock_waiters(dsn: str, table: str) -> int:
+    """Backends of this database waiting on a lock while reading ``table``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query ILIKE %s",
+            (f"%{table}%",),
+        ).fetchone()[0]
+
+
+@pytest.mark.drill
+def test_sigkilled_run_is_marked_failed_and_its_pool_slot_freed(
+    demo_defs: dg.Definitions, instance: dg.DagsterInstance, source_dsn: str
+) -> None:
+    # Hold shop.orders so that the run's raw/orders step blocks inside the step, holding its slot.
+    locker = psycopg.connect(source_dsn)
+    locker.execute("LOCK TABLE shop.orders IN ACCESS EXCLUSIVE MODE")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl_assets.cli", "run"],
+        cwd=PROJECT_ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: lock_waiters(source_dsn, "shop") > 0, "the run to block on shop.orders", proc)
+        slots = instance.event_log_storage.get_concurrency_info("warehouse")
+        [run_id] = slots.active_run_ids  # the blocked step holds one warehouse slot
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        locker.rollback()
+        locker.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # nobody noticed yet
+
+    lines: list[str] = []
+    summary = runner.run(defs=demo_defs, instance=instance, select=["raw/categories"], out=lines.append)
+    assert summary.cleaned_runs == [run_id]
+    assert summary.ok
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count == 0
+    assert f"marked run {run_id} failed" in lines[0]
+    # A second cleanup finds nothing: the run is no longer in progress.
+    assert runner.cleanup_dead_runs(instance) == []
+
+
+def test_cleanup_leaves_live_and_foreign_runs_alone(instance: dg.DagsterInstance) -> None:
+    @dg.asset(key=["rt", "noop"])
+    def noop() -> None:
+        return None
+
+    job = dg.Definitions(assets=[noop], jobs=[dg.define_asset_job("noop_job")]).resolve_job_def("noop_job")
+    alive = instance.create_run_for_job(
+        job, tags={runner.PID_TAG: str(os.getppid()), runner.HOST_TAG: os.uname()[1]}
+    )
+    foreign = instance.create_run_for_job(
+        job, tags={runner.PID_TAG: "999999999", runner.HOST_TAG: "elsewhere"}
+    )
+    for run in (alive, foreign):
+        instance.report_dagster_event(
+            dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name, message="started"),
+            run_id=run.run_id,
+        )
+    assert runner.cleanup_dead_runs(instance, local_instance=True) == []
+    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+    assert instance.get_run_by_id(foreign.run_id).status == dg.DagsterRunStatus.STARTED

@@ -1,0 +1,138 @@
+"""Applying a window of changes to the warehouse: one transaction holding the data and the position.
+
+The window's net effect (one row per touched key, see :func:`etl_assets.cdc.reader.net_effect_query`)
+streams from the source's binary ``COPY … TO STDOUT`` into a temporary staging table through the
+warehouse's ``COPY … FROM STDIN`` (no rows in Python). Then, in the same transaction: every touched
+key is deleted from the target, the keys whose final state is a row are inserted from the jsonb
+image with ``jsonb_populate_record`` (PostgreSQL converts each value to the target column's type:
+no second type mapping in Python), and the consumed position is saved in ``etl.state``. A crash at
+any point rolls all of it back; the next run reads the same window again.
+
+Deleting then inserting (rather than ``INSERT … ON CONFLICT``) also moves rows whose key changed:
+the old key is deleted, the new one inserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.errors import EtlError
+from etl_assets.extract.source import SourceTable
+from etl_assets.extract.state import save_state, state_key
+from etl_assets.io import catalog
+from etl_assets.io.tables import TableRef
+from etl_assets.io.writer import lock_target
+
+KIND = "cdc"
+
+
+class ConcurrentApply(EtlError):
+    """Another run changed the target's CDC state while this one was reading."""
+
+
+@dataclass
+class TargetShape:
+    columns: list[str]  # target columns that the source also has (the ones written)
+    created: bool
+    added: list[str]
+    missing_in_source: list[str]
+
+
+def ensure_target(conn: psycopg.Connection, target: TableRef, table: SourceTable,
+                  key: Sequence[str]) -> TargetShape:
+    """Create the target with the source's column types and primary key, or add new source columns.
+
+    Columns the source dropped stay in the target (NULL for rows written from now on).
+    """
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
+    if catalog.table_oid(conn, target) is None:
+        parts = [
+            sql.SQL("{} {}{}").format(sql.Identifier(c.name), sql.SQL(c.target_type_sql),
+                                      sql.SQL(" NOT NULL" if c.name in key else ""))
+            for c in table.columns
+        ]
+        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.ident, sql.SQL(", ").join(parts)))
+        return TargetShape(table.names, True, [], [])
+    existing = [c.name for c in catalog.columns(conn, target)]
+    added: list[str] = []
+    for column in table.columns:
+        if column.name not in existing:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                target.ident, sql.Identifier(column.name), sql.SQL(column.target_type_sql)))
+            added.append(column.name)
+    missing_key = [k for k in key if k not in existing and k not in added]
+    if missing_key:
+        raise EtlError(f"Target {target} has no key column(s) {missing_key}; drop it or choose another target.")
+    source_names = set(table.names)
+    return TargetShape([c for c in [*existing, *added] if c in source_names], False, added,
+                       [c for c in existing if c not in source_names])
+
+
+def lock_state(conn: psycopg.Connection, target: TableRef) -> dict[str, Any] | None:
+    """Take the target's write lock and return its CDC state as of now (inside the transaction)."""
+    lock_target(conn, target)
+    row = conn.execute("SELECT kind, state FROM etl.state WHERE target = %s FOR UPDATE",
+                       (state_key(target),)).fetchone()
+    if row is None or row[0] != KIND:
+        return None
+    return dict(row[1])
+
+
+def check_unchanged(current: dict[str, Any] | None, expected: dict[str, Any], target: TableRef) -> None:
+    if current is None or current.get("log_id") != expected.get("log_id") or \
+            current.get("position") != expected.get("position"):
+        raise ConcurrentApply(
+            f"The CDC state of {target} changed while this run read the source (another run, or "
+            "`etl-assets reset`); nothing was written. Run it again."
+        )
+
+
+@dataclass
+class ApplyCounts:
+    deleted: int = 0  # warehouse rows removed (touched keys, truncates)
+    written: int = 0  # warehouse rows inserted with their final image
+    truncated: int = 0
+
+
+def apply_net_effect(conn: psycopg.Connection, target: TableRef, key: Sequence[str], columns: Sequence[str],
+                     chunks: Iterable[bytes], *, truncate_first: bool) -> ApplyCounts:
+    """Inside the caller's transaction: stage the net effect, delete touched keys, insert final rows."""
+    counts = ApplyCounts()
+    if truncate_first:
+        counts.truncated = conn.execute(sql.SQL("DELETE FROM {}").format(target.ident)).rowcount
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS etl_cdc_stage "
+                 "(k jsonb, position bigint, is_delete boolean, data jsonb) ON COMMIT DELETE ROWS")
+    conn.execute("TRUNCATE etl_cdc_stage")
+    with conn.cursor() as cur, cur.copy("COPY etl_cdc_stage FROM STDIN (FORMAT binary)") as copy:
+        for chunk in chunks:
+            copy.write(chunk)
+    conn.execute("ANALYZE etl_cdc_stage")
+    match = sql.SQL(" AND ").join(
+        sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key
+    )
+    key_list = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(k)) for k in key)
+    counts.deleted = conn.execute(
+        sql.SQL(
+            "DELETE FROM {target} t USING (SELECT {keys} FROM etl_cdc_stage s "
+            "CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.k) r) d WHERE {match}"
+        ).format(target=target.ident, keys=key_list, match=match)
+    ).rowcount
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    counts.written = conn.execute(
+        sql.SQL(
+            "INSERT INTO {target} ({cols}) SELECT {rcols} FROM etl_cdc_stage s "
+            "CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.data) r WHERE NOT s.is_delete"
+        ).format(target=target.ident, cols=cols,
+                 rcols=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns))
+    ).rowcount
+    return counts
+
+
+def save(conn: psycopg.Connection, target: TableRef, state: dict[str, Any], run_id: str | None) -> None:
+    save_state(conn, target, KIND, state, run_id)

@@ -1,0 +1,559 @@
+"""Capture in the source database: the SQL that installs, removes, inspects and prunes change logs.
+
+Everything lives in the source schema ``etl_cdc``:
+
+- ``etl_cdc.capture``: one row per captured table: the table's oid, its log table, the key columns,
+  ``log_id`` (a uuid made at install: a reinstalled log has another one, which is how a consumer
+  notices that the log it was reading is gone) and ``pruned_through`` (the highest position prune
+  may have removed: a consumer that has not applied that far has lost changes).
+- ``etl_cdc.consumer``: the applied position of every warehouse target reading a log, written back
+  after each apply commits. Prune never removes past the smallest of them, so it never removes an
+  entry some consumer has not applied. (The warehouse's own ``etl.state`` row is the truth for the
+  consumer; the copy here can only lag it, which makes prune keep more, never less.)
+- per table: ``etl_cdc.log_<table>_<hash>``: ``position`` (bigint from a CACHE 1 sequence, so
+  positions grow in the order they are handed out), ``op`` (I, U, D, T for truncate), ``key`` (the
+  row's key after the change, or the deleted key), ``old_key`` (the key before an update that changed
+  it), ``data`` (the whole new row as jsonb), ``txid`` (the writing transaction, ``xid8``) and
+  ``changed_at``. An AFTER ROW trigger fills it, and an AFTER TRUNCATE trigger logs truncates.
+
+The trigger function is ``SECURITY DEFINER`` (owned by the installing role, ``search_path`` pinned),
+so the application's roles need no privilege on ``etl_cdc``. Its first statement takes the
+transaction id (``pg_current_xact_id()``) before the position is drawn; the reader relies on that.
+
+Every function here that changes something returns (or runs) a list of statements; ``dry_run``
+returns them unexecuted, so ``etl-assets cdc install --dry-run`` prints exactly what would run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.errors import ConfigError, EtlError, MissingObject
+from etl_assets.io.tables import TableRef
+
+SCHEMA = "etl_cdc"
+ROW_TRIGGER = "etl_cdc_capture"
+TRUNCATE_TRIGGER = "etl_cdc_capture_truncate"
+DEFAULT_LOCK_TIMEOUT = "5s"
+_DOLLAR = "$etl_cdc$"
+
+REGISTRY_DDL: tuple[str, ...] = (
+    "CREATE SCHEMA IF NOT EXISTS etl_cdc",
+    """CREATE TABLE IF NOT EXISTS etl_cdc.capture (
+    source_schema  text NOT NULL,
+    source_table   text NOT NULL,
+    relid          oid NOT NULL,
+    log_table      text NOT NULL UNIQUE,
+    log_sequence   text NOT NULL,
+    log_function   text NOT NULL,
+    log_id         uuid NOT NULL UNIQUE,
+    key_columns    text[] NOT NULL,
+    installed_at   timestamptz NOT NULL DEFAULT now(),
+    pruned_through bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (source_schema, source_table)
+)""",
+    """CREATE TABLE IF NOT EXISTS etl_cdc.consumer (
+    log_id           uuid NOT NULL REFERENCES etl_cdc.capture (log_id) ON DELETE CASCADE,
+    consumer         text NOT NULL,
+    target           text NOT NULL,
+    applied_position bigint NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (log_id, consumer)
+)""",
+)
+
+
+class CaptureMissing(MissingObject):
+    """Capture is not installed (or no longer intact) on a source table."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One row of ``etl_cdc.capture``: where a table's changes are logged."""
+
+    source: TableRef
+    relid: int
+    log_table: str
+    log_sequence: str
+    log_function: str
+    log_id: str
+    key_columns: tuple[str, ...]
+    installed_at: datetime | None = None
+    pruned_through: int = 0
+
+    @property
+    def log_ident(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, self.log_table)
+
+    @property
+    def sequence_ident(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, self.log_sequence)
+
+    @property
+    def function_ident(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, self.log_function)
+
+
+@dataclass
+class CaptureHealth:
+    """Whether an installed capture still works: table, triggers, log and sequence all present."""
+
+    capture: Capture
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Names and catalog
+# --------------------------------------------------------------------------------------------------
+
+def log_names(source: TableRef) -> tuple[str, str, str]:
+    """(log table, sequence, trigger function) names for ``source``: readable, always with a hash
+    of the exact schema and table so ``a_b.c`` and ``a.b_c`` never share a log."""
+    digest = hashlib.sha1(f"{source.schema}\x00{source.name}".encode()).hexdigest()[:8]
+    base = re.sub(r"[^a-z0-9_]+", "_", f"{source.schema}_{source.name}".lower()).strip("_")[:36] or "t"
+    return f"log_{base}_{digest}", f"log_{base}_{digest}_position", f"capture_{base}_{digest}"
+
+
+def registry_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('etl_cdc.capture') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+_CAPTURE_COLUMNS = """source_schema, source_table, relid::int8, log_table, log_sequence, log_function,
+                      log_id::text, key_columns, installed_at, pruned_through"""
+
+
+def _capture_from_row(row: Sequence) -> Capture:
+    return Capture(TableRef(row[0], row[1]), int(row[2]), row[3], row[4], row[5], row[6], tuple(row[7]),
+                   row[8], int(row[9]))
+
+
+def get_capture(conn: psycopg.Connection, source: TableRef, *, lock: str = "") -> Capture | None:
+    """The registry row of ``source``, or None. ``lock`` may be "FOR UPDATE" / "FOR SHARE"."""
+    if not registry_exists(conn):
+        return None
+    query = sql.SQL("SELECT " + _CAPTURE_COLUMNS + " FROM etl_cdc.capture "
+                    "WHERE source_schema = %s AND source_table = %s " + lock)
+    row = conn.execute(query, (source.schema, source.name)).fetchone()
+    return _capture_from_row(row) if row else None
+
+
+def list_captures(conn: psycopg.Connection) -> list[Capture]:
+    if not registry_exists(conn):
+        return []
+    rows = conn.execute(
+        "SELECT " + _CAPTURE_COLUMNS + " FROM etl_cdc.capture ORDER BY source_schema, source_table"
+    ).fetchall()
+    return [_capture_from_row(r) for r in rows]
+
+
+def table_oid(conn: psycopg.Connection, source: TableRef) -> int | None:
+    row = conn.execute("SELECT to_regclass(%s)::oid::int8", (source.regclass_text,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def immediate_unique_keys(conn: psycopg.Connection, relid: int) -> list[tuple[str, ...]]:
+    """Column lists of the table's non-deferrable, non-partial unique indexes (primary key first)."""
+    rows = conn.execute(
+        """
+        SELECT ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY AS k(attnum, n)
+                     JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                     ORDER BY k.n)
+          FROM pg_index x
+         WHERE x.indrelid = %s::oid AND x.indisunique AND x.indimmediate
+           AND x.indpred IS NULL AND x.indexprs IS NULL
+         ORDER BY x.indisprimary DESC, x.indexrelid
+        """,
+        (relid,),
+    ).fetchall()
+    return [tuple(r[0]) for r in rows]
+
+
+def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
+    """What is broken about an installed capture (empty when intact)."""
+    result = CaptureHealth(capture)
+    oid = table_oid(conn, capture.source)
+    if oid is None:
+        result.problems.append(f"source table {capture.source} no longer exists")
+    elif oid != capture.relid:
+        result.problems.append(f"source table {capture.source} was dropped and recreated since install")
+    else:
+        names = {r[0] for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::oid AND tgenabled <> 'D'", (oid,)
+        ).fetchall()}
+        for trig in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+            if trig not in names:
+                result.problems.append(f"trigger {trig} on {capture.source} is missing or disabled")
+    row = conn.execute(
+        "SELECT to_regclass(%s), (SELECT cache_size FROM pg_sequences WHERE schemaname = %s AND sequencename = %s)",
+        (f'{SCHEMA}."{capture.log_table}"', SCHEMA, capture.log_sequence),
+    ).fetchone()
+    if row is None or row[0] is None:
+        result.problems.append(f"change log {SCHEMA}.{capture.log_table} is missing")
+    if row is None or row[1] is None:
+        result.problems.append(f"sequence {SCHEMA}.{capture.log_sequence} is missing")
+    elif int(row[1]) != 1:
+        result.problems.append(
+            f"sequence {SCHEMA}.{capture.log_sequence} has CACHE {row[1]}; it must be CACHE 1 so that positions "
+            "grow in the order they are handed out"
+        )
+    return result
+
+
+def require_capture(conn: psycopg.Connection, source: TableRef) -> Capture:
+    """The intact capture of ``source``; otherwise :class:`CaptureMissing` saying which command fixes it."""
+    capture = get_capture(conn, source)
+    if capture is None:
+        raise CaptureMissing(
+            f"Change capture is not installed on source table {source}. A DBA (or a role with the "
+            f"privileges listed in README 'Change data capture') runs `etl-assets cdc install {source}` "
+            f"(add --dry-run to review the SQL first)."
+        )
+    state = health(conn, capture)
+    if not state.intact:
+        raise CaptureMissing(
+            f"Change capture on {source} is broken: {'; '.join(state.problems)}. Reinstall it with "
+            f"`etl-assets cdc install {source}` (a new change log), then `etl-assets reset TARGET` "
+            "for a new snapshot of each target reading it."
+        )
+    return capture
+
+
+# --------------------------------------------------------------------------------------------------
+# Install / uninstall
+# --------------------------------------------------------------------------------------------------
+
+def _resolve_key(conn: psycopg.Connection, source: TableRef, relid: int,
+                 key: Sequence[str] | None) -> tuple[str, ...]:
+    keys = immediate_unique_keys(conn, relid)
+    if key:
+        wanted = tuple(key)
+        if not any(set(k) == set(wanted) for k in keys):
+            raise ConfigError(
+                f"Key {list(wanted)} of {source} is not the column list of a primary key or a non-deferrable "
+                f"unique index (found {[list(k) for k in keys] or 'none'}). Capture needs one: changes are "
+                "matched by key, and a deferrable key lets one statement log moves in an order that "
+                "cannot be replayed. Add such a constraint or declare the matching primary_key."
+            )
+        return wanted
+    if not keys:
+        raise ConfigError(
+            f"Source table {source} has no primary key or non-deferrable unique index; capture needs one "
+            "to match changes to rows. Add a primary key (or pass --key COLUMN...)."
+        )
+    return keys[0]
+
+
+def _function_sql(source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier,
+                  key: Sequence[str]) -> sql.Composed:
+    def pairs(record: str) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.SQL(record), sql.Identifier(k)) for k in key
+        )
+
+    body = sql.SQL(
+        """
+DECLARE
+    -- The transaction id first: the position below is drawn after it, which the reader relies on.
+    v_xid xid8 := pg_current_xact_id();
+    v_key jsonb;
+    v_old jsonb;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO {log} (op, txid) VALUES ('T', v_xid);
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        v_old := jsonb_build_object({old_pairs});
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (op, key, txid) VALUES ('D', v_old, v_xid);
+        RETURN NULL;
+    END IF;
+    v_key := jsonb_build_object({new_pairs});
+    INSERT INTO {log} (op, key, old_key, data, txid)
+    VALUES (CASE TG_OP WHEN 'INSERT' THEN 'I' ELSE 'U' END, v_key,
+            CASE WHEN TG_OP = 'UPDATE' AND v_old IS DISTINCT FROM v_key THEN v_old END,
+            to_jsonb(NEW), v_xid);
+    RETURN NULL;
+END
+"""
+    ).format(log=log_ident, old_pairs=pairs("OLD"), new_pairs=pairs("NEW"))
+    return sql.SQL(
+        "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
+        "SET search_path = pg_catalog, pg_temp AS " + _DOLLAR + "{body}" + _DOLLAR
+    ).format(fn=fn_ident, body=body)
+
+
+def install_statements(conn: psycopg.Connection, source: TableRef, key: Sequence[str] | None = None,
+                       *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+                       log_id: str | None = None) -> tuple[list[sql.Composable], Capture | None]:
+    """The statements installing capture on ``source`` (empty when an intact capture exists), and the
+    capture they create. A broken capture (table recreated, trigger dropped) is replaced by a new log."""
+    relid = table_oid(conn, source)
+    if relid is None:
+        raise MissingObject(f"Source table {source} does not exist; check the name (schema.table).")
+    existing = get_capture(conn, source)
+    statements: list[sql.Composable] = [sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))]
+    statements += [sql.SQL(s) for s in REGISTRY_DDL]
+    if existing is not None:
+        if health(conn, existing).intact:
+            return [], existing
+        statements += _drop_statements(conn, existing)
+    key_cols = _resolve_key(conn, source, relid, key)
+    for name in key_cols:
+        if _DOLLAR in name:
+            raise ConfigError(f"Column name {name!r} of {source} contains {_DOLLAR}, which capture reserves.")
+    log_table, seq, fn = log_names(source)
+    capture = Capture(source, relid, log_table, seq, fn, log_id or str(uuid.uuid4()), key_cols)
+    statements += [
+        sql.SQL("CREATE SEQUENCE {} AS bigint CACHE 1 NO CYCLE").format(capture.sequence_ident),
+        sql.SQL(
+            """CREATE TABLE {log} (
+    position   bigint PRIMARY KEY DEFAULT nextval({seq_text}::regclass),
+    op         text NOT NULL CHECK (op IN ('I', 'U', 'D', 'T')),
+    key        jsonb,
+    old_key    jsonb,
+    data       jsonb,
+    txid       xid8 NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)"""
+        ).format(log=capture.log_ident, seq_text=sql.Literal(f'{SCHEMA}."{seq}"')),
+        sql.SQL("ALTER SEQUENCE {} OWNED BY {}.position").format(capture.sequence_ident, capture.log_ident),
+        _function_sql(source, capture.log_ident, capture.function_ident, key_cols),
+        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(capture.function_ident),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(ROW_TRIGGER), source.ident, capture.function_ident),
+        sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+            sql.Identifier(TRUNCATE_TRIGGER), source.ident, capture.function_ident),
+        sql.SQL(
+            "INSERT INTO etl_cdc.capture (source_schema, source_table, relid, log_table, log_sequence, "
+            "log_function, log_id, key_columns) VALUES ({}, {}, {}, {}, {}, {}, {}, {})"
+        ).format(*(sql.Literal(v) for v in (source.schema, source.name, relid, log_table, seq, fn)),
+                 sql.SQL("{}::uuid").format(sql.Literal(capture.log_id)),
+                 sql.SQL("{}::text[]").format(sql.Literal(list(key_cols)))),
+    ]
+    return statements, capture
+
+
+def _drop_statements(conn: psycopg.Connection, capture: Capture) -> list[sql.Composable]:
+    statements: list[sql.Composable] = []
+    if table_oid(conn, capture.source) == capture.relid:
+        for trig in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(trig), capture.source.ident))
+    statements += [
+        sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(capture.function_ident),
+        sql.SQL("DROP TABLE IF EXISTS {}").format(capture.log_ident),
+        sql.SQL("DROP SEQUENCE IF EXISTS {}").format(capture.sequence_ident),
+        sql.SQL("DELETE FROM etl_cdc.capture WHERE source_schema = {} AND source_table = {}").format(
+            sql.Literal(capture.source.schema), sql.Literal(capture.source.name)),
+    ]
+    return statements
+
+
+def uninstall_statements(conn: psycopg.Connection, source: TableRef,
+                         *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> list[sql.Composable]:
+    """Statements removing capture from ``source`` (empty when none is installed)."""
+    existing = get_capture(conn, source)
+    if existing is None:
+        return []
+    return [sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)),
+            *_drop_statements(conn, existing)]
+
+
+def run_statements(conn: psycopg.Connection, statements: Sequence[sql.Composable], what: str) -> None:
+    """Execute ``statements`` in one transaction; a lock timeout names the busy table."""
+    if not statements:
+        return
+    try:
+        with conn.transaction():
+            for statement in statements:
+                conn.execute(statement)
+    except psycopg.errors.LockNotAvailable as exc:
+        raise EtlError(
+            f"{what}: a table is busy (lock timeout: {exc.diag.message_primary}); long transactions on it "
+            "block trigger changes. Retry when it is quieter, or pass a longer --lock-timeout."
+        ) from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise EtlError(
+            f"{what}: permission denied ({exc.diag.message_primary}). See README 'Change data capture' "
+            "for the privileges capture needs, or give the --dry-run SQL to a DBA."
+        ) from None
+
+
+def install(conn: psycopg.Connection, source: TableRef, key: Sequence[str] | None = None,
+            *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> tuple[Capture, bool]:
+    """Install (or repair) capture on ``source``; returns the capture and whether anything changed."""
+    statements, capture = install_statements(conn, source, key, lock_timeout=lock_timeout)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        conn.commit()
+    run_statements(conn, statements, f"Installing capture on {source}")
+    assert capture is not None
+    return capture, bool(statements)
+
+
+def uninstall(conn: psycopg.Connection, source: TableRef, *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> bool:
+    statements = uninstall_statements(conn, source, lock_timeout=lock_timeout)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        conn.commit()
+    run_statements(conn, statements, f"Removing capture from {source}")
+    return bool(statements)
+
+
+def render(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> str:
+    """The statements as a reviewable SQL script (for ``--dry-run``)."""
+    if not statements:
+        return ""
+    lines = ["BEGIN;"]
+    lines += [s.as_string(conn).strip() + ";" for s in statements]
+    lines.append("COMMIT;")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Consumers, status and prune
+# --------------------------------------------------------------------------------------------------
+
+def register_consumer(conn: psycopg.Connection, capture: Capture, consumer: str, target: str,
+                      position: int | None = None) -> None:
+    """Record ``consumer``'s applied position (autocommit-safe; one short transaction).
+
+    ``position=None`` registers it at the log's ``pruned_through`` (nothing below exists anyway):
+    done before a snapshot, so that prune cannot remove entries the new consumer still needs. The
+    capture row is locked like prune locks it, so the two never interleave.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT pruned_through FROM etl_cdc.capture WHERE log_id = %s::uuid FOR UPDATE", (capture.log_id,)
+        ).fetchone()
+        if row is None:
+            return
+        value = int(row[0]) if position is None else position
+        conn.execute(
+            """INSERT INTO etl_cdc.consumer (log_id, consumer, target, applied_position, updated_at)
+               VALUES (%s::uuid, %s, %s, %s, now())
+               ON CONFLICT (log_id, consumer) DO UPDATE
+                  SET target = EXCLUDED.target, applied_position = EXCLUDED.applied_position,
+                      updated_at = EXCLUDED.updated_at""",
+            (capture.log_id, consumer, target, value),
+        )
+
+
+@dataclass
+class ConsumerStatus:
+    consumer: str
+    target: str
+    applied_position: int
+    pending: int
+    oldest_pending_position: int | None
+    oldest_pending_at: datetime | None
+    lag_seconds: float
+    updated_at: datetime | None
+
+
+@dataclass
+class CaptureStatus:
+    capture: Capture
+    problems: list[str]
+    entries: int
+    min_position: int | None
+    max_position: int | None
+    consumers: list[ConsumerStatus]
+
+    @property
+    def pending(self) -> int:
+        """Entries not yet applied by the slowest consumer (all entries when none is registered)."""
+        return max((c.pending for c in self.consumers), default=self.entries)
+
+
+def status(conn: psycopg.Connection, sources: Sequence[TableRef] = ()) -> list[CaptureStatus]:
+    """Per captured table: log size, and per consumer the pending changes and the oldest unapplied one."""
+    captures = list_captures(conn)
+    if sources:
+        wanted = set(sources)
+        captures = [c for c in captures if c.source in wanted]
+    result: list[CaptureStatus] = []
+    for capture in captures:
+        problems = health(conn, capture).problems
+        if any("change log" in p for p in problems):
+            result.append(CaptureStatus(capture, problems, 0, None, None, []))
+            continue
+        entries, lo, hi = conn.execute(
+            sql.SQL("SELECT count(*), min(position), max(position) FROM {}").format(capture.log_ident)
+        ).fetchone()
+        consumers: list[ConsumerStatus] = []
+        for consumer, target, applied, updated_at in conn.execute(
+            "SELECT consumer, target, applied_position, updated_at FROM etl_cdc.consumer "
+            "WHERE log_id = %s::uuid ORDER BY consumer", (capture.log_id,)
+        ).fetchall():
+            pending, oldest_pos, oldest_at, lag = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), min(position), min(changed_at), "
+                    "coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 "
+                    "FROM {} WHERE position > %s"
+                ).format(capture.log_ident), (applied,)
+            ).fetchone()
+            consumers.append(ConsumerStatus(consumer, target, int(applied), int(pending), oldest_pos, oldest_at,
+                                            float(lag), updated_at))
+        result.append(CaptureStatus(capture, problems, int(entries), lo, hi, consumers))
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        conn.rollback()
+    return result
+
+
+@dataclass
+class PruneResult:
+    source: TableRef
+    through: int | None  # highest position removed (None: nothing could be removed)
+    removed: int
+    reason: str = ""
+
+
+def prune_statements(conn: psycopg.Connection, capture: Capture) -> tuple[list[sql.Composable], int | None, str]:
+    """Statements removing entries every registered consumer has applied, and up to which position."""
+    row = conn.execute(
+        "SELECT min(applied_position), count(*) FROM etl_cdc.consumer WHERE log_id = %s::uuid", (capture.log_id,)
+    ).fetchone()
+    if row is None or not row[1]:
+        return [], None, "no consumer has registered an applied position yet; nothing is removed"
+    through = int(row[0])
+    if through <= capture.pruned_through:
+        return [], None, f"nothing applied beyond position {capture.pruned_through} by every consumer"
+    return [
+        sql.SQL("DELETE FROM {} WHERE position <= {}").format(capture.log_ident, sql.Literal(through)),
+        sql.SQL("UPDATE etl_cdc.capture SET pruned_through = greatest(pruned_through, {}) "
+                "WHERE log_id = {}::uuid").format(sql.Literal(through), sql.Literal(capture.log_id)),
+    ], through, ""
+
+
+def prune(conn: psycopg.Connection, source: TableRef, *, dry_run: bool = False) -> tuple[PruneResult, str]:
+    """Remove the entries of ``source``'s log that every consumer has applied, never one more.
+
+    Runs in one transaction holding the capture row locked, so a consumer registering for a
+    snapshot waits (or is seen). Returns the result and the SQL (for ``--dry-run``).
+    """
+    with conn.transaction():
+        capture = get_capture(conn, source, lock="FOR UPDATE")
+        if capture is None:
+            raise CaptureMissing(f"Change capture is not installed on {source}; nothing to prune.")
+        statements, through, reason = prune_statements(conn, capture)
+        script = render(conn, statements)
+        if dry_run or not statements:
+            return PruneResult(source, None, 0, reason or "dry run"), script
+        removed = conn.execute(statements[0]).rowcount
+        conn.execute(statements[1])
+    return PruneResult(source, through, removed), script

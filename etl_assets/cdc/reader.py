@@ -1,0 +1,252 @@
+"""Reading a change log safely: which positions are final, and the net effect of a range of them.
+
+Why not simply ``WHERE position > last ORDER BY position``: positions are drawn when a change is
+made, not when it commits. A transaction that drew position 100 and commits after 101 was read would
+be skipped forever (dlt #933, Airbyte #14732 are the cursor variant of this). Reading only entries
+whose ``txid`` is below ``pg_snapshot_xmin`` is not enough on its own either: a transaction with a
+smaller id can draw a *larger* position than a still-running one with a larger id.
+
+The rule used here (a "horizon"): at time t0 read the sequence's ``last_value`` L (every position
+<= L has been handed out by t0), then draw a fresh transaction id N (every transaction that drew a
+position <= L had its id before t0 — the trigger takes its id before drawing a position — so its id
+is < N). Once a snapshot has ``pg_snapshot_xmin > N``, every transaction that could hold a position
+<= L has ended, so in that snapshot the entries with position <= L are final: committed ones are
+visible and no other will ever appear. The range ``(applied, L]`` is then read in position order,
+which for any one row is the order its changes happened (row locks serialise writers of a row, and
+the sequence has CACHE 1). When an old transaction is still running the run waits a little, then
+applies up to the newest earlier horizon that is final, and reports what holds it back.
+
+After the initial snapshot a range also skips the entries the snapshot already contains:
+``pg_visible_in_snapshot(txid, snapshot)`` for positions up to the snapshot's highest visible one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.cdc.capture import Capture
+from etl_assets.errors import EtlError
+
+MAX_HORIZONS = 8
+OPS = {"I": "insert", "U": "update", "D": "delete", "T": "truncate"}
+
+
+class ChangeLogGap(EtlError):
+    """Entries between the applied position and the log's first available one are gone."""
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """Positions <= ``position`` were all handed out by transactions with ids < ``xid``."""
+
+    position: int
+    xid: int
+
+
+def take_horizon(conn: psycopg.Connection, capture: Capture) -> Horizon:
+    """Read the sequence, then burn a transaction id: two autocommit statements, in this order."""
+    if not conn.autocommit:
+        raise ValueError("take_horizon needs an autocommit connection (two separate transactions)")
+    last_value, is_called = conn.execute(
+        sql.SQL("SELECT last_value, is_called FROM {}").format(capture.sequence_ident)
+    ).fetchone()
+    position = int(last_value) if is_called else int(last_value) - 1
+    xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+    return Horizon(position, xid)
+
+
+def snapshot_xmin(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[0])
+
+
+def begin_snapshot(conn: psycopg.Connection) -> None:
+    """First statement of a read transaction: one REPEATABLE READ snapshot for every query in it."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
+# Is every transaction with an id <= N that could write this database's logs over, in the current
+# snapshot? Either the snapshot's xmin is past N, or every still-running id <= N is proven to be a
+# transaction of another database (a session in pg_stat_activity, or a prepared transaction, whose
+# database is not this one): those cannot write our logs. An id not found (it ended after the
+# snapshot, or the role may not see other users' sessions) counts as ours: wait rather than guess.
+_FINAL = """
+SELECT pg_snapshot_xmin(q.s) > %(n)s::text::xid8 OR NOT EXISTS (
+    SELECT 1 FROM pg_snapshot_xip(q.s) AS x(xid)
+     WHERE x.xid <= %(n)s::text::xid8
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_stat_activity a
+            WHERE a.backend_xid IS NOT NULL
+              AND a.backend_xid::text::bigint = x.xid::text::bigint %% 4294967296
+              AND a.datid IS DISTINCT FROM (SELECT oid FROM pg_database WHERE datname = current_database()))
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_prepared_xacts p
+            WHERE p.transaction::text::bigint = x.xid::text::bigint %% 4294967296
+              AND p.database <> current_database()))
+  FROM (SELECT pg_current_snapshot() AS s) q
+"""
+
+
+def horizon_final(conn: psycopg.Connection, horizon: Horizon) -> bool:
+    """Whether every position <= ``horizon.position`` is final in the current snapshot."""
+    return bool(conn.execute(_FINAL, {"n": str(horizon.xid)}).fetchone()[0])
+
+
+def safe_bound(conn: psycopg.Connection, applied: int, horizons: list[Horizon]) -> int:
+    """The highest position whose range ``(applied, bound]`` is final in the current snapshot."""
+    bound = applied
+    for h in sorted(horizons, key=lambda h: h.position, reverse=True):
+        if h.position <= bound:
+            break
+        if horizon_final(conn, h):
+            bound = h.position
+            break
+    return bound
+
+
+def keep_horizons(horizons: list[Horizon], bound: int) -> list[Horizon]:
+    """Horizons still useful after applying up to ``bound``: the oldest and the newest few."""
+    left = sorted({h for h in horizons if h.position > bound}, key=lambda h: h.position)
+    if len(left) > MAX_HORIZONS:
+        left = left[:1] + left[-(MAX_HORIZONS - 1):]
+    return left
+
+
+def oldest_running(conn: psycopg.Connection) -> str:
+    """A description of the oldest transaction with an id (what holds the reader back), for reports."""
+    try:
+        row = conn.execute(
+            """SELECT pid, coalesce(datname, '?'), coalesce(usename, '?'),
+                      extract(epoch FROM clock_timestamp() - xact_start)::float8, state
+                 FROM pg_stat_activity
+                WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+                ORDER BY age(backend_xid) DESC LIMIT 1"""
+        ).fetchone()
+    except psycopg.Error:
+        return "an older transaction"
+    if row is None:
+        return "an older transaction"
+    pid, db, user, seconds, state = row
+    return f"pid {pid} (user {user}, database {db}, {state or 'unknown state'}, open for {seconds or 0:.0f} s)"
+
+
+@dataclass
+class Window:
+    """A range ``(start, end]`` of a log, final in the read transaction's snapshot."""
+
+    capture: Capture
+    start: int
+    end: int
+    exclude_snapshot: str | None = None  # entries visible in it are already in the target
+    exclude_through: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    last_truncate: int | None = None
+    held_back_by: str | None = None
+
+    @property
+    def changes(self) -> int:
+        return sum(self.counts.values())
+
+    def where(self, lower: int | None = None) -> tuple[sql.Composable, list[Any]]:
+        """The WHERE clause selecting this window's entries (above ``lower`` if given)."""
+        parts: list[sql.Composable] = [sql.SQL("position > %s"), sql.SQL("position <= %s")]
+        params: list[Any] = [max(self.start, lower or self.start), self.end]
+        if self.exclude_snapshot is not None and self.exclude_through is not None:
+            parts.append(sql.SQL("NOT (position <= %s AND pg_visible_in_snapshot(txid, %s::pg_snapshot))"))
+            params += [self.exclude_through, self.exclude_snapshot]
+        return sql.SQL(" AND ").join(parts), params
+
+
+def check_continuity(conn: psycopg.Connection, capture: Capture, log_id: str, applied: int,
+                     target: str) -> None:
+    """Fail loudly when the log cannot continue from ``applied``: recreated, pruned past it, or reset."""
+    reset = (f"Run `etl-assets reset {target}` and run {target} again: it takes a new snapshot of "
+             f"{capture.source} and continues from there.")
+    if capture.log_id != log_id:
+        raise ChangeLogGap(
+            f"The change log of {capture.source} was recreated (log id {capture.log_id}, installed "
+            f"{capture.installed_at:%Y-%m-%d %H:%M:%S %Z}); {target} applied up to position {applied} of an "
+            f"earlier log ({log_id}), and the changes in between are lost. {reset}"
+        )
+    if capture.pruned_through > applied:
+        raise ChangeLogGap(
+            f"The change log of {capture.source} was pruned through position {capture.pruned_through}, but "
+            f"{target} applied only up to {applied}: changes {applied + 1}..{capture.pruned_through} are gone. "
+            f"{reset}"
+        )
+    last_value, is_called = conn.execute(
+        sql.SQL("SELECT last_value, is_called FROM {}").format(capture.sequence_ident)
+    ).fetchone()
+    handed_out = int(last_value) if is_called else int(last_value) - 1
+    if handed_out < applied:
+        raise ChangeLogGap(
+            f"The change log sequence of {capture.source} is at {handed_out}, below the position {applied} "
+            f"that {target} applied: the log was reset or restored from an older backup. {reset}"
+        )
+
+
+def describe_window(conn: psycopg.Connection, window: Window) -> None:
+    """Fill ``counts`` and ``last_truncate`` (inside the read transaction)."""
+    where, params = window.where()
+    rows = conn.execute(
+        sql.SQL("SELECT op, count(*), max(position) FROM {} WHERE {} GROUP BY op").format(
+            window.capture.log_ident, where), params
+    ).fetchall()
+    window.counts = {OPS[op]: int(n) for op, n, _ in rows}
+    truncates = [int(top) for op, _, top in rows if op == "T"]
+    window.last_truncate = max(truncates) if truncates else None
+
+
+def net_effect_query(window: Window) -> tuple[sql.Composable, list[Any]]:
+    """One row per key touched after the last truncate: the key, whether its final state is
+    deleted, and the final row. Equivalent to replaying the range in position order, because each
+    entry carries the whole row and each key's final state is its last event: a delete (D, or the
+    old key of an update that moved the row) or a row (I, U)."""
+    where, params = window.where(window.last_truncate)
+    query = sql.SQL(
+        """SELECT DISTINCT ON (k) k, position, is_delete, data FROM (
+             SELECT key AS k, position, 1 AS sub, op = 'D' AS is_delete, data
+               FROM {log} WHERE {where} AND op IN ('I', 'U', 'D')
+             UNION ALL
+             SELECT old_key, position, 0, true, NULL::jsonb
+               FROM {log} WHERE {where} AND op = 'U' AND old_key IS NOT NULL
+           ) e ORDER BY k, position DESC, sub DESC"""
+    ).format(log=window.capture.log_ident, where=where)
+    return query, params + params
+
+
+def stream_net_effect(conn: psycopg.Connection, window: Window) -> Iterator[bytes]:
+    """The net effect as binary COPY data (``k jsonb, position bigint, is_delete boolean, data jsonb``)."""
+    query, params = net_effect_query(window)
+    with conn.cursor() as cur, cur.copy(
+        sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query), params
+    ) as copy:
+        yield from copy
+
+
+def pending_after(conn: psycopg.Connection, capture: Capture, position: int) -> tuple[int, float]:
+    """(entries after ``position`` visible now, age in seconds of the oldest of them; 0 when none)."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 "
+                "FROM {} WHERE position > %s").format(capture.log_ident), (position,)
+    ).fetchone()
+    return int(row[0]), max(0.0, float(row[1]))
+
+
+def wait_for_horizon(conn: psycopg.Connection, horizon: Horizon, wait_seconds: float) -> bool:
+    """Poll (one cheap query per try, growing pauses) until the horizon is final, for at most
+    ``wait_seconds``; True if it became final."""
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.02
+    while True:
+        if horizon_final(conn, horizon):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.5)

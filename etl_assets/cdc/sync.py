@@ -1,0 +1,233 @@
+"""One CDC run of one table: snapshot on first use, then apply the next final window; with a report.
+
+Order of a window run (see :mod:`etl_assets.cdc.reader` for why each step is needed):
+
+1. take a horizon (sequence value, then a fresh transaction id) and wait briefly for older
+   transactions to end;
+2. open a REPEATABLE READ read-only transaction on the source; check the log still continues from
+   the warehouse's position (same log id, not pruned past it, sequence not reset) — else fail loudly;
+3. in one warehouse transaction: lock the target, check its state is the one read, stream the
+   window's net effect into staging, delete touched keys, insert final rows, save the new position;
+4. after that commit, record the applied position in the source (for prune) and prune if asked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from etl_assets.cdc import apply, capture, reader, snapshot
+from etl_assets.db import connect
+from etl_assets.extract.source import SourceTable, describe
+from etl_assets.extract.state import load_state
+from etl_assets.io.tables import TableRef
+from etl_assets.pipeline_config import TableSpec
+from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
+
+WAIT_VAR = "ETL_CDC_WAIT_SECONDS"
+DEFAULT_WAIT_SECONDS = 5.0
+
+
+@dataclass
+class CdcReport:
+    """What one run did, for people (Dagster metadata, the command line)."""
+
+    source: str
+    target: str
+    mode: str  # "snapshot" or "apply"
+    applied: dict[str, int] = field(default_factory=dict)  # changes per operation
+    position_before: int | None = None
+    position_after: int | None = None
+    pending: int = 0
+    lag_seconds: float = 0.0
+    seconds: float = 0.0
+    rows_snapshot: int = 0
+    rows_deleted: int = 0
+    rows_written: int = 0
+    held_back_by: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        return sum(self.applied.values())
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "cdc_mode": self.mode,
+            "source": self.source,
+            "changes_applied": self.changes,
+            **{f"changes_{op}": self.applied.get(op, 0) for op in ("insert", "update", "delete", "truncate")},
+            "position_before": self.position_before if self.position_before is not None else -1,
+            "position_after": self.position_after if self.position_after is not None else -1,
+            "pending_changes": self.pending,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "duration_seconds": round(self.seconds, 3),
+            "rows_deleted": self.rows_deleted,
+            "rows_written": self.rows_written,
+        }
+        if self.mode == "snapshot":
+            meta["snapshot_rows"] = self.rows_snapshot
+            meta["dagster/row_count"] = self.rows_snapshot
+        if self.seconds > 0 and self.changes:
+            meta["changes_per_second"] = round(self.changes / self.seconds, 1)
+        if self.held_back_by:
+            meta["held_back_by"] = self.held_back_by
+        if self.notes:
+            meta["notes"] = "; ".join(self.notes)
+        return meta
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.applied.items())) or "none"
+        text = (f"{self.target}: {self.mode}; changes applied: {ops}; position {self.position_before} -> "
+                f"{self.position_after}; pending {self.pending}; lag {self.lag_seconds:.1f} s; "
+                f"{self.seconds:.2f} s")
+        if self.mode == "snapshot":
+            text += f"; snapshot rows {self.rows_snapshot}"
+        if self.held_back_by:
+            text += f"; held back by {self.held_back_by}"
+        return text
+
+
+def wait_seconds() -> float:
+    raw = os.environ.get(WAIT_VAR)
+    try:
+        return float(raw) if raw else DEFAULT_WAIT_SECONDS
+    except ValueError:
+        return DEFAULT_WAIT_SECONDS
+
+
+def consumer_name(wh: psycopg.Connection, target: TableRef) -> str:
+    """Identifies this warehouse target among a log's consumers (no host, user or password)."""
+    try:
+        with wh.transaction():
+            sysid = wh.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+    except psycopg.Error:
+        sysid = "?"
+    dbname = wh.execute("SELECT current_database()").fetchone()[0]
+    if not wh.autocommit:
+        wh.commit()
+    return f"{sysid}/{dbname}/{target}"
+
+
+def sync_table(spec: TableSpec, *, source_dsn: str | None = None, warehouse_dsn: str | None = None,
+               run_id: str | None = None, wait: float | None = None, auto_install: bool = False,
+               prune_after: bool = True) -> CdcReport:
+    """Bring ``spec.target`` up to date with ``spec.source`` through its change log.
+
+    ``auto_install`` (the shipped demo) installs capture when it is missing and takes a new snapshot
+    when the log was recreated; otherwise both fail with the command that fixes them.
+    """
+    started = time.monotonic()
+    source_dsn = source_dsn or os.environ[SOURCE_DSN_VAR]
+    warehouse_dsn = warehouse_dsn or os.environ[WAREHOUSE_DSN_VAR]
+    target = spec.target
+    with connect(source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=True) as src, \
+            connect(warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as wh:
+        state = load_state(wh, target, apply.KIND)
+        table = describe(src, spec)
+        notes: list[str] = []
+        cap = capture.get_capture(src, spec.source)
+        broken = cap is None or not capture.health(src, cap).intact
+        if broken:
+            if not auto_install:
+                capture.require_capture(src, spec.source)  # raises with the command to run
+            cap, _ = capture.install(src, spec.source, spec.primary_key or None)
+            notes.append(f"capture installed on {spec.source} (log {cap.log_id})")
+        assert cap is not None
+        consumer = consumer_name(wh, target)
+        if state and state.get("log_id") == cap.log_id:
+            try:
+                report = _apply_window(src, wh, cap, table, spec, state, consumer, run_id,
+                                       wait_seconds() if wait is None else wait)
+            except reader.ChangeLogGap as exc:
+                if not auto_install:
+                    raise
+                notes.append(f"new snapshot: {exc}")
+                report = _snapshot(src, wh, cap, table, spec, consumer, run_id)
+        else:
+            if state and not auto_install:
+                reader.check_continuity(src, cap, state.get("log_id", "?"), int(state.get("position", 0)),
+                                        str(target))
+            if state:
+                notes.append(f"new snapshot: the change log of {spec.source} was recreated")
+            report = _snapshot(src, wh, cap, table, spec, consumer, run_id)
+        report.notes = notes + report.notes
+        if prune_after:
+            try:
+                result, _ = capture.prune(src, spec.source)
+                if result.removed:
+                    report.notes.append(f"pruned {result.removed} applied log entries")
+            except psycopg.Error as exc:  # pruning is housekeeping: report, never fail the load
+                report.notes.append(f"prune skipped: {exc.diag.message_primary or exc}")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _snapshot(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.Capture, table: SourceTable,
+              spec: TableSpec, consumer: str, run_id: str | None) -> CdcReport:
+    result = snapshot.take_snapshot(src, wh, cap, table, spec.target, spec.primary_key, consumer, run_id)
+    pending, lag = reader.pending_after(src, cap, result.position)
+    return CdcReport(str(spec.source), str(spec.target), "snapshot", {}, None, result.position, pending, lag,
+                     rows_snapshot=result.rows, rows_deleted=result.replaced, rows_written=result.rows)
+
+
+def _apply_window(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.Capture, table: SourceTable,
+                  spec: TableSpec, state: dict[str, Any], consumer: str, run_id: str | None,
+                  wait: float) -> CdcReport:
+    target = spec.target
+    applied = int(state["position"])
+    horizons = [reader.Horizon(int(p), int(x)) for p, x in state.get("horizons", [])]
+    now = reader.take_horizon(src, cap)
+    reader.wait_for_horizon(src, now, wait)
+    report = CdcReport(str(spec.source), str(target), "apply", position_before=applied)
+    with src.transaction():
+        reader.begin_snapshot(src)
+        fresh = capture.get_capture(src, spec.source)
+        if fresh is None:
+            capture.require_capture(src, spec.source)
+        assert fresh is not None
+        reader.check_continuity(src, fresh, state["log_id"], applied, str(target))
+        candidates = [*horizons, now]
+        bound = reader.safe_bound(src, applied, candidates)
+        window = reader.Window(fresh, applied, bound)
+        if state.get("snapshot") and state.get("snapshot_max") is not None:
+            window.exclude_snapshot = state["snapshot"]
+            window.exclude_through = int(state["snapshot_max"])
+        if bound < now.position:
+            window.held_back_by = reader.oldest_running(src)
+        reader.describe_window(src, window)
+        new_state = dict(state)
+        new_state["position"] = bound
+        new_state["horizons"] = [[h.position, h.xid] for h in reader.keep_horizons(candidates, bound)]
+        if window.exclude_through is not None and bound >= window.exclude_through:
+            new_state["snapshot"] = None
+            new_state["snapshot_max"] = None
+        with wh.transaction():
+            current = apply.lock_state(wh, target)
+            apply.check_unchanged(current, state, target)
+            if window.changes:
+                shape = apply.ensure_target(wh, target, table, spec.primary_key)
+                counts = apply.apply_net_effect(
+                    wh, target, spec.primary_key, shape.columns, reader.stream_net_effect(src, window),
+                    truncate_first=window.last_truncate is not None,
+                )
+                report.rows_deleted = counts.deleted + counts.truncated
+                report.rows_written = counts.written
+                if shape.added:
+                    report.notes.append(f"columns added: {', '.join(shape.added)}")
+                if shape.missing_in_source:
+                    report.notes.append(
+                        f"columns no longer in the source (NULL in new rows): {', '.join(shape.missing_in_source)}")
+            if new_state != state:
+                apply.save(wh, target, new_state, run_id)
+        report.applied = window.counts
+        report.position_after = bound
+        report.held_back_by = window.held_back_by
+        report.pending, report.lag_seconds = reader.pending_after(src, fresh, bound)
+    if bound != applied:
+        capture.register_consumer(src, fresh, consumer, str(target), bound)
+    return report

@@ -36,6 +36,10 @@ def op_name(spec: TableSpec) -> str:
 
 def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
     """The asset of one declared table."""
+    if spec.extract == "cdc":
+        from etl_assets.cdc.asset import build_cdc_asset
+
+        return build_cdc_asset(spec, origin)
     key = dg.AssetKey(spec.asset_key_path)
     description = (
         f"{spec.extract} extract of source table {spec.source} into {spec.target} (load: {spec.load}"

@@ -162,7 +162,14 @@ def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str,
         _, query, params = extract_queries(table, spec, lower, upper)
         frame = copy_query_to_frame(src, query, params, table.names) if to_frame else None
         new_lower = lower if upper is None else next_lower_bound(src, ctype, base, upper, seen, spec.lag)
-        report.lag_seconds = lag_seconds(src, base, ctype, upper, seen.default_timezone)
+        lag = lag_seconds(src, base, ctype, upper, seen.default_timezone)
+    if lag is not None and lag < 0:
+        report.warnings.append(
+            f"The newest {spec.cursor!r} of {spec.source} is {-lag:,.0f} s ahead of the source's clock "
+            "(future-dated rows); the next lower bound is capped at the extract's time, so they cost a "
+            "re-read per run but hide no other change."
+        )
+    report.lag_seconds = None if lag is None else max(0.0, lag)
     report.cursor_before = previous.get("cursor")
     report.cursor_after = upper if upper is not None else previous.get("cursor")
     if seen.hidden:

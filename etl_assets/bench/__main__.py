@@ -213,12 +213,12 @@ def compute_ratios(plan: Plan, results: list[Result]) -> list[Ratio]:
     if len(sizes) >= 2:
         big = sizes[-1]
         ref = 1_000_000 if 1_000_000 in sizes and big != 1_000_000 else sizes[-2]
-        for kind in sorted({r.frame for r in chunked}):
-            b = [r for r in chunked if r.rows == big and r.frame == kind]
-            s = [r for r in chunked if r.rows == ref and r.frame == kind]
+        for name in sorted({r.name for r in chunked}):
+            b = [r for r in chunked if r.rows == big and r.name == name]
+            s = [r for r in chunked if r.rows == ref and r.name == name]
             if b and s and s[0].peak_mb:
                 v = b[0].peak_mb / max(s[0].peak_mb, 1.0)
-                ratios.append(Ratio(f"chunked extract peak memory {big:,} <= 1.2x {ref:,}", kind, round(v, 2),
+                ratios.append(Ratio(f"chunked extract peak memory {big:,} <= 1.2x {ref:,}", name, round(v, 2),
                                     "<= 1.2", v <= 1.2, f"{b[0].peak_mb:.0f} MB vs {s[0].peak_mb:.0f} MB"))
     # end to end against dlt
     for n in plan.sizes:

@@ -1,0 +1,107 @@
+"""The benchmark command: a tiny smoke run, and the checksums that keep a fast wrong answer from winning.
+
+The real measurement (100,000 and 1,000,000 rows) is never part of the test suite; here the whole
+command runs at 2,000 rows, one run per contender, and every contender must be present and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.bench.data import copy_frame_csv, frame_digest, make_frame, recreate_table, table_checksum
+
+# Every contender the issue names, as (group, name prefix, frame): the smoke run must have each, verified.
+REQUIRED = [
+    ("load", "polars write_database(adbc)", "polars"),
+    ("load", "COPY csv stream", "polars"),
+    ("load", "pandas to_sql (default)", "pandas"),
+    ("load", "pandas to_sql (multi)", "pandas"),
+    ("load", "polars write_database(sqlalchemy)", "polars"),
+    ("load", "seed executemany upsert", "polars"),
+    *[("load", mode, kind) for kind in ("pandas", "polars") for mode in (
+        "insert", "upsert (into empty)", "upsert (all changed)", "upsert (half new, half changed)",
+        "truncate_insert", "swap")],
+    ("extract", "COPY TO STDOUT -> frame", "polars"),
+    ("extract", "pandas read_sql", "pandas"),
+    ("extract", "keyset chunks", "polars"),
+    ("extract", "offset chunks", "polars"),
+    ("extract", "full extract read (ours)", "polars"),
+    ("extract", "chunked extract read (ours", "polars"),
+    ("extract", "chunked extract+load upsert (ours)", "polars"),
+    ("e2e", "full truncate_insert frame path (ours)", "-"),
+    ("e2e", "full truncate_insert fast path", "-"),
+    ("e2e", "dlt sql_database -> postgres", "-"),
+    ("incremental", "incremental", "-"),
+]
+
+
+def test_bench_quick_runs_and_verifies_every_contender(etl_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("etl-assets")), "bench", "--quick", "--out", str(out)],
+        env=dict(os.environ), capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads((out / "bench.json").read_text())
+    results = report["results"]
+    problems = [
+        f"{r['group']} {r['name']} [{r['frame']}]: {r['gap'] or r['error'] or 'not verified'} "
+        f"{r['observed']} != {r['expected']}"
+        for r in results if not r["verified"]
+    ]
+    assert not problems, "\n".join(problems) + "\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for group, prefix, frame in REQUIRED:
+        assert any(r["group"] == group and r["name"].startswith(prefix) and r["frame"] == frame
+                   for r in results), f"missing contender {group} {prefix} [{frame}]"
+    assert all(r["rows"] == 2_000 and r["seconds"] > 0 and r["peak_mb"] is not None for r in results)
+    assert report["machine"]["cpus"] == os.cpu_count()
+    assert {r["target"] for r in report["ratios"]} >= {
+        "upsert >= 0.5x ceiling", "upsert >= 5x pandas to_sql", "end to end faster than dlt, less memory",
+    }
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the command cleans up after itself
+    with psycopg.connect(etl_env["ETL_WAREHOUSE_DSN"]) as conn:
+        left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'etl\\_bench%'").fetchall()
+    assert left == []
+
+
+def test_checksums_catch_a_wrong_answer(warehouse_conn: psycopg.Connection, fresh_schema: str) -> None:
+    frame = make_frame(1, 301)
+    table = sql.Identifier(fresh_schema, "t")
+    recreate_table(warehouse_conn, table)
+    copy_frame_csv(warehouse_conn, table, frame)
+    good = table_checksum(warehouse_conn, table)
+    assert good.rows == 300
+
+    # the same rows read back through COPY as text give the same frame digest as the frame itself
+    with warehouse_conn.cursor() as cur, cur.copy(
+        sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(table)
+    ) as copy:
+        data = b"".join(bytes(block) for block in copy)
+    import io
+
+    import polars as pl
+
+    warehouse_conn.execute("SET timezone = 'UTC'")
+    assert frame_digest(pl.read_csv(io.BytesIO(data), try_parse_dates=True)) == frame_digest(frame)
+    assert frame_digest(frame.slice(0, 299)) != frame_digest(frame)
+
+    # one changed value, a NULL for an empty string, a lost row: each changes the table checksum
+    (score,) = warehouse_conn.execute(sql.SQL("SELECT score FROM {} WHERE id = 7").format(table)).fetchone()
+    warehouse_conn.execute(sql.SQL("UPDATE {} SET score = %s WHERE id = 7").format(table), (score + 1e-9,))
+    assert table_checksum(warehouse_conn, table) != good
+    warehouse_conn.execute(sql.SQL("UPDATE {} SET score = %s WHERE id = 7").format(table), (score,))
+    assert table_checksum(warehouse_conn, table) == good
+    warehouse_conn.execute(sql.SQL("UPDATE {} SET note = '' WHERE id = 10").format(table))
+    assert table_checksum(warehouse_conn, table) != good
+    warehouse_conn.execute(sql.SQL("UPDATE {} SET note = NULL WHERE id = 10").format(table))
+    assert table_checksum(warehouse_conn, table) == good
+    warehouse_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 300").format(table))
+    assert table_checksum(warehouse_conn, table).rows == 299

@@ -1,0 +1,106 @@
+"""Source schema changes (dropped and added columns) and hostile identifiers, on both paths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from psycopg import sql
+
+from etl_assets.io.tables import TableRef
+from etl_assets_tests.extract_helpers import (
+    assert_equal,
+    checksum,
+    execute,
+    module_databases,
+    run,
+    scalar,
+    spec_of,
+)
+
+
+@pytest.fixture(scope="module")
+def dbs(pg_admin_dsn: str) -> Iterator[dict[str, str]]:
+    yield from module_databases(pg_admin_dsn)
+
+
+MODES = [
+    ("full", "truncate_insert", ""),
+    ("incremental", "upsert", "    cursor: updated_at\n"),
+    ("chunked", "upsert", "    chunk_size: 7\n"),
+    ("chunked", "truncate_insert", "    chunk_size: 7\n"),
+]
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
+@pytest.mark.parametrize(("extract", "load", "extra"), MODES, ids=[f"{e}-{m}" for e, m, _ in MODES])
+def test_dropped_column_stays_and_added_column_arrives(dbs: dict[str, str], extract: str, load: str,
+                                                       extra: str, fast: bool) -> None:
+    schema = f"evo_{extract}_{load}_{int(fast)}"
+    execute(dbs["source"], sql.SQL(
+        "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};"
+        "CREATE TABLE {s}.items (id int PRIMARY KEY, gone text, kept numeric(8,3),"
+        " updated_at timestamptz NOT NULL DEFAULT now());"
+        "INSERT INTO {s}.items (id, gone, kept) SELECT g, 'g' || g, g / 7.0 FROM generate_series(1, 20) g"
+    ).format(s=sql.Identifier(schema)))
+    spec = spec_of(f"tables:\n  - name: {schema}.items\n    extract: {extract}\n    load: {load}\n"
+                   f"    primary_key: [id]\n    fast_path: {str(fast).lower()}\n" + extra)
+    run(spec, dbs)
+    assert_equal(dbs, spec)
+    execute(dbs["source"], sql.SQL(
+        "ALTER TABLE {s}.items DROP COLUMN gone; ALTER TABLE {s}.items ADD COLUMN added date;"
+        "UPDATE {s}.items SET added = date '2024-02-29', updated_at = now() WHERE id <= 3;"
+        "INSERT INTO {s}.items (id, kept, added) VALUES (21, 1.5, date '2025-01-01')"
+    ).format(s=sql.Identifier(schema)))
+    report = run(spec, dbs)
+    assert report.columns_added == ["added"]
+    assert any("gone" in w and "stay" in w for w in report.warnings)
+    assert_equal(dbs, spec)  # compares the source's current columns, including the new one
+    target = sql.Identifier("raw", "items")
+    assert scalar(dbs["warehouse"], sql.SQL("SELECT gone FROM {} WHERE id = 21").format(target)) is None
+    if load == "upsert":  # rows not rewritten keep their old value of the dropped column
+        assert scalar(dbs["warehouse"], sql.SQL("SELECT gone FROM {} WHERE id = 20").format(target)) == "g20"
+    execute(dbs["warehouse"], "DROP TABLE raw.items; DELETE FROM etl.state WHERE target = 'raw.items'")
+
+
+HOSTILE_SCHEMA = 'Odd "Schema"'
+HOSTILE_TABLE = 'My Table.v2'
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
+@pytest.mark.parametrize(("extract", "load"), [("full", "truncate_insert"), ("incremental", "upsert"),
+                                               ("chunked", "upsert"), ("full", "insert")])
+def test_hostile_identifiers(dbs: dict[str, str], extract: str, load: str, fast: bool) -> None:
+    source = TableRef(HOSTILE_SCHEMA, HOSTILE_TABLE)
+    execute(dbs["source"], sql.SQL(
+        "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};"
+        "CREATE TABLE {t} ({id} int, {k2} text, {v} text, {c} timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY ({id}, {k2}));"
+        "INSERT INTO {t} SELECT g, 'k' || (g % 3), 'it''s \"quoted\", ' || g, now()"
+        " FROM generate_series(1, 25) g"
+    ).format(s=sql.Identifier(HOSTILE_SCHEMA), t=source.ident, id=sql.Identifier("Id"),
+             k2=sql.Identifier("key two"), v=sql.Identifier('we"ird, col'), c=sql.Identifier("Changed At")))
+    cursor = '    cursor: "Changed At"\n' if extract == "incremental" else ""
+    spec = spec_of(
+        "tables:\n"
+        f"  - schema: '{HOSTILE_SCHEMA}'\n"
+        f"    table: '{HOSTILE_TABLE}'\n"
+        f"    extract: {extract}\n    load: {load}\n"
+        "    primary_key: [Id, key two]\n"
+        f"    chunk_size: 4\n    fast_path: {str(fast).lower()}\n"
+        f"    target: '\"Raw Zone\".\"{extract} {load} {int(fast)}\"'\n" + cursor
+    )
+    assert spec.target == TableRef("Raw Zone", f"{extract} {load} {int(fast)}")
+    for _ in range(2):
+        run(spec, dbs)
+        execute(dbs["source"], sql.SQL("UPDATE {} SET {} = 'new', {} = now() WHERE {} = 5").format(
+            source.ident, sql.Identifier('we"ird, col'), sql.Identifier("Changed At"), sql.Identifier("Id")))
+    run(spec, dbs)
+    if load == "insert":
+        columns = ["Id", "key two", 'we"ird, col', "Changed At"]
+        latest = sql.SQL("{l} = (SELECT max({l}) FROM {t})").format(l=sql.Identifier("_loaded_at"),
+                                                                     t=spec.target.ident)
+        assert checksum(dbs["warehouse"], spec.target, columns, spec.primary_key, latest) == checksum(
+            dbs["source"], source, columns, spec.primary_key)
+    else:
+        assert_equal(dbs, spec)

@@ -469,9 +469,9 @@ def discard(
         raise ConfigError("Name the dead letters to discard: give ids or an asset key.")
     where, params = _where(asset_key=asset_key, status="pending", ids=ids, partition_key=_UNSET)
     return conn.execute(
-        sql.SQL("UPDATE {} SET status = 'discarded', resolved_run_id = %s, resolved_at = now() WHERE {}").format(
-            TABLE, where
-        ),
+        sql.SQL(
+            "UPDATE {} SET status = 'discarded', resolved_run_id = %s, resolved_at = now() WHERE {}"
+        ).format(TABLE, where),
         [by, *params],
     ).rowcount
 

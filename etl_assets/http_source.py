@@ -25,10 +25,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import dagster as dg
 import polars as pl
 from pydantic import Field
 
-import dagster as dg
 from etl_assets.errors import ConfigError, EtlError
 from etl_assets.retry import Backoff, HttpStatusError, parse_retry_after, retrying
 
@@ -61,7 +61,8 @@ def http_get_json(
     shown = redact_url(url)
 
     def attempt() -> Any:
-        request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "etl-assets"})
+        headers = {"Accept": "application/json", "User-Agent": "etl-assets"}
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
@@ -120,7 +121,8 @@ def parse_rates(document: Any, source: str) -> FxRates:
         raise SourceFormatError(f"{source}: 'rates' must be a non-empty object of currency -> number.")
     bad = [k for k, v in rates.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
     if bad:
-        raise SourceFormatError(f"{source}: rates for {', '.join(map(str, bad[:5]))} are not positive numbers.")
+        names = ", ".join(map(str, bad[:5]))
+        raise SourceFormatError(f"{source}: rates for {names} are not positive numbers.")
     try:
         as_of = dt.date.fromisoformat(str(document["date"]))
     except ValueError:
@@ -152,5 +154,7 @@ class FxRatesSource(dg.ConfigurableResource):
         backoff = Backoff(
             max_attempts=self.max_attempts, max_wait=self.max_wait_seconds, max_total=self.max_total_seconds
         )
-        document = http_get_json(url, timeout=self.timeout_seconds, backoff=backoff, sleep=sleep, logger=logger)
+        document = http_get_json(
+            url, timeout=self.timeout_seconds, backoff=backoff, sleep=sleep, logger=logger
+        )
         return parse_rates(document, redact_url(url))

@@ -174,7 +174,9 @@ def test_refused_connection_is_transient() -> None:
         port = sock.getsockname()[1]
     waits: list[float] = []
     with pytest.raises(OSError):
-        http_get_json(f"http://127.0.0.1:{port}/", backoff=Backoff(max_attempts=3), sleep=waits.append, timeout=2)
+        http_get_json(
+            f"http://127.0.0.1:{port}/", backoff=Backoff(max_attempts=3), sleep=waits.append, timeout=2
+        )
     assert len(waits) == 2
 
 

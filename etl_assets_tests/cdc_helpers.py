@@ -43,13 +43,16 @@ def make_items(source_conn: psycopg.Connection, rows: int = 200) -> TableRef:
 
 
 def spec_for(source: TableRef, target_schema: str, name: str = "items") -> TableSpec:
-    return TableSpec(source=source, extract="cdc", load="upsert", target=TableRef(target_schema, name),
-                     primary_key=("id",))
+    return TableSpec(
+        source=source, extract="cdc", load="upsert", target=TableRef(target_schema, name), primary_key=("id",)
+    )
 
 
 def rows_of(conn: psycopg.Connection, table: TableRef, key: str = "id") -> list[tuple]:
     conn.execute("SET TimeZone = 'UTC'")
-    return conn.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(table.ident, sql.Identifier(key))).fetchall()
+    return conn.execute(
+        sql.SQL("SELECT * FROM {} ORDER BY {}").format(table.ident, sql.Identifier(key))
+    ).fetchall()
 
 
 def assert_equal(source_conn: psycopg.Connection, warehouse_conn: psycopg.Connection, spec: TableSpec) -> int:

@@ -87,8 +87,9 @@ BASE = "tables:\n  - name: shop.orders\n"
         ("    extract: full\n    primary_key: id, x\n    load: upsert\n    fast_path: yes please\n",
          ["'fast_path'", "true or false"]),
         ("    extract: full\n    target: etl.orders\n", ["'target'", "schema etl"]),
-        # cdc is declared in the contract but not implemented yet
-        ("    extract: cdc\n    primary_key: [id]\n", ["'extract'", "not available yet"]),
+        # cdc needs a key and applies changes, so only load: upsert
+        ("    extract: cdc\n", ["'primary_key'", "extract: cdc"]),
+        ("    extract: cdc\n    primary_key: [id]\n    load: swap\n", ["'load'", "cdc cannot use load: swap"]),
     ],
 )
 def test_each_mistake_names_table_key_and_allowed(body: str, expected: list[str]) -> None:

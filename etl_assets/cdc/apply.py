@@ -43,8 +43,9 @@ class TargetShape:
     missing_in_source: list[str]
 
 
-def ensure_target(conn: psycopg.Connection, target: TableRef, table: SourceTable,
-                  key: Sequence[str]) -> TargetShape:
+def ensure_target(
+    conn: psycopg.Connection, target: TableRef, table: SourceTable, key: Sequence[str]
+) -> TargetShape:
     """Create the target with the source's column types and primary key, or add new source columns.
 
     Columns the source dropped stay in the target (NULL for rows written from now on).
@@ -52,8 +53,11 @@ def ensure_target(conn: psycopg.Connection, target: TableRef, table: SourceTable
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
     if catalog.table_oid(conn, target) is None:
         parts = [
-            sql.SQL("{} {}{}").format(sql.Identifier(c.name), sql.SQL(c.target_type_sql),
-                                      sql.SQL(" NOT NULL" if c.name in key else ""))
+            sql.SQL("{} {}{}").format(
+                sql.Identifier(c.name),
+                sql.SQL(c.target_type_sql),
+                sql.SQL(" NOT NULL" if c.name in key else ""),
+            )
             for c in table.columns
         ]
         parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
@@ -63,30 +67,43 @@ def ensure_target(conn: psycopg.Connection, target: TableRef, table: SourceTable
     added: list[str] = []
     for column in table.columns:
         if column.name not in existing:
-            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                target.ident, sql.Identifier(column.name), sql.SQL(column.target_type_sql)))
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    target.ident, sql.Identifier(column.name), sql.SQL(column.target_type_sql)
+                )
+            )
             added.append(column.name)
     missing_key = [k for k in key if k not in existing and k not in added]
     if missing_key:
-        raise EtlError(f"Target {target} has no key column(s) {missing_key}; drop it or choose another target.")
+        raise EtlError(
+            f"Target {target} has no key column(s) {missing_key}; drop it or choose another target."
+        )
     source_names = set(table.names)
-    return TargetShape([c for c in [*existing, *added] if c in source_names], False, added,
-                       [c for c in existing if c not in source_names])
+    return TargetShape(
+        [c for c in [*existing, *added] if c in source_names],
+        False,
+        added,
+        [c for c in existing if c not in source_names],
+    )
 
 
 def lock_state(conn: psycopg.Connection, target: TableRef) -> dict[str, Any] | None:
     """Take the target's write lock and return its CDC state as of now (inside the transaction)."""
     lock_target(conn, target)
-    row = conn.execute("SELECT kind, state FROM etl.state WHERE target = %s FOR UPDATE",
-                       (state_key(target),)).fetchone()
+    row = conn.execute(
+        "SELECT kind, state FROM etl.state WHERE target = %s FOR UPDATE", (state_key(target),)
+    ).fetchone()
     if row is None or row[0] != KIND:
         return None
     return dict(row[1])
 
 
 def check_unchanged(current: dict[str, Any] | None, expected: dict[str, Any], target: TableRef) -> None:
-    if current is None or current.get("log_id") != expected.get("log_id") or \
-            current.get("position") != expected.get("position"):
+    if (
+        current is None
+        or current.get("log_id") != expected.get("log_id")
+        or current.get("position") != expected.get("position")
+    ):
         raise ConcurrentApply(
             f"The CDC state of {target} changed while this run read the source (another run, or "
             "`etl-assets reset`); nothing was written. Run it again."
@@ -100,22 +117,29 @@ class ApplyCounts:
     truncated: int = 0
 
 
-def apply_net_effect(conn: psycopg.Connection, target: TableRef, key: Sequence[str], columns: Sequence[str],
-                     chunks: Iterable[bytes], *, truncate_first: bool) -> ApplyCounts:
+def apply_net_effect(
+    conn: psycopg.Connection,
+    target: TableRef,
+    key: Sequence[str],
+    columns: Sequence[str],
+    chunks: Iterable[bytes],
+    *,
+    truncate_first: bool,
+) -> ApplyCounts:
     """Inside the caller's transaction: stage the net effect, delete touched keys, insert final rows."""
     counts = ApplyCounts()
     if truncate_first:
         counts.truncated = conn.execute(sql.SQL("DELETE FROM {}").format(target.ident)).rowcount
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS etl_cdc_stage "
-                 "(k jsonb, position bigint, is_delete boolean, data jsonb) ON COMMIT DELETE ROWS")
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS etl_cdc_stage "
+        "(k jsonb, position bigint, is_delete boolean, data jsonb) ON COMMIT DELETE ROWS"
+    )
     conn.execute("TRUNCATE etl_cdc_stage")
     with conn.cursor() as cur, cur.copy("COPY etl_cdc_stage FROM STDIN (FORMAT binary)") as copy:
         for chunk in chunks:
             copy.write(chunk)
     conn.execute("ANALYZE etl_cdc_stage")
-    match = sql.SQL(" AND ").join(
-        sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key
-    )
+    match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
     key_list = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(k)) for k in key)
     counts.deleted = conn.execute(
         sql.SQL(
@@ -128,8 +152,11 @@ def apply_net_effect(conn: psycopg.Connection, target: TableRef, key: Sequence[s
         sql.SQL(
             "INSERT INTO {target} ({cols}) SELECT {rcols} FROM etl_cdc_stage s "
             "CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.data) r WHERE NOT s.is_delete"
-        ).format(target=target.ident, cols=cols,
-                 rcols=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns))
+        ).format(
+            target=target.ident,
+            cols=cols,
+            rcols=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns),
+        )
     ).rowcount
     return counts
 

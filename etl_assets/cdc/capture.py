@@ -118,6 +118,7 @@ class CaptureHealth:
 # Names and catalog
 # --------------------------------------------------------------------------------------------------
 
+
 def log_names(source: TableRef) -> tuple[str, str, str]:
     """(log table, sequence, trigger function) names for ``source``: readable, always with a hash
     of the exact schema and table so ``a_b.c`` and ``a.b_c`` never share a log."""
@@ -136,16 +137,27 @@ _CAPTURE_COLUMNS = """source_schema, source_table, relid::int8, log_table, log_s
 
 
 def _capture_from_row(row: Sequence) -> Capture:
-    return Capture(TableRef(row[0], row[1]), int(row[2]), row[3], row[4], row[5], row[6], tuple(row[7]),
-                   row[8], int(row[9]))
+    return Capture(
+        TableRef(row[0], row[1]),
+        int(row[2]),
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        tuple(row[7]),
+        row[8],
+        int(row[9]),
+    )
 
 
 def get_capture(conn: psycopg.Connection, source: TableRef, *, lock: str = "") -> Capture | None:
     """The registry row of ``source``, or None. ``lock`` may be "FOR UPDATE" / "FOR SHARE"."""
     if not registry_exists(conn):
         return None
-    query = sql.SQL("SELECT " + _CAPTURE_COLUMNS + " FROM etl_cdc.capture "
-                    "WHERE source_schema = %s AND source_table = %s " + lock)
+    query = sql.SQL(
+        "SELECT " + _CAPTURE_COLUMNS + " FROM etl_cdc.capture "
+        "WHERE source_schema = %s AND source_table = %s " + lock
+    )
     row = conn.execute(query, (source.schema, source.name)).fetchone()
     return _capture_from_row(row) if row else None
 
@@ -190,14 +202,18 @@ def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
     elif oid != capture.relid:
         result.problems.append(f"source table {capture.source} was dropped and recreated since install")
     else:
-        names = {r[0] for r in conn.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::oid AND tgenabled <> 'D'", (oid,)
-        ).fetchall()}
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::oid AND tgenabled <> 'D'", (oid,)
+            ).fetchall()
+        }
         for trig in (ROW_TRIGGER, TRUNCATE_TRIGGER):
             if trig not in names:
                 result.problems.append(f"trigger {trig} on {capture.source} is missing or disabled")
     row = conn.execute(
-        "SELECT to_regclass(%s), (SELECT cache_size FROM pg_sequences WHERE schemaname = %s AND sequencename = %s)",
+        "SELECT to_regclass(%s), (SELECT cache_size FROM pg_sequences"
+        " WHERE schemaname = %s AND sequencename = %s)",
         (f'{SCHEMA}."{capture.log_table}"', SCHEMA, capture.log_sequence),
     ).fetchone()
     if row is None or row[0] is None:
@@ -206,7 +222,8 @@ def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
         result.problems.append(f"sequence {SCHEMA}.{capture.log_sequence} is missing")
     elif int(row[1]) != 1:
         result.problems.append(
-            f"sequence {SCHEMA}.{capture.log_sequence} has CACHE {row[1]}; it must be CACHE 1 so that positions "
+            f"sequence {SCHEMA}.{capture.log_sequence} has CACHE {row[1]}; it must be CACHE 1 so that "
+            "positions "
             "grow in the order they are handed out"
         )
     return result
@@ -235,8 +252,10 @@ def require_capture(conn: psycopg.Connection, source: TableRef) -> Capture:
 # Install / uninstall
 # --------------------------------------------------------------------------------------------------
 
-def _resolve_key(conn: psycopg.Connection, source: TableRef, relid: int,
-                 key: Sequence[str] | None) -> tuple[str, ...]:
+
+def _resolve_key(
+    conn: psycopg.Connection, source: TableRef, relid: int, key: Sequence[str] | None
+) -> tuple[str, ...]:
     keys = immediate_unique_keys(conn, relid)
     if key:
         wanted = tuple(key)
@@ -256,8 +275,9 @@ def _resolve_key(conn: psycopg.Connection, source: TableRef, relid: int,
     return keys[0]
 
 
-def _function_sql(source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier,
-                  key: Sequence[str]) -> sql.Composed:
+def _function_sql(
+    source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier, key: Sequence[str]
+) -> sql.Composed:
     def pairs(record: str) -> sql.Composable:
         return sql.SQL(", ").join(
             sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.SQL(record), sql.Identifier(k)) for k in key
@@ -297,16 +317,23 @@ END
     ).format(fn=fn_ident, body=body)
 
 
-def install_statements(conn: psycopg.Connection, source: TableRef, key: Sequence[str] | None = None,
-                       *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-                       log_id: str | None = None) -> tuple[list[sql.Composable], Capture | None]:
+def install_statements(
+    conn: psycopg.Connection,
+    source: TableRef,
+    key: Sequence[str] | None = None,
+    *,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    log_id: str | None = None,
+) -> tuple[list[sql.Composable], Capture | None]:
     """The statements installing capture on ``source`` (empty when an intact capture exists), and the
     capture they create. A broken capture (table recreated, trigger dropped) is replaced by a new log."""
     relid = table_oid(conn, source)
     if relid is None:
         raise MissingObject(f"Source table {source} does not exist; check the name (schema.table).")
     existing = get_capture(conn, source)
-    statements: list[sql.Composable] = [sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))]
+    statements: list[sql.Composable] = [
+        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))
+    ]
     statements += [sql.SQL(s) for s in REGISTRY_DDL]
     if existing is not None:
         if health(conn, existing).intact:
@@ -338,13 +365,16 @@ def install_statements(conn: psycopg.Connection, source: TableRef, key: Sequence
             "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
         ).format(sql.Identifier(ROW_TRIGGER), source.ident, capture.function_ident),
         sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
-            sql.Identifier(TRUNCATE_TRIGGER), source.ident, capture.function_ident),
+            sql.Identifier(TRUNCATE_TRIGGER), source.ident, capture.function_ident
+        ),
         sql.SQL(
             "INSERT INTO etl_cdc.capture (source_schema, source_table, relid, log_table, log_sequence, "
             "log_function, log_id, key_columns) VALUES ({}, {}, {}, {}, {}, {}, {}, {})"
-        ).format(*(sql.Literal(v) for v in (source.schema, source.name, relid, log_table, seq, fn)),
-                 sql.SQL("{}::uuid").format(sql.Literal(capture.log_id)),
-                 sql.SQL("{}::text[]").format(sql.Literal(list(key_cols)))),
+        ).format(
+            *(sql.Literal(v) for v in (source.schema, source.name, relid, log_table, seq, fn)),
+            sql.SQL("{}::uuid").format(sql.Literal(capture.log_id)),
+            sql.SQL("{}::text[]").format(sql.Literal(list(key_cols))),
+        ),
     ]
     return statements, capture
 
@@ -353,26 +383,31 @@ def _drop_statements(conn: psycopg.Connection, capture: Capture) -> list[sql.Com
     statements: list[sql.Composable] = []
     if table_oid(conn, capture.source) == capture.relid:
         for trig in (ROW_TRIGGER, TRUNCATE_TRIGGER):
-            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(trig), capture.source.ident))
+            statements.append(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), capture.source.ident)
+            )
     statements += [
         sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(capture.function_ident),
         sql.SQL("DROP TABLE IF EXISTS {}").format(capture.log_ident),
         sql.SQL("DROP SEQUENCE IF EXISTS {}").format(capture.sequence_ident),
         sql.SQL("DELETE FROM etl_cdc.capture WHERE source_schema = {} AND source_table = {}").format(
-            sql.Literal(capture.source.schema), sql.Literal(capture.source.name)),
+            sql.Literal(capture.source.schema), sql.Literal(capture.source.name)
+        ),
     ]
     return statements
 
 
-def uninstall_statements(conn: psycopg.Connection, source: TableRef,
-                         *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> list[sql.Composable]:
+def uninstall_statements(
+    conn: psycopg.Connection, source: TableRef, *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT
+) -> list[sql.Composable]:
     """Statements removing capture from ``source`` (empty when none is installed)."""
     existing = get_capture(conn, source)
     if existing is None:
         return []
-    return [sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)),
-            *_drop_statements(conn, existing)]
+    return [
+        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)),
+        *_drop_statements(conn, existing),
+    ]
 
 
 def run_statements(conn: psycopg.Connection, statements: Sequence[sql.Composable], what: str) -> None:
@@ -395,8 +430,13 @@ def run_statements(conn: psycopg.Connection, statements: Sequence[sql.Composable
         ) from None
 
 
-def install(conn: psycopg.Connection, source: TableRef, key: Sequence[str] | None = None,
-            *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> tuple[Capture, bool]:
+def install(
+    conn: psycopg.Connection,
+    source: TableRef,
+    key: Sequence[str] | None = None,
+    *,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+) -> tuple[Capture, bool]:
     """Install (or repair) capture on ``source``; returns the capture and whether anything changed."""
     statements, capture = install_statements(conn, source, key, lock_timeout=lock_timeout)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
@@ -406,7 +446,9 @@ def install(conn: psycopg.Connection, source: TableRef, key: Sequence[str] | Non
     return capture, bool(statements)
 
 
-def uninstall(conn: psycopg.Connection, source: TableRef, *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> bool:
+def uninstall(
+    conn: psycopg.Connection, source: TableRef, *, lock_timeout: str = DEFAULT_LOCK_TIMEOUT
+) -> bool:
     statements = uninstall_statements(conn, source, lock_timeout=lock_timeout)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
         conn.commit()
@@ -428,8 +470,10 @@ def render(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> st
 # Consumers, status and prune
 # --------------------------------------------------------------------------------------------------
 
-def register_consumer(conn: psycopg.Connection, capture: Capture, consumer: str, target: str,
-                      position: int | None = None) -> None:
+
+def register_consumer(
+    conn: psycopg.Connection, capture: Capture, consumer: str, target: str, position: int | None = None
+) -> None:
     """Record ``consumer``'s applied position (autocommit-safe; one short transaction).
 
     ``position=None`` registers it at the log's ``pruned_through`` (nothing below exists anyway):
@@ -498,17 +542,29 @@ def status(conn: psycopg.Connection, sources: Sequence[TableRef] = ()) -> list[C
         consumers: list[ConsumerStatus] = []
         for consumer, target, applied, updated_at in conn.execute(
             "SELECT consumer, target, applied_position, updated_at FROM etl_cdc.consumer "
-            "WHERE log_id = %s::uuid ORDER BY consumer", (capture.log_id,)
+            "WHERE log_id = %s::uuid ORDER BY consumer",
+            (capture.log_id,),
         ).fetchall():
             pending, oldest_pos, oldest_at, lag = conn.execute(
                 sql.SQL(
                     "SELECT count(*), min(position), min(changed_at), "
                     "coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 "
                     "FROM {} WHERE position > %s"
-                ).format(capture.log_ident), (applied,)
+                ).format(capture.log_ident),
+                (applied,),
             ).fetchone()
-            consumers.append(ConsumerStatus(consumer, target, int(applied), int(pending), oldest_pos, oldest_at,
-                                            float(lag), updated_at))
+            consumers.append(
+                ConsumerStatus(
+                    consumer,
+                    target,
+                    int(applied),
+                    int(pending),
+                    oldest_pos,
+                    oldest_at,
+                    float(lag),
+                    updated_at,
+                )
+            )
         result.append(CaptureStatus(capture, problems, int(entries), lo, hi, consumers))
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
         conn.rollback()
@@ -523,21 +579,30 @@ class PruneResult:
     reason: str = ""
 
 
-def prune_statements(conn: psycopg.Connection, capture: Capture) -> tuple[list[sql.Composable], int | None, str]:
+def prune_statements(
+    conn: psycopg.Connection, capture: Capture
+) -> tuple[list[sql.Composable], int | None, str]:
     """Statements removing entries every registered consumer has applied, and up to which position."""
     row = conn.execute(
-        "SELECT min(applied_position), count(*) FROM etl_cdc.consumer WHERE log_id = %s::uuid", (capture.log_id,)
+        "SELECT min(applied_position), count(*) FROM etl_cdc.consumer WHERE log_id = %s::uuid",
+        (capture.log_id,),
     ).fetchone()
     if row is None or not row[1]:
         return [], None, "no consumer has registered an applied position yet; nothing is removed"
     through = int(row[0])
     if through <= capture.pruned_through:
         return [], None, f"nothing applied beyond position {capture.pruned_through} by every consumer"
-    return [
-        sql.SQL("DELETE FROM {} WHERE position <= {}").format(capture.log_ident, sql.Literal(through)),
-        sql.SQL("UPDATE etl_cdc.capture SET pruned_through = greatest(pruned_through, {}) "
-                "WHERE log_id = {}::uuid").format(sql.Literal(through), sql.Literal(capture.log_id)),
-    ], through, ""
+    return (
+        [
+            sql.SQL("DELETE FROM {} WHERE position <= {}").format(capture.log_ident, sql.Literal(through)),
+            sql.SQL(
+                "UPDATE etl_cdc.capture SET pruned_through = greatest(pruned_through, {}) "
+                "WHERE log_id = {}::uuid"
+            ).format(sql.Literal(through), sql.Literal(capture.log_id)),
+        ],
+        through,
+        "",
+    )
 
 
 def prune(conn: psycopg.Connection, source: TableRef, *, dry_run: bool = False) -> tuple[PruneResult, str]:

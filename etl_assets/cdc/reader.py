@@ -113,7 +113,7 @@ def keep_horizons(horizons: list[Horizon], bound: int) -> list[Horizon]:
     """Horizons still useful after applying up to ``bound``: the oldest and the newest few."""
     left = sorted({h for h in horizons if h.position > bound}, key=lambda h: h.position)
     if len(left) > MAX_HORIZONS:
-        left = left[:1] + left[-(MAX_HORIZONS - 1):]
+        left = left[:1] + left[-(MAX_HORIZONS - 1) :]
     return left
 
 
@@ -132,7 +132,9 @@ def oldest_running(conn: psycopg.Connection) -> str:
     if row is None:
         return "an older transaction"
     pid, db, user, seconds, state = row
-    return f"pid {pid} (user {user}, database {db}, {state or 'unknown state'}, open for {seconds or 0:.0f} s)"
+    return (
+        f"pid {pid} (user {user}, database {db}, {state or 'unknown state'}, open for {seconds or 0:.0f} s)"
+    )
 
 
 @dataclass
@@ -162,11 +164,14 @@ class Window:
         return sql.SQL(" AND ").join(parts), params
 
 
-def check_continuity(conn: psycopg.Connection, capture: Capture, log_id: str, applied: int,
-                     target: str) -> None:
+def check_continuity(
+    conn: psycopg.Connection, capture: Capture, log_id: str, applied: int, target: str
+) -> None:
     """Fail loudly when the log cannot continue from ``applied``: recreated, pruned past it, or reset."""
-    reset = (f"Run `etl-assets reset {target}` and run {target} again: it takes a new snapshot of "
-             f"{capture.source} and continues from there.")
+    reset = (
+        f"Run `etl-assets reset {target}` and run {target} again: it takes a new snapshot of "
+        f"{capture.source} and continues from there."
+    )
     if capture.log_id != log_id:
         raise ChangeLogGap(
             f"The change log of {capture.source} was recreated (log id {capture.log_id}, installed "
@@ -176,7 +181,8 @@ def check_continuity(conn: psycopg.Connection, capture: Capture, log_id: str, ap
     if capture.pruned_through > applied:
         raise ChangeLogGap(
             f"The change log of {capture.source} was pruned through position {capture.pruned_through}, but "
-            f"{target} applied only up to {applied}: changes {applied + 1}..{capture.pruned_through} are gone. "
+            f"{target} applied only up to {applied}: changes {applied + 1}..{capture.pruned_through} "
+            "are gone. "
             f"{reset}"
         )
     last_value, is_called = conn.execute(
@@ -195,7 +201,9 @@ def describe_window(conn: psycopg.Connection, window: Window) -> None:
     where, params = window.where()
     rows = conn.execute(
         sql.SQL("SELECT op, count(*), max(position) FROM {} WHERE {} GROUP BY op").format(
-            window.capture.log_ident, where), params
+            window.capture.log_ident, where
+        ),
+        params,
     ).fetchall()
     window.counts = {OPS[op]: int(n) for op, n, _ in rows}
     truncates = [int(top) for op, _, top in rows if op == "T"]
@@ -223,17 +231,21 @@ def net_effect_query(window: Window) -> tuple[sql.Composable, list[Any]]:
 def stream_net_effect(conn: psycopg.Connection, window: Window) -> Iterator[bytes]:
     """The net effect as binary COPY data (``k jsonb, position bigint, is_delete boolean, data jsonb``)."""
     query, params = net_effect_query(window)
-    with conn.cursor() as cur, cur.copy(
-        sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query), params
-    ) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query), params) as copy,
+    ):
         yield from copy
 
 
 def pending_after(conn: psycopg.Connection, capture: Capture, position: int) -> tuple[int, float]:
     """(entries after ``position`` visible now, age in seconds of the oldest of them; 0 when none)."""
     row = conn.execute(
-        sql.SQL("SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 "
-                "FROM {} WHERE position > %s").format(capture.log_ident), (position,)
+        sql.SQL(
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 "
+            "FROM {} WHERE position > %s"
+        ).format(capture.log_ident),
+        (position,),
     ).fetchone()
     return int(row[0]), max(0.0, float(row[1]))
 

@@ -44,9 +44,17 @@ def _select_list(table: SourceTable) -> sql.Composable:
     )
 
 
-def take_snapshot(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.Capture, table: SourceTable,
-                  target: TableRef, key: tuple[str, ...], consumer: str, run_id: str | None,
-                  extra_state: dict[str, Any] | None = None) -> SnapshotResult:
+def take_snapshot(
+    src: psycopg.Connection,
+    wh: psycopg.Connection,
+    cap: capture.Capture,
+    table: SourceTable,
+    target: TableRef,
+    key: tuple[str, ...],
+    consumer: str,
+    run_id: str | None,
+    extra_state: dict[str, Any] | None = None,
+) -> SnapshotResult:
     """Load ``target`` from a snapshot of ``cap.source`` and save the state later windows start from.
 
     ``src`` is an autocommit source connection, ``wh`` a warehouse connection (autocommit off).
@@ -59,13 +67,17 @@ def take_snapshot(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.
         reader.begin_snapshot(src)
         final = reader.horizon_final(src, horizon)
         snap, top = src.execute(
-            sql.SQL("SELECT pg_current_snapshot()::text, (SELECT max(position) FROM {})").format(cap.log_ident)
+            sql.SQL("SELECT pg_current_snapshot()::text, (SELECT max(position) FROM {})").format(
+                cap.log_ident
+            )
         ).fetchone()
         fresh = capture.get_capture(src, cap.source)
         if fresh is None or fresh.log_id != cap.log_id:
             raise capture.CaptureMissing(
-                f"Change capture on {cap.source} was removed or reinstalled while {target} was being snapshotted; "
-                "run again.")
+                f"Change capture on {cap.source} was removed or reinstalled while {target} was being "
+                "snapshotted; "
+                "run again."
+            )
         # Every position <= horizon.position is final in this snapshot when older transactions ended.
         start = horizon.position if final else fresh.pruned_through
         with wh.transaction():
@@ -76,9 +88,16 @@ def take_snapshot(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.
             # Binary COPY: user-defined columns are cast to text in the SELECT, the rest keep their type.
             rows = 0
             with src.cursor() as scur, wh.cursor() as wcur:
-                with scur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
-                        _select_list(table), cap.source.ident)) as out, \
-                        wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target.ident, cols)) as into:
+                with (
+                    scur.copy(
+                        sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
+                            _select_list(table), cap.source.ident
+                        )
+                    ) as out,
+                    wcur.copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target.ident, cols)
+                    ) as into,
+                ):
                     for chunk in out:
                         into.write(chunk)
                 rows = wcur.rowcount

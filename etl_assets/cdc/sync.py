@@ -13,6 +13,7 @@ Order of a window run (see :mod:`etl_assets.cdc.reader` for why each step is nee
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import psycopg
 
 from etl_assets.cdc import apply, capture, reader, snapshot
 from etl_assets.db import connect
+from etl_assets.extract.common import Connector
 from etl_assets.extract.source import SourceTable, describe
 from etl_assets.extract.state import load_state
 from etl_assets.io.tables import TableRef
@@ -82,9 +84,11 @@ class CdcReport:
 
     def summary(self) -> str:
         ops = ", ".join(f"{op} {n}" for op, n in sorted(self.applied.items())) or "none"
-        text = (f"{self.target}: {self.mode}; changes applied: {ops}; position {self.position_before} -> "
-                f"{self.position_after}; pending {self.pending}; lag {self.lag_seconds:.1f} s; "
-                f"{self.seconds:.2f} s")
+        text = (
+            f"{self.target}: {self.mode}; changes applied: {ops}; position {self.position_before} -> "
+            f"{self.position_after}; pending {self.pending}; lag {self.lag_seconds:.1f} s; "
+            f"{self.seconds:.2f} s"
+        )
         if self.mode == "snapshot":
             text += f"; snapshot rows {self.rows_snapshot}"
         if self.held_back_by:
@@ -113,20 +117,31 @@ def consumer_name(wh: psycopg.Connection, target: TableRef) -> str:
     return f"{sysid}/{dbname}/{target}"
 
 
-def sync_table(spec: TableSpec, *, source_dsn: str | None = None, warehouse_dsn: str | None = None,
-               run_id: str | None = None, wait: float | None = None, auto_install: bool = False,
-               prune_after: bool = True) -> CdcReport:
+def dsn_connector(dsn: str, role: str, env_var: str) -> Connector:
+    """A ``connect(autocommit=...)`` callable for a DSN (what ``PostgresResource.connect`` is)."""
+    return functools.partial(connect, dsn, role=role, env_var=env_var)
+
+
+def sync_table(
+    spec: TableSpec,
+    source: Connector | None = None,
+    warehouse: Connector | None = None,
+    *,
+    run_id: str | None = None,
+    wait: float | None = None,
+    auto_install: bool = False,
+    prune_after: bool = True,
+) -> CdcReport:
     """Bring ``spec.target`` up to date with ``spec.source`` through its change log.
 
     ``auto_install`` (the shipped demo) installs capture when it is missing and takes a new snapshot
     when the log was recreated; otherwise both fail with the command that fixes them.
     """
     started = time.monotonic()
-    source_dsn = source_dsn or os.environ[SOURCE_DSN_VAR]
-    warehouse_dsn = warehouse_dsn or os.environ[WAREHOUSE_DSN_VAR]
+    source = source or dsn_connector(os.environ[SOURCE_DSN_VAR], "source", SOURCE_DSN_VAR)
+    warehouse = warehouse or dsn_connector(os.environ[WAREHOUSE_DSN_VAR], "warehouse", WAREHOUSE_DSN_VAR)
     target = spec.target
-    with connect(source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=True) as src, \
-            connect(warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as wh:
+    with source(autocommit=True) as src, warehouse(autocommit=False) as wh:
         state = load_state(wh, target, apply.KIND)
         table = describe(src, spec)
         notes: list[str] = []
@@ -141,8 +156,17 @@ def sync_table(spec: TableSpec, *, source_dsn: str | None = None, warehouse_dsn:
         consumer = consumer_name(wh, target)
         if state and state.get("log_id") == cap.log_id:
             try:
-                report = _apply_window(src, wh, cap, table, spec, state, consumer, run_id,
-                                       wait_seconds() if wait is None else wait)
+                report = _apply_window(
+                    src,
+                    wh,
+                    cap,
+                    table,
+                    spec,
+                    state,
+                    consumer,
+                    run_id,
+                    wait_seconds() if wait is None else wait,
+                )
             except reader.ChangeLogGap as exc:
                 if not auto_install:
                     raise
@@ -150,8 +174,9 @@ def sync_table(spec: TableSpec, *, source_dsn: str | None = None, warehouse_dsn:
                 report = _snapshot(src, wh, cap, table, spec, consumer, run_id)
         else:
             if state and not auto_install:
-                reader.check_continuity(src, cap, state.get("log_id", "?"), int(state.get("position", 0)),
-                                        str(target))
+                reader.check_continuity(
+                    src, cap, state.get("log_id", "?"), int(state.get("position", 0)), str(target)
+                )
             if state:
                 notes.append(f"new snapshot: the change log of {spec.source} was recreated")
             report = _snapshot(src, wh, cap, table, spec, consumer, run_id)
@@ -167,17 +192,43 @@ def sync_table(spec: TableSpec, *, source_dsn: str | None = None, warehouse_dsn:
     return report
 
 
-def _snapshot(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.Capture, table: SourceTable,
-              spec: TableSpec, consumer: str, run_id: str | None) -> CdcReport:
+def _snapshot(
+    src: psycopg.Connection,
+    wh: psycopg.Connection,
+    cap: capture.Capture,
+    table: SourceTable,
+    spec: TableSpec,
+    consumer: str,
+    run_id: str | None,
+) -> CdcReport:
     result = snapshot.take_snapshot(src, wh, cap, table, spec.target, spec.primary_key, consumer, run_id)
     pending, lag = reader.pending_after(src, cap, result.position)
-    return CdcReport(str(spec.source), str(spec.target), "snapshot", {}, None, result.position, pending, lag,
-                     rows_snapshot=result.rows, rows_deleted=result.replaced, rows_written=result.rows)
+    return CdcReport(
+        str(spec.source),
+        str(spec.target),
+        "snapshot",
+        {},
+        None,
+        result.position,
+        pending,
+        lag,
+        rows_snapshot=result.rows,
+        rows_deleted=result.replaced,
+        rows_written=result.rows,
+    )
 
 
-def _apply_window(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.Capture, table: SourceTable,
-                  spec: TableSpec, state: dict[str, Any], consumer: str, run_id: str | None,
-                  wait: float) -> CdcReport:
+def _apply_window(
+    src: psycopg.Connection,
+    wh: psycopg.Connection,
+    cap: capture.Capture,
+    table: SourceTable,
+    spec: TableSpec,
+    state: dict[str, Any],
+    consumer: str,
+    run_id: str | None,
+    wait: float,
+) -> CdcReport:
     target = spec.target
     applied = int(state["position"])
     horizons = [reader.Horizon(int(p), int(x)) for p, x in state.get("horizons", [])]
@@ -212,7 +263,11 @@ def _apply_window(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.
             if window.changes:
                 shape = apply.ensure_target(wh, target, table, spec.primary_key)
                 counts = apply.apply_net_effect(
-                    wh, target, spec.primary_key, shape.columns, reader.stream_net_effect(src, window),
+                    wh,
+                    target,
+                    spec.primary_key,
+                    shape.columns,
+                    reader.stream_net_effect(src, window),
                     truncate_first=window.last_truncate is not None,
                 )
                 report.rows_deleted = counts.deleted + counts.truncated
@@ -221,7 +276,9 @@ def _apply_window(src: psycopg.Connection, wh: psycopg.Connection, cap: capture.
                     report.notes.append(f"columns added: {', '.join(shape.added)}")
                 if shape.missing_in_source:
                     report.notes.append(
-                        f"columns no longer in the source (NULL in new rows): {', '.join(shape.missing_in_source)}")
+                        "columns no longer in the source (NULL in new rows): "
+                        + ", ".join(shape.missing_in_source)
+                    )
             if new_state != state:
                 apply.save(wh, target, new_state, run_id)
         report.applied = window.counts

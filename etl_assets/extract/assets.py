@@ -72,7 +72,13 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
             f"{spec.source} -> {spec.target}: {report.rows_read:,} rows read, {report.inserted:,} inserted, "
             f"{report.updated:,} updated, {report.unchanged:,} unchanged in {report.seconds:.2f} s"
         )
-        return dg.MaterializeResult(asset_key=key, metadata=report.metadata())
+        # Data quality (etl_assets.quality.profile, issue 7): the loaded table's column profile and
+        # schema on the materialization (plotted in the UI); the extract's own metadata wins on clashes.
+        from etl_assets.quality.profile import profile_after_write
+
+        with warehouse.connect() as conn:
+            profile = profile_after_write(conn, spec.target, {"sensitive": list(spec.sensitive)}, context.log)
+        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()})
 
     return _extract
 

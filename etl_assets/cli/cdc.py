@@ -1,0 +1,180 @@
+"""``etl-assets cdc install|uninstall|status|prune``: change capture on source tables.
+
+``install`` and ``uninstall`` change the source database (triggers on the named tables, objects in
+schema ``etl_cdc``); with ``--dry-run`` they print the exact SQL instead, for a DBA to review or run
+by hand. Without TABLE arguments they act on every table the declaration marks ``extract: cdc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from etl_assets.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cdc", help="change data capture on source tables: install, uninstall, status, prune")
+    cdc = p.add_subparsers(dest="cdc_command", metavar="ACTION", required=True)
+
+    q = cdc.add_parser("install", help="install capture (change log + triggers) on source tables")
+    q.add_argument(
+        "tables",
+        nargs="*",
+        metavar="TABLE",
+        help="schema.table (default: every table declared with extract: cdc)",
+    )
+    q.add_argument(
+        "--key",
+        nargs="+",
+        metavar="COLUMN",
+        help="key columns (default: the declared primary_key, else the table's primary key)",
+    )
+    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    q.add_argument("--lock-timeout", default="5s", help="give up when a table stays busy this long (5s)")
+    q.set_defaults(handler=_install)
+
+    q = cdc.add_parser("uninstall", help="remove capture (triggers, change log) from source tables")
+    q.add_argument(
+        "tables",
+        nargs="*",
+        metavar="TABLE",
+        help="schema.table (default: every table declared with extract: cdc)",
+    )
+    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    q.add_argument("--lock-timeout", default="5s", help="give up when a table stays busy this long (5s)")
+    q.set_defaults(handler=_uninstall)
+
+    q = cdc.add_parser("status", help="per captured table: log size, pending changes, oldest unapplied one")
+    q.add_argument("tables", nargs="*", metavar="TABLE", help="schema.table (default: all captured tables)")
+    q.set_defaults(handler=_status)
+
+    q = cdc.add_parser("prune", help="remove log entries every consumer has applied (never an unapplied one)")
+    q.add_argument("tables", nargs="*", metavar="TABLE", help="schema.table (default: all captured tables)")
+    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    q.set_defaults(handler=_prune)
+
+
+def _parse(texts: list[str]):
+    from etl_assets.io.tables import TableRef
+
+    refs = []
+    for text in texts:
+        if "." not in text.replace('""', ""):
+            raise ConfigError(f"Table {text!r} must be written schema.table (e.g. shop.customers).")
+        refs.append(TableRef.parse(text))
+    return refs
+
+
+def _declared() -> list[tuple[object, tuple[str, ...]]]:
+    from etl_assets.pipeline_config import load_pipelines
+
+    config = load_pipelines()
+    return [(s.source, s.primary_key) for s in config.tables if s.extract == "cdc"]
+
+
+def _targets(args: argparse.Namespace) -> list[tuple[object, tuple[str, ...] | None]]:
+    if args.tables:
+        key = tuple(args.key) if getattr(args, "key", None) else None
+        return [(ref, key) for ref in _parse(args.tables)]
+    declared = _declared()
+    if not declared:
+        raise ConfigError(
+            "No TABLE given and the tables declaration has no table with extract: cdc; "
+            "name the tables (schema.table)."
+        )
+    return [(ref, key or None) for ref, key in declared]
+
+
+def _source():
+    from etl_assets.db import connect
+    from etl_assets.settings import SOURCE_DSN_VAR, ensure_environment
+
+    env = ensure_environment(seed_demo=False)
+    return connect(env.source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=True)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from etl_assets.cdc import capture
+
+    with _source() as conn:
+        for ref, key in _targets(args):
+            if args.dry_run:
+                statements, cap = capture.install_statements(conn, ref, key, lock_timeout=args.lock_timeout)
+                if not statements:
+                    print(f"-- {ref}: capture already installed (log {cap.log_id}); nothing to do")
+                else:
+                    print(f"-- install capture on {ref}\n{capture.render(conn, statements)}\n")
+                continue
+            cap, changed = capture.install(conn, ref, key, lock_timeout=args.lock_timeout)
+            word = "installed" if changed else "already installed"
+            print(
+                f"{ref}: capture {word}; log {capture.SCHEMA}.{cap.log_table} (id {cap.log_id}), "
+                f"key {', '.join(cap.key_columns)}"
+            )
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from etl_assets.cdc import capture
+
+    with _source() as conn:
+        for ref, _ in _targets(args):
+            if args.dry_run:
+                statements = capture.uninstall_statements(conn, ref, lock_timeout=args.lock_timeout)
+                print(
+                    f"-- remove capture from {ref}\n"
+                    f"{capture.render(conn, statements) or '-- not installed'}\n"
+                )
+                continue
+            removed = capture.uninstall(conn, ref, lock_timeout=args.lock_timeout)
+            print(f"{ref}: capture {'removed' if removed else 'was not installed'}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from etl_assets.cdc import capture
+
+    with _source() as conn:
+        rows = capture.status(conn, _parse(args.tables))
+    if not rows:
+        print("no table has capture installed" + (" among those named" if args.tables else ""))
+        return 0
+    broken = 0
+    for st in rows:
+        c = st.capture
+        line = (
+            f"{c.source}: log {capture.SCHEMA}.{c.log_table} (id {c.log_id}), {st.entries} entries"
+            f" [{st.min_position}..{st.max_position}], pruned through {c.pruned_through}"
+        )
+        print(line)
+        for problem in st.problems:
+            broken += 1
+            print(f"  BROKEN: {problem}")
+        if not st.consumers:
+            print("  no consumer yet (the first run of its extract takes a snapshot)")
+        for cs in st.consumers:
+            oldest = (
+                f"oldest unapplied #{cs.oldest_pending_position} at "
+                f"{cs.oldest_pending_at:%Y-%m-%d %H:%M:%S %Z}"
+                f" ({cs.lag_seconds:.0f} s ago)"
+                if cs.oldest_pending_position is not None
+                else "up to date"
+            )
+            print(f"  -> {cs.target}: applied through {cs.applied_position}, {cs.pending} pending, {oldest}")
+    return 1 if broken else 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from etl_assets.cdc import capture
+
+    with _source() as conn:
+        refs = _parse(args.tables) or [c.source for c in capture.list_captures(conn)]
+        for ref in refs:
+            result, script = capture.prune(conn, ref, dry_run=args.dry_run)
+            if args.dry_run:
+                print(f"-- prune {ref}\n{script or '-- ' + result.reason}\n")
+            elif result.through is None:
+                print(f"{ref}: nothing pruned ({result.reason})")
+            else:
+                print(f"{ref}: removed {result.removed} applied entries (through position {result.through})")
+    return 0

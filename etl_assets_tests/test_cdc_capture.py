@@ -1,0 +1,217 @@
+"""Capture management on real PostgreSQL: install/uninstall and their --dry-run SQL, status, prune
+that never removes an unapplied change, and loud failures when the log has a gap."""
+
+from __future__ import annotations
+
+import secrets
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from etl_assets.cdc import capture, reader, sync
+from etl_assets.cli import main
+from etl_assets.extract.state import clear_state
+from etl_assets.io.tables import TableRef
+from etl_assets_tests.cdc_helpers import assert_equal, make_items, spec_for
+
+
+def _run(spec, source_dsn, warehouse_dsn, **kw) -> sync.CdcReport:
+    kw.setdefault("wait", 2)
+    return sync.sync_table(
+        spec,
+        sync.dsn_connector(source_dsn, "source", "S"),
+        sync.dsn_connector(warehouse_dsn, "warehouse", "W"),
+        **kw,
+    )
+
+
+def _log_positions(conn: psycopg.Connection, cap: capture.Capture) -> list[int]:
+    return [r[0] for r in conn.execute(sql.SQL("SELECT position FROM {} ORDER BY 1").format(cap.log_ident))]
+
+
+def _triggers(conn: psycopg.Connection, ref: TableRef) -> list[str]:
+    return sorted(
+        r[0]
+        for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal",
+            (ref.regclass_text,),
+        )
+    )
+
+
+def test_install_uninstall_and_dry_run(source_conn, etl_env, capsys) -> None:
+    ref = make_items(source_conn, 3)
+    # --dry-run prints the SQL and changes nothing.
+    assert main(["cdc", "install", str(ref), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "CREATE TRIGGER" in out
+        and "SECURITY DEFINER" in out
+        and "CACHE 1" in out
+        and out.count("COMMIT;") == 1
+    )
+    assert _triggers(source_conn, ref) == []
+    assert capture.get_capture(source_conn, ref) is None
+
+    assert main(["cdc", "install", str(ref)]) == 0
+    assert "capture installed" in capsys.readouterr().out
+    assert _triggers(source_conn, ref) == [capture.ROW_TRIGGER, capture.TRUNCATE_TRIGGER]
+    cap = capture.get_capture(source_conn, ref)
+    assert cap is not None and cap.key_columns == ("id",)
+    # Installing again is a no-op that keeps the same log.
+    assert main(["cdc", "install", str(ref)]) == 0
+    assert "already installed" in capsys.readouterr().out
+    assert capture.get_capture(source_conn, ref).log_id == cap.log_id
+
+    # Changes by an application role without any privilege on etl_cdc are logged (SECURITY DEFINER).
+    role = sql.Identifier(f"app_{secrets.token_hex(4)}")
+    source_conn.execute(sql.SQL("CREATE ROLE {}").format(role))
+    try:
+        source_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ref.schema_ident, role))
+        source_conn.execute(sql.SQL("GRANT SELECT, UPDATE, DELETE ON {} TO {}").format(ref.ident, role))
+        with source_conn.transaction():
+            source_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+            source_conn.execute(sql.SQL("UPDATE {} SET name = 'x' WHERE id = 1").format(ref.ident))
+            source_conn.execute(sql.SQL("UPDATE {} SET id = 10 WHERE id = 2").format(ref.ident))
+            source_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 3").format(ref.ident))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), source_conn.transaction():
+                source_conn.execute(sql.SQL("SELECT * FROM {}").format(cap.log_ident))
+    finally:
+        source_conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        source_conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    rows = source_conn.execute(
+        sql.SQL("SELECT op, key, old_key, data->>'name' FROM {} ORDER BY position").format(cap.log_ident)
+    ).fetchall()
+    assert rows == [
+        ("U", {"id": 1}, None, "x"),
+        ("U", {"id": 10}, {"id": 2}, "name 2"),
+        ("D", {"id": 3}, None, None),
+    ]
+
+    assert main(["cdc", "status", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries" in out and "no consumer yet" in out
+
+    assert main(["cdc", "uninstall", str(ref), "--dry-run"]) == 0
+    assert "DROP TRIGGER" in capsys.readouterr().out
+    assert _triggers(source_conn, ref) != []
+    assert main(["cdc", "uninstall", str(ref)]) == 0
+    assert _triggers(source_conn, ref) == []
+    assert capture.get_capture(source_conn, ref) is None
+    assert source_conn.execute("SELECT to_regclass(%s)", (f"etl_cdc.{cap.log_table}",)).fetchone()[0] is None
+
+
+def test_install_refuses_tables_without_a_usable_key(source_conn) -> None:
+    source_conn.execute("CREATE SCHEMA IF NOT EXISTS nokey")
+    source_conn.execute("DROP TABLE IF EXISTS nokey.t, nokey.d")
+    source_conn.execute("CREATE TABLE nokey.t (a int, b text)")
+    source_conn.execute("CREATE TABLE nokey.d (a int, CONSTRAINT d_u UNIQUE (a) DEFERRABLE)")
+    with pytest.raises(Exception, match="no primary key"):
+        capture.install(source_conn, TableRef("nokey", "t"))
+    with pytest.raises(Exception, match="deferrable"):
+        capture.install(source_conn, TableRef("nokey", "d"), ["a"])
+    with pytest.raises(Exception, match="does not exist"):
+        capture.install(source_conn, TableRef("nokey", "missing"))
+
+
+def test_prune_never_removes_an_unapplied_change(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    ref = make_items(source_conn, 50)
+    cap, _ = capture.install(source_conn, ref)
+    # No consumer yet: prune removes nothing.
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'a' WHERE id <= 10").format(ref.ident))
+    result, _ = capture.prune(source_conn, ref)
+    assert result.removed == 0 and "no consumer" in result.reason
+    assert len(_log_positions(source_conn, cap)) == 10
+
+    fast, slow = spec_for(ref, fresh_schema, "fast"), spec_for(ref, fresh_schema, "slow")
+    _run(fast, source_dsn, warehouse_dsn, prune_after=False)
+    _run(slow, source_dsn, warehouse_dsn, prune_after=False)
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'b' WHERE id <= 20").format(ref.ident))
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id > 45").format(ref.ident))
+    report = _run(fast, source_dsn, warehouse_dsn, prune_after=False)
+    assert report.changes == 25
+    slow_position = warehouse_conn.execute(
+        "SELECT (state->>'position')::bigint FROM etl.state WHERE target = %s", (str(slow.target),)
+    ).fetchone()[0]
+    before = _log_positions(source_conn, cap)
+    unapplied_by_slow = [p for p in before if p > slow_position]
+    assert len(unapplied_by_slow) == 25
+
+    result, _ = capture.prune(source_conn, ref)
+    after = _log_positions(source_conn, cap)
+    assert set(unapplied_by_slow) <= set(after)  # every entry the slow consumer needs is still there
+    assert all(p > slow_position for p in after)  # and only what every consumer applied went
+    assert result.removed == len(before) - len(after)
+
+    # The slow consumer catches up; then prune can remove everything.
+    report = _run(slow, source_dsn, warehouse_dsn, prune_after=True)
+    assert report.changes == 25
+    assert_equal(source_conn, warehouse_conn, slow)
+    assert_equal(source_conn, warehouse_conn, fast)
+    assert _log_positions(source_conn, cap) == []
+
+
+def test_gap_detection_fails_loudly_then_reset_recovers(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    ref = make_items(source_conn, 20)
+    capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+
+    # 1. Entries pruned beyond what this target applied (another tool, or a consumer row lost).
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'lost?' WHERE id <= 5").format(ref.ident))
+    cap = capture.get_capture(source_conn, ref)
+    source_conn.execute(sql.SQL("DELETE FROM {}").format(cap.log_ident))
+    source_conn.execute(
+        "UPDATE etl_cdc.capture SET pruned_through = 1000000 WHERE log_id = %s", (cap.log_id,)
+    )
+    with pytest.raises(reader.ChangeLogGap) as info:
+        _run(spec, source_dsn, warehouse_dsn)
+    assert "pruned through position 1000000" in str(info.value)
+    assert f"etl-assets reset {spec.target}" in str(info.value)
+
+    # 2. The log recreated (uninstall + install): a new log id.
+    capture.uninstall(source_conn, ref)
+    capture.install(source_conn, ref)
+    with pytest.raises(reader.ChangeLogGap) as info:
+        _run(spec, source_dsn, warehouse_dsn)
+    assert "was recreated" in str(info.value) and f"etl-assets reset {spec.target}" in str(info.value)
+
+    # 3. Capture removed: the message names the install command.
+    capture.uninstall(source_conn, ref)
+    with pytest.raises(capture.CaptureMissing, match=f"etl-assets cdc install {ref}"):
+        _run(spec, source_dsn, warehouse_dsn)
+
+    # `etl-assets reset` forgets the state: the next run takes a new snapshot and is exact again.
+    capture.install(source_conn, ref)
+    with psycopg.connect(warehouse_dsn) as conn:
+        clear_state(conn, spec.target)
+        conn.commit()
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.mode == "snapshot"
+    assert_equal(source_conn, warehouse_conn, spec)
+
+
+def test_status_and_prune_commands(source_conn, etl_env, capsys) -> None:
+    ref = make_items(source_conn, 10)
+    spec = spec_for(ref, "cdc_cli_target")
+    assert main(["cdc", "install", str(ref)]) == 0
+    _run(spec, etl_env["ETL_SOURCE_DSN"], etl_env["ETL_WAREHOUSE_DSN"])
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id <= 4").format(ref.ident))
+    capsys.readouterr()
+    assert main(["cdc", "status", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "-> cdc_cli_target.items" in out and "4 pending" in out and "oldest unapplied" in out
+    assert main(["cdc", "prune", str(ref), "--dry-run"]) == 0
+    assert "nothing applied beyond" in capsys.readouterr().out
+    _run(spec, etl_env["ETL_SOURCE_DSN"], etl_env["ETL_WAREHOUSE_DSN"], prune_after=False)
+    assert main(["cdc", "prune", str(ref), "--dry-run"]) == 0
+    assert "DELETE FROM" in capsys.readouterr().out
+    assert main(["cdc", "prune", str(ref)]) == 0
+    assert "removed 4 applied entries" in capsys.readouterr().out
+    assert main(["cdc", "status", "no_such.table"]) == 0
+    assert main(["cdc", "install", "nodot"]) == 2

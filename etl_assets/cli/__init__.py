@@ -17,7 +17,9 @@ from etl_assets.errors import EtlError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "etl_assets.cli.core",
+    "etl_assets.cli.metrics",
     "etl_assets.cli.dlq",
+    "etl_assets.cli.cdc",
 )
 
 

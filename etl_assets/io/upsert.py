@@ -124,7 +124,7 @@ def upsert_frame(
     )
     try:
         distinct, inserted, updated = conn.execute(stmt).fetchone()
-    except psycopg.errors.DataError as exc:
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         from etl_assets.io.bulk import copy_error
 
         raise copy_error(exc, target) from exc

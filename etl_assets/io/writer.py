@@ -111,6 +111,23 @@ class WriteResult:
 # --------------------------------------------------------------------------------------------------
 
 
+def ensure_control_tables(conn: psycopg.Connection) -> None:
+    """Apply the control-schema migrations (etl.swap_history) on ``conn`` if they are missing."""
+    from etl_assets.migrations import ensure_migrated
+
+    if conn.execute("SELECT to_regclass('etl.swap_history')").fetchone()[0] is not None:
+        return
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.autocommit = False  # migrate() runs its own transactions on a non-autocommit connection
+        try:
+            ensure_migrated(conn)
+            conn.commit()
+        finally:
+            conn.autocommit = True
+    else:
+        ensure_migrated(conn)
+
+
 def lock_target(conn: psycopg.Connection, target: TableRef) -> None:
     """Wait for the per-target advisory lock, held until this transaction ends."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(target),))
@@ -341,6 +358,8 @@ def write_frame(
     if order_by is not None and order_by not in df.columns:
         raise ConfigError(f"order_by column {order_by!r} is not in the frame for {target} ({df.columns}).")
     hooks = list(on_commit)
+    if mode == "swap":
+        ensure_control_tables(conn)  # etl.swap_history records the previous version for rollback
     with conn.transaction():
         lock_target(conn, target)
         if mode == "swap":

@@ -1,0 +1,537 @@
+"""Swap loads: build the new table beside the live one, then exchange them in one short step.
+
+Why each step:
+
+* The new table is built under a temporary name (``LIKE`` the live table, evolved for the frame) and
+  loaded with COPY while readers keep using the live table undisturbed (only our advisory lock and
+  an ACCESS SHARE lock are held on it).
+* Its indexes and index-backed constraints are built after the load (faster than maintaining them
+  row by row) under temporary names, because index names are unique per schema; in the swap they
+  are renamed to the live names, so names carry over. CHECK and NOT NULL constraints come with
+  ``LIKE``; foreign keys are re-added under their own names; grants and the owner are copied.
+* A view is bound to a table's identity, not its name: after the renames it would still read the
+  old table. So dependent views (and views on those) are dropped and recreated, with their options,
+  owner, grants and comments, inside the swap step. Where that is impossible (materialized views,
+  views we cannot re-own, foreign keys from other tables, triggers, rules, row-level security,
+  partitioned or inherited tables) the swap refuses before touching the live table, naming them.
+* The swap step itself runs in a savepoint with ``lock_timeout``: if readers hold the table longer,
+  it gives up the lock request (so readers queued behind it are not stalled) and tries again a few
+  times. The renames take ACCESS EXCLUSIVE for milliseconds, held to the commit of the write.
+* The old table stays as ``<name>__etl_prev`` until the next swap, recorded in ``etl.swap_history``;
+  :func:`rollback` exchanges it back (and a rollback can be rolled back the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from etl_assets.errors import EtlError, MissingObject, SchemaMismatch
+from etl_assets.io import catalog
+from etl_assets.io.bulk import copy_frame
+from etl_assets.io.tables import TableRef, derived_name
+from etl_assets.io.typemap import PgType
+
+LOCK_TIMEOUT = "2s"
+ATTEMPTS = 5
+PREV_SUFFIX = "__etl_prev"
+_PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"}
+
+
+def previous_table(target: TableRef) -> TableRef:
+    """Where the previous version of ``target`` is kept between swaps."""
+    return target.sibling(PREV_SUFFIX)
+
+
+@dataclass
+class IndexInfo:
+    name: str
+    constraint: str | None  # name of the PK/UNIQUE/EXCLUDE constraint it backs
+    constraint_def: str | None
+    using_tail: str  # "btree (a, b) WHERE ..." from pg_get_indexdef
+    unique: bool
+
+
+@dataclass
+class ViewInfo:
+    oid: int
+    schema: str
+    name: str
+    depth: int
+    options: list[str]
+    owner: str
+    comment: str | None
+    grants: list[tuple[str | None, str, bool]]
+    definition: str = ""
+
+    @property
+    def ref(self) -> TableRef:
+        return TableRef(self.schema, self.name)
+
+
+@dataclass
+class TablePlan:
+    """What the live table carries that the incoming table must get."""
+
+    oid: int
+    owner: str
+    indexes: list[IndexInfo]
+    foreign_keys: list[tuple[str, str]]
+    grants: list[tuple[str | None, str, bool]]
+    comment: str | None
+    views: list[ViewInfo]
+    owned_sequences: list[tuple[str, str]] = field(default_factory=list)  # (sequence regclass text, column)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inspection and refusal
+# --------------------------------------------------------------------------------------------------
+
+
+def _grants(conn: psycopg.Connection, oid: int) -> list[tuple[str | None, str, bool]]:
+    rows = conn.execute(
+        """
+        SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+               a.privilege_type, a.is_grantable
+        FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = %s
+        ORDER BY 1 NULLS FIRST, 2
+        """,
+        (oid,),
+    ).fetchall()
+    return [(r[0], r[1], bool(r[2])) for r in rows]
+
+
+def inspect(conn: psycopg.Connection, target: TableRef, oid: int) -> TablePlan:
+    """Collect indexes, constraints, grants and dependent views; refuse what cannot be carried over."""
+    problems: list[str] = []
+    info = conn.execute(
+        """
+        SELECT c.relkind, pg_get_userbyid(c.relowner), c.relrowsecurity, obj_description(c.oid, 'pg_class'),
+               EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
+        FROM pg_class c WHERE c.oid = %s
+        """,
+        (oid,),
+    ).fetchone()
+    relkind, owner, rls, comment, inherits = info
+    if relkind == "p" or inherits:
+        problems.append("it is partitioned or part of an inheritance tree")
+    if rls:
+        problems.append("it has row-level security")
+    triggers = [
+        r[0]
+        for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s AND NOT tgisinternal ORDER BY 1", (oid,)
+        )
+    ]
+    if triggers:
+        problems.append(f"triggers {triggers} would not carry over")
+    rules = [
+        r[0] for r in conn.execute("SELECT rulename FROM pg_rewrite WHERE ev_class = %s ORDER BY 1", (oid,))
+    ]
+    if rules:
+        problems.append(f"rules {rules} would not carry over")
+    incoming = [
+        f"{r[0]} ({r[1]})"
+        for r in conn.execute(
+            """SELECT conrelid::regclass::text, conname FROM pg_constraint
+           WHERE confrelid = %s AND contype = 'f' AND conrelid <> confrelid ORDER BY 1, 2""",
+            (oid,),
+        )
+    ]
+    if incoming:
+        problems.append(f"foreign keys of other tables reference it: {', '.join(incoming)}")
+    indexes = [
+        IndexInfo(r[0], r[1], r[2], r[3][len(r[4]) :] if r[3].startswith(r[4]) else "", bool(r[5]))
+        for r in conn.execute(
+            """
+            SELECT i.relname, con.conname, pg_get_constraintdef(con.oid), pg_get_indexdef(x.indexrelid),
+                   format('CREATE %%sINDEX %%I ON %%I.%%I USING ',
+                          CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END, i.relname, n.nspname, c.relname),
+                   x.indisunique
+            FROM pg_index x
+            JOIN pg_class i ON i.oid = x.indexrelid
+            JOIN pg_class c ON c.oid = x.indrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_constraint con
+              ON con.conindid = x.indexrelid AND con.conrelid = x.indrelid AND con.contype IN ('p', 'u', 'x')
+            WHERE x.indrelid = %s ORDER BY i.relname
+            """,
+            (oid,),
+        )
+    ]
+    for ix in indexes:
+        if ix.constraint is None and not ix.using_tail:
+            problems.append(f"index {ix.name!r} has a definition the swap cannot rebuild")
+    fks = [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s AND contype = 'f' "
+            "ORDER BY conname",
+            (oid,),
+        )
+    ]
+    views: list[ViewInfo] = []
+    for r in conn.execute(
+        """
+        WITH RECURSIVE deps(oid, depth) AS (
+            SELECT r.ev_class, 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+            WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.refobjid = %(oid)s AND r.ev_class <> %(oid)s
+            UNION
+            SELECT r.ev_class, deps.depth + 1 FROM deps
+            JOIN pg_depend d ON d.refobjid = deps.oid AND d.classid = 'pg_rewrite'::regclass
+                            AND d.refclassid = 'pg_class'::regclass
+            JOIN pg_rewrite r ON r.oid = d.objid
+            WHERE r.ev_class <> deps.oid AND deps.depth < 32
+        )
+        SELECT v.oid::int8, n.nspname, v.relname, v.relkind, max(deps.depth), pg_get_userbyid(v.relowner),
+               coalesce(v.reloptions, '{}'), obj_description(v.oid, 'pg_class'),
+               pg_has_role(v.relowner, 'MEMBER')
+        FROM deps JOIN pg_class v ON v.oid = deps.oid JOIN pg_namespace n ON n.oid = v.relnamespace
+        GROUP BY v.oid, n.nspname, v.relname, v.relkind, v.relowner, v.reloptions
+        ORDER BY max(deps.depth), n.nspname, v.relname
+        """,
+        {"oid": oid},
+    ).fetchall():
+        voi, schema, name, kind, depth, vowner, options, vcomment, can_own = r
+        label = f"{schema}.{name}"
+        if kind != "v":
+            problems.append(f"materialized view {label} depends on it (it cannot be recreated in the swap)")
+            continue
+        if not can_own:
+            problems.append(f"view {label} is owned by {vowner}, which this role cannot recreate it as")
+            continue
+        views.append(ViewInfo(voi, schema, name, depth, list(options), vowner, vcomment, _grants(conn, voi)))
+    if problems:
+        raise SchemaMismatch(
+            f"Cannot swap {target}: " + "; ".join(problems) + ". Nothing was changed; use write_mode "
+            "'truncate_insert' for this table, or remove those objects."
+        )
+    sequences = [
+        (r[0], r[1])
+        for r in conn.execute(
+            """
+        SELECT d.objid::regclass::text, a.attname FROM pg_depend d
+        JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = %s AND d.deptype = 'a'
+        """,
+            (oid,),
+        )
+    ]
+    return TablePlan(oid, owner, indexes, fks, _grants(conn, oid), comment, views, sequences)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building pieces
+# --------------------------------------------------------------------------------------------------
+
+
+def _apply_grants(
+    conn: psycopg.Connection,
+    rel: TableRef,
+    grants: Sequence[tuple[str | None, str, bool]],
+    kind: str = "TABLE",
+) -> None:
+    """Make ``rel``'s privileges exactly ``grants`` (revoke what it has, grant what the live one had)."""
+    current = conn.execute(
+        "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
+        "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s)",
+        (rel.regclass_text,),
+    ).fetchall()
+    for (grantee,) in current:
+        conn.execute(
+            sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(
+                rel.ident, sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)
+            )
+        )
+    for grantee, privilege, grantable in grants:
+        if privilege not in _PRIVILEGES:
+            continue
+        conn.execute(
+            sql.SQL("GRANT {} ON TABLE {} TO {}{}").format(
+                sql.SQL(privilege),
+                rel.ident,
+                sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+
+
+def _set_owner_comment(
+    conn: psycopg.Connection, rel: TableRef, owner: str, comment: str | None, kind: str = "TABLE"
+) -> None:
+    current = conn.execute("SELECT current_user").fetchone()[0]
+    if owner != current:
+        conn.execute(
+            sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kind), rel.ident, sql.Identifier(owner))
+        )
+    if comment is not None:
+        conn.execute(sql.SQL("COMMENT ON {} {} IS {}").format(sql.SQL(kind), rel.ident, sql.Literal(comment)))
+
+
+def _temp_index_name(token: str, i: int) -> str:
+    return f"etl_swap_{token}_{i}"
+
+
+def _build_indexes(
+    conn: psycopg.Connection, new: TableRef, plan: TablePlan, token: str
+) -> list[tuple[str, str]]:
+    """Create the live table's indexes and constraints on ``new`` under temporary names."""
+    pairs: list[tuple[str, str]] = []  # (live name, temporary name)
+    for i, ix in enumerate(plan.indexes):
+        tmp = _temp_index_name(token, i)
+        if ix.constraint is not None:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                    new.ident, sql.Identifier(tmp), sql.SQL(ix.constraint_def)
+                )
+            )
+        else:
+            conn.execute(
+                sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+                    sql.SQL("UNIQUE " if ix.unique else ""),
+                    sql.Identifier(tmp),
+                    new.ident,
+                    sql.SQL(ix.using_tail),
+                )
+            )
+        pairs.append((ix.name, tmp))
+    for name, definition in plan.foreign_keys:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                new.ident, sql.Identifier(name), sql.SQL(definition)
+            )
+        )
+    return pairs
+
+
+def _rename_index(conn: psycopg.Connection, schema: str, old: str, new: str) -> None:
+    conn.execute(
+        sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(schema, old), sql.Identifier(new))
+    )
+    # An index backing a constraint renames the constraint with it (PostgreSQL does that itself).
+
+
+def _view_definitions(conn: psycopg.Connection, views: Sequence[ViewInfo]) -> None:
+    """Fill each view's definition, fully schema-qualified (empty search_path while decompiling)."""
+    old = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+    conn.execute("SELECT set_config('search_path', '', true)")
+    try:
+        for v in views:
+            text = conn.execute("SELECT pg_get_viewdef(%s::oid)", (v.oid,)).fetchone()[0]
+            v.definition = text.strip().rstrip(";")
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, true)", (old,))
+
+
+def _recreate_views(conn: psycopg.Connection, views: Sequence[ViewInfo]) -> None:
+    for v in views:
+        options = sql.SQL("")
+        if v.options:
+            options = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in v.options))
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("CREATE VIEW {}{} AS {}").format(v.ref.ident, options, sql.SQL(v.definition))
+                )
+        except psycopg.Error as exc:
+            raise SchemaMismatch(
+                f"Cannot recreate view {v.ref} on the new table: {exc.diag.message_primary or exc}. "
+                "The swap was rolled back; the live table is unchanged."
+            ) from exc
+        _set_owner_comment(conn, v.ref, v.owner, v.comment, kind="VIEW")
+        _apply_grants(conn, v.ref, v.grants, kind="VIEW")
+
+
+def _exchange(
+    conn: psycopg.Connection,
+    live: TableRef,
+    incoming: TableRef,
+    plan: TablePlan,
+    index_pairs: Sequence[tuple[str, str]],
+    keep_as: TableRef,
+) -> dict[str, str]:
+    """Inside a savepoint: put ``incoming`` in place of ``live``; ``live`` becomes ``keep_as``.
+
+    ``index_pairs`` are (live index name, incoming index name). Returns live name -> kept name.
+    """
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live.ident))
+    _view_definitions(conn, plan.views)
+    for v in reversed(plan.views):
+        conn.execute(sql.SQL("DROP VIEW {}").format(v.ref.ident))
+    parking = live.sibling(f"__etl_x{secrets.token_hex(3)}")
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(live.ident, sql.Identifier(parking.name)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(incoming.ident, sql.Identifier(live.name)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(parking.ident, sql.Identifier(keep_as.name)))
+    kept: dict[str, str] = {}
+    for live_name, incoming_name in index_pairs:
+        parked = f"etl_park_{secrets.token_hex(6)}"
+        _rename_index(conn, live.schema, live_name, parked)
+        _rename_index(conn, live.schema, incoming_name, live_name)
+        kept_name = (
+            derived_name(live_name, PREV_SUFFIX) if incoming_name.startswith("etl_swap_") else incoming_name
+        )
+        _rename_index(conn, live.schema, parked, kept_name)
+        kept[live_name] = kept_name
+    for seq, column in plan.owned_sequences:
+        conn.execute(
+            sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                sql.SQL(seq), sql.Identifier(live.schema, live.name, column)
+            )
+        )
+    _recreate_views(conn, plan.views)
+    return kept
+
+
+def _with_lock_retries(conn: psycopg.Connection, target: TableRef, step, lock_timeout: str, attempts: int):
+    old = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    last: Exception | None = None
+    try:
+        for _attempt in range(attempts):
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+                    return step()
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                last = exc
+        holders = conn.execute(
+            """SELECT string_agg(DISTINCT format('pid %%s (%%s, %%s)', l.pid, a.application_name, l.mode), '; ')
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.relation = to_regclass(%s) AND l.pid <> pg_backend_pid()""",
+            (target.regclass_text,),
+        ).fetchone()[0]
+        raise EtlError(
+            f"Could not swap {target}: other sessions held it for {attempts} attempts of {lock_timeout} each "
+            f"({holders or 'no holder left'}; last error: {last}). The live table is unchanged; retry later."
+        )
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (old,))
+
+
+def _record(
+    conn: psycopg.Connection,
+    target: TableRef,
+    previous: TableRef,
+    kept: Mapping[str, str],
+    action: str,
+    run_id: str | None,
+    rows: int | None,
+) -> None:
+    conn.execute(
+        """INSERT INTO etl.swap_history (target_schema, target_name, previous_name, index_names, action, run_id, rows)
+           VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)""",
+        (target.schema, target.name, previous.name, json.dumps(dict(kept)), action, run_id, rows),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------
+
+
+def swap_write(
+    conn: psycopg.Connection,
+    df: pl.DataFrame,
+    target: TableRef,
+    *,
+    primary_key: Sequence[str],
+    hints: Mapping[str, PgType],
+    run_id: str | None,
+    lock_timeout: str = LOCK_TIMEOUT,
+    attempts: int = ATTEMPTS,
+):
+    """Swap ``df`` in as ``target`` (called by write_frame inside its transaction, lock held)."""
+    from etl_assets.io.writer import WriteResult, ensure_table
+
+    oid = catalog.table_oid(conn, target)
+    if oid is None:  # first load: nothing to swap with
+        shape = ensure_table(conn, df, target, primary_key, hints=hints)
+        copy_frame(conn, df, target, targets=shape.types)
+        return WriteResult(
+            target=target, mode="swap", rows=df.height, inserted=df.height, table_rows=df.height
+        )
+    plan = inspect(conn, target, oid)
+    token = secrets.token_hex(4)
+    new = target.sibling(f"__etl_new_{token}")
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
+            "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
+        ).format(new.ident, target.ident)
+    )
+    shape = ensure_table(conn, df, target, primary_key, hints=hints, create_as=new)
+    copy_frame(conn, df, new, targets=shape.types)
+    pairs = _build_indexes(conn, new, plan, token)
+    _set_owner_comment(conn, new, plan.owner, plan.comment)
+    _apply_grants(conn, new, plan.grants)
+    previous = previous_table(target)
+    deleted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)).fetchone()[0]
+
+    def step() -> dict[str, str]:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(previous.ident))
+        return _exchange(conn, target, new, plan, pairs, previous)
+
+    kept = _with_lock_retries(conn, target, step, lock_timeout, attempts)
+    _record(conn, target, previous, kept, "swap", run_id, df.height)
+    return WriteResult(
+        target=target,
+        mode="swap",
+        rows=df.height,
+        inserted=df.height,
+        deleted=deleted,
+        table_rows=df.height,
+        added_columns=shape.added,
+        widened_columns=shape.widened,
+    )
+
+
+def rollback(
+    conn: psycopg.Connection,
+    target: TableRef,
+    *,
+    lock_timeout: str = LOCK_TIMEOUT,
+    attempts: int = ATTEMPTS,
+    run_id: str | None = None,
+) -> TableRef:
+    """Exchange ``target`` with its previous version (kept by the last swap); returns that table's name."""
+    from etl_assets.io.writer import ensure_control_tables, lock_target
+
+    ensure_control_tables(conn)
+    with conn.transaction():
+        lock_target(conn, target)
+        row = conn.execute(
+            """SELECT previous_name, index_names FROM etl.swap_history
+               WHERE target_schema = %s AND target_name = %s ORDER BY id DESC LIMIT 1""",
+            (target.schema, target.name),
+        ).fetchone()
+        oid = catalog.table_oid(conn, target)
+        if row is None or oid is None:
+            raise MissingObject(f"{target} has no previous version to roll back to (it was never swapped).")
+        previous = TableRef(target.schema, row[0])
+        if catalog.table_oid(conn, previous) is None:
+            raise MissingObject(f"The previous version of {target} ({previous}) no longer exists.")
+        plan = inspect(conn, target, oid)
+        kept_names: dict[str, str] = row[1] or {}
+        pairs = [
+            (live, prev) for live, prev in kept_names.items() if any(ix.name == live for ix in plan.indexes)
+        ]
+        _set_owner_comment(conn, previous, plan.owner, plan.comment)
+        _apply_grants(conn, previous, plan.grants)
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(previous.ident)).fetchone()[0]
+        kept = _with_lock_retries(
+            conn,
+            target,
+            lambda: _exchange(conn, target, previous, plan, pairs, previous),
+            lock_timeout,
+            attempts,
+        )
+        _record(conn, target, previous, kept, "rollback", run_id, rows)
+    return previous

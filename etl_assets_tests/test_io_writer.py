@@ -1,0 +1,234 @@
+"""write_frame against real PostgreSQL: every mode with pandas and polars, exact table contents."""
+
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+import psycopg
+import pytest
+from psycopg import sql
+
+from etl_assets.errors import ConfigError, SchemaMismatch
+from etl_assets.io.tables import TableRef
+from etl_assets.io.writer import PartitionWindow, write_frame
+from etl_assets_tests.io_helpers import FLAVOURS, frame, leftovers, rows
+
+
+@pytest.fixture
+def conn(warehouse_dsn: str):
+    # autocommit: write_frame opens its own transaction; reads in the test then hold no locks.
+    with psycopg.connect(warehouse_dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_insert_appends(conn, fresh_schema, flavour):
+    t = TableRef(fresh_schema, "orders")
+    r1 = write_frame(conn, frame(flavour, {"id": [1, 2], "v": ["a", "b"]}), t, "insert")
+    r2 = write_frame(conn, frame(flavour, {"id": [3], "v": [None]}), t, "insert")
+    assert rows(conn, t) == [(1, "a"), (2, "b"), (3, None)]
+    assert (r1.inserted, r2.inserted, r2.table_rows) == (2, 1, 3)
+    meta = r2.metadata()
+    assert meta["dagster/row_count"] == 3 and meta["dagster/table_name"] == f"{fresh_schema}.orders"
+    assert [c.name for c in meta["dagster/column_schema"].columns] == ["id", "v"]
+    assert meta["write_mode"] == "insert" and meta["rows_per_second"] > 0
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_truncate_insert_replaces_everything(conn, fresh_schema, flavour):
+    t = TableRef(fresh_schema, "orders")
+    write_frame(
+        conn,
+        frame(flavour, {"id": [1, 2, 3], "v": ["a", "b", "c"]}),
+        t,
+        "truncate_insert",
+        primary_key=["id"],
+    )
+    r = write_frame(
+        conn, frame(flavour, {"id": [2, 9], "v": ["x", ""]}), t, "truncate_insert", primary_key=["id"]
+    )
+    assert rows(conn, t) == [(2, "x"), (9, "")]
+    assert (r.deleted, r.inserted, r.table_rows) == (3, 2, 2)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_upsert_new_changed_unchanged_and_duplicate_keys(conn, fresh_schema, flavour):
+    t = TableRef(fresh_schema, "customers")
+    first = frame(flavour, {"id": [1, 2, 3], "name": ["ann", "bob", "cy"], "ver": [1, 1, 1]})
+    r0 = write_frame(conn, first, t, "upsert", primary_key=["id"], order_by="ver")
+    assert (r0.inserted, r0.updated, r0.unchanged) == (3, 0, 0)
+    xmin_before = dict(conn.execute(sql.SQL("SELECT id, xmin::text FROM {}").format(t.ident)).fetchall())
+    # 1 unchanged, 2 changed, 3 twice (the higher ver wins although it comes first), 4 new
+    second = frame(
+        flavour,
+        {"id": [1, 2, 3, 3, 4], "name": ["ann", "BOB", "cy-new", "cy-old", "dee"], "ver": [1, 2, 3, 2, 1]},
+    )
+    r = write_frame(conn, second, t, "upsert", primary_key=["id"], order_by="ver")
+    assert rows(conn, t) == [(1, "ann", 1), (2, "BOB", 2), (3, "cy-new", 3), (4, "dee", 1)]
+    assert (r.inserted, r.updated, r.unchanged, r.duplicates) == (1, 2, 1, 1)
+    assert r.table_rows == 4
+    xmin_after = dict(conn.execute(sql.SQL("SELECT id, xmin::text FROM {}").format(t.ident)).fetchall())
+    assert xmin_after[1] == xmin_before[1], "an unchanged row must not be rewritten"
+    assert xmin_after[2] != xmin_before[2]
+    assert leftovers(conn) == []
+
+
+def test_upsert_without_order_by_keeps_last_row_of_frame(conn, fresh_schema):
+    t = TableRef(fresh_schema, "k")
+    df = pl.DataFrame({"id": [1, 1, 1, 2], "v": ["first", "middle", "last", "x"]})
+    r = write_frame(conn, df, t, "upsert", primary_key=["id"])
+    assert rows(conn, t) == [(1, "last"), (2, "x")]
+    assert (r.inserted, r.duplicates) == (2, 2)
+
+
+def test_upsert_composite_key_and_key_only_table(conn, fresh_schema):
+    t = TableRef(fresh_schema, "pairs")
+    df = pl.DataFrame({"a": [1, 1, 2], "b": ["x", "y", "x"]})
+    write_frame(conn, df, t, "upsert", primary_key=["a", "b"])
+    r = write_frame(conn, pl.DataFrame({"a": [1, 3], "b": ["x", "z"]}), t, "upsert", primary_key=["b", "a"])
+    assert rows(conn, t, ["a", "b"]) == [(1, "x"), (1, "y"), (2, "x"), (3, "z")]
+    assert (r.inserted, r.updated, r.unchanged) == (1, 0, 1)
+
+
+def test_upsert_into_table_without_unique_index_names_the_missing_index(conn, fresh_schema):
+    t = TableRef(fresh_schema, "plain")
+    write_frame(conn, pl.DataFrame({"id": [1], "v": [1]}), t, "insert")
+    with pytest.raises(SchemaMismatch, match=r"unique index on \(id\).*missing index is UNIQUE \(id\)"):
+        write_frame(conn, pl.DataFrame({"id": [1], "v": [2]}), t, "upsert", primary_key=["id"])
+    assert rows(conn, t) == [(1, 1)]
+    with pytest.raises(ConfigError, match="needs primary_key"):
+        write_frame(conn, pl.DataFrame({"id": [1]}), t, "upsert")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_partition_replace_touches_only_its_window(conn, fresh_schema, flavour):
+    import datetime as dt
+
+    t = TableRef(fresh_schema, "events")
+    d1, d2, d3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+    write_frame(conn, frame(flavour, {"id": [1, 2, 3], "day": [d1, d2, d2]}), t, "insert")
+    window = PartitionWindow(
+        "day", start=dt.datetime(2024, 1, 2, tzinfo=dt.UTC), end=dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
+    )
+    r = write_frame(conn, frame(flavour, {"id": [7, 8], "day": [d2, d2]}), t, "insert", partition=window)
+    assert rows(conn, t) == [(1, d1), (7, d2), (8, d2)]
+    assert (r.deleted, r.inserted, r.table_rows) == (2, 2, 2)
+    with pytest.raises(SchemaMismatch, match="outside the partition's window"):
+        write_frame(conn, frame(flavour, {"id": [9], "day": [d3]}), t, "insert", partition=window)
+    static = PartitionWindow("day", values=(d1,))
+    write_frame(conn, frame(flavour, {"id": [5], "day": [d1]}), t, "truncate_insert", partition=static)
+    assert rows(conn, t) == [(5, d1), (7, d2), (8, d2)]
+
+
+@pytest.mark.parametrize("mode", ["insert", "truncate_insert", "upsert", "swap"])
+def test_failure_mid_write_leaves_target_unchanged_and_no_staging(conn, fresh_schema, mode):
+    t = TableRef(fresh_schema, "guarded")
+    write_frame(conn, pl.DataFrame({"id": [1, 2], "n": [10, 20]}), t, "insert", primary_key=["id"])
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CHECK (n < 1000)").format(t.ident))
+    conn.commit()
+    bad = pl.DataFrame({"id": list(range(3, 3003)), "n": [5] * 2999 + [5000]})  # the last row is rejected
+    with pytest.raises(SchemaMismatch, match=rf"{fresh_schema}\.guarded"):
+        write_frame(conn, bad, t, mode, primary_key=["id"])
+    assert rows(conn, t) == [(1, 10), (2, 20)]
+    assert leftovers(conn) == []
+    # text the column type rejects (text goes into any column and PostgreSQL parses it)
+    with pytest.raises(SchemaMismatch, match="invalid input syntax"):
+        write_frame(conn, pl.DataFrame({"id": [3], "n": ["zwanzig"]}), t, mode, primary_key=["id"])
+    assert rows(conn, t) == [(1, 10), (2, 20)]
+    assert leftovers(conn) == []
+
+
+def test_on_commit_hooks_join_the_transaction(conn, fresh_schema):
+    t = TableRef(fresh_schema, "data")
+    log = TableRef(fresh_schema, "cursor")
+    conn.execute(sql.SQL("CREATE TABLE {} (v int)").format(log.ident))
+    conn.commit()
+
+    def save_cursor(c):
+        c.execute(sql.SQL("INSERT INTO {} VALUES (42)").format(log.ident))
+
+    def fail(c):
+        raise RuntimeError("hook failed")
+
+    write_frame(conn, pl.DataFrame({"id": [1]}), t, "insert", on_commit=[save_cursor])
+    with pytest.raises(RuntimeError):
+        write_frame(conn, pl.DataFrame({"id": [2]}), t, "insert", on_commit=[save_cursor, fail])
+    assert rows(conn, t) == [(1,)]
+    assert rows(conn, log, "v") == [(42,)]
+    # Inside a caller's transaction the write is a savepoint: the caller's rollback undoes it.
+    with pytest.raises(ZeroDivisionError), conn.transaction():
+        write_frame(conn, pl.DataFrame({"id": [3]}), t, "insert")
+        1 / 0  # noqa: B018
+    assert rows(conn, t) == [(1,)]
+
+
+def test_two_concurrent_writers_never_interleave(warehouse_dsn, fresh_schema):
+    """Writer A holds the target lock; B must wait (seen in pg_locks), then run after A commits."""
+    t = TableRef(fresh_schema, "shared")
+    order: list[str] = []
+    a_inside = threading.Event()
+    release_a = threading.Event()
+    errors: list[BaseException] = []
+
+    def hold(c):
+        order.append("A-hook")
+        a_inside.set()
+        assert release_a.wait(30)
+
+    def writer(name, df, hooks):
+        try:
+            with psycopg.connect(warehouse_dsn) as c:
+                write_frame(c, df, t, "truncate_insert", on_commit=hooks + [lambda c: order.append(name)])
+        except BaseException as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+
+    a = threading.Thread(target=writer, args=("A", pl.DataFrame({"id": [1, 2]}), [hold]))
+    a.start()
+    assert a_inside.wait(30)
+    b = threading.Thread(target=writer, args=("B", pl.DataFrame({"id": [3]}), []))
+    b.start()
+    with psycopg.connect(warehouse_dsn, autocommit=True) as watch:
+        for _ in range(3000):  # poll the lock table, no sleeping on a guess
+            waiting = watch.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()[0]
+            if waiting:
+                break
+            watch.execute("SELECT pg_sleep(0.01)")
+        assert waiting == 1
+        release_a.set()
+        a.join(30)
+        b.join(30)
+        assert not errors
+        assert order == ["A-hook", "A", "B"]
+        assert rows(watch, t) == [(3,)]
+
+
+@pytest.mark.parametrize("mode", ["insert", "truncate_insert", "upsert", "swap"])
+def test_capitals_spaces_and_quotes_in_names(conn, warehouse_conn, mode):
+    schema = 'My "Odd" Schema'
+    warehouse_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    t = TableRef(schema, 'Order "Lines"; DROP TABLE x')
+    df = pl.DataFrame({"Key Col": [1, 2], 'say "hi"': ["a", None], "UPPER": [1.5, 2.5]})
+    try:
+        pk = [] if mode == "insert" else ["Key Col"]
+        write_frame(conn, df, t, mode, primary_key=pk)
+        write_frame(conn, df.with_columns(pl.col("UPPER") * 2), t, mode, primary_key=pk)
+        got = rows(conn, t, "Key Col")
+        expected_first = [(1, "a", 3.0), (2, None, 5.0)]
+        if mode == "insert":
+            assert got == [(1, "a", 1.5), (1, "a", 3.0), (2, None, 2.5), (2, None, 5.0)]
+        else:
+            assert got == expected_first
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 ORDER BY attnum",
+                (t.regclass_text,),
+            )
+        ]
+        assert cols == ["Key Col", 'say "hi"', "UPPER"]
+    finally:
+        conn.rollback()
+        warehouse_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -340,6 +340,7 @@ class DeadLetter:
     attempts: int
     row_hash: str
     run_id: str
+    step: str | None
     first_failed_at: dt.datetime
     last_failed_at: dt.datetime
     resolved_run_id: str | None
@@ -350,7 +351,7 @@ class DeadLetter:
 
 _COLUMNS = (
     "id", "asset_key", "partition_key", "target", "status", "stage", "error_class", "attempts",
-    "row_hash", "run_id", "first_failed_at", "last_failed_at", "resolved_run_id", "error_message",
+    "row_hash", "run_id", "step", "first_failed_at", "last_failed_at", "resolved_run_id", "error_message",
     "payload", "payload_types",
 )
 _UNSET = object()

@@ -82,12 +82,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from etl_assets.resources import build_resources
+    from etl_assets.resources import warehouse_resource
     from etl_assets.settings import ensure_environment
-    from etl_assets.transforms import build_defs
+    from etl_assets.transforms.replay import dlq_replay
 
     ensure_environment(seed_demo=False)
-    defs = dg.Definitions.merge(build_defs(), dg.Definitions(resources=build_resources()))
+    # The job needs only the warehouse; the same job is in the project's Definitions for the UI.
+    defs = dg.Definitions(jobs=[dlq_replay], resources={"warehouse": warehouse_resource()})
     job = defs.resolve_job_def("dlq_replay")
     config = {"asset_key": args.asset, "ids": args.ids, "limit": args.limit}
     with dg.DagsterInstance.get() as instance:

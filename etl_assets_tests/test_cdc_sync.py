@@ -62,6 +62,7 @@ def test_changes_across_runs_equal_source(
     assert report.position_after == report.position_before + 61
     assert report.pending == 0 and report.held_back_by is None
     assert assert_equal(source_conn, warehouse_conn, spec) == 300 + 10 - 21
+    assert report.rows_total == 289 and report.metadata()["dagster/row_count"] == 289
 
     # Run 3: key moves chained inside one window (a -> free, b -> a's old key), a delete then a
     # re-insert of the same key, and an update of a row moved in run 2.

@@ -111,6 +111,7 @@ def take_snapshot(
                 "snapshot_max": int(top) if top is not None else None,
                 "consumer": consumer,
                 "columns_added": shape.added,
+                "rows": int(rows),
             }
             if top is None or int(top) <= start:
                 state["snapshot"] = None

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import dagster as dg
 import psycopg
 
 from etl_assets.cdc import apply, capture, reader, snapshot
@@ -27,6 +28,7 @@ from etl_assets.extract.common import Connector
 from etl_assets.extract.source import SourceTable, describe
 from etl_assets.extract.state import load_state
 from etl_assets.io.tables import TableRef
+from etl_assets.io.writer import table_schema
 from etl_assets.pipeline_config import TableSpec
 from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
 
@@ -50,6 +52,8 @@ class CdcReport:
     rows_snapshot: int = 0
     rows_deleted: int = 0
     rows_written: int = 0
+    rows_total: int | None = None  # rows in the target after the run
+    column_schema: dg.TableSchema | None = None
     held_back_by: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -73,7 +77,10 @@ class CdcReport:
         }
         if self.mode == "snapshot":
             meta["snapshot_rows"] = self.rows_snapshot
-            meta["dagster/row_count"] = self.rows_snapshot
+        if self.column_schema is not None:
+            meta["dagster/column_schema"] = self.column_schema
+        if self.rows_total is not None:
+            meta["dagster/row_count"] = self.rows_total
         if self.seconds > 0 and self.changes:
             meta["changes_per_second"] = round(self.changes / self.seconds, 1)
         if self.held_back_by:
@@ -181,6 +188,8 @@ def sync_table(
                 notes.append(f"new snapshot: the change log of {spec.source} was recreated")
             report = _snapshot(src, wh, cap, table, spec, consumer, run_id)
         report.notes = notes + report.notes
+        report.column_schema = table_schema(wh, target)
+        wh.commit()
         if prune_after:
             try:
                 result, _ = capture.prune(src, spec.source)
@@ -215,6 +224,7 @@ def _snapshot(
         rows_snapshot=result.rows,
         rows_deleted=result.replaced,
         rows_written=result.rows,
+        rows_total=result.rows,
     )
 
 
@@ -279,8 +289,13 @@ def _apply_window(
                         "columns no longer in the source (NULL in new rows): "
                         + ", ".join(shape.missing_in_source)
                     )
+                if "rows" in state:  # kept exactly: rows after = before - removed + written
+                    new_state["rows"] = (
+                        int(state["rows"]) - counts.deleted - counts.truncated + counts.written
+                    )
             if new_state != state:
                 apply.save(wh, target, new_state, run_id)
+            report.rows_total = new_state.get("rows")
         report.applied = window.counts
         report.position_after = bound
         report.held_back_by = window.held_back_by

@@ -376,27 +376,63 @@ def _numeric_of(pg: PgType) -> tuple[int, int] | None:
     raise ValueError(pg)
 
 
+def values_fit(existing: PgType, series: pl.Series) -> bool:
+    """Whether every value of ``series`` fits ``existing`` unchanged (vectorised min/max/length checks).
+
+    Used before widening by type alone: a polars Int64 column of small numbers goes into an
+    ``integer`` column as it is, instead of rewriting the table (and failing on dependent views).
+    """
+    if existing.dims or series.null_count() == series.len():
+        return existing.dims == 0 or series.null_count() == series.len()
+    if existing.base in _INT_DIGITS and series.dtype.is_integer():
+        bits = {"smallint": 15, "integer": 31, "bigint": 63}[existing.base]
+        lo, hi = series.min(), series.max()
+        return -(2**bits) <= lo and hi < 2**bits
+    if existing.base == "varchar" and existing.precision is not None and series.dtype == pl.String:
+        return (series.str.len_chars().max() or 0) <= existing.precision
+    if existing.base == "numeric" and existing.precision is not None and isinstance(series.dtype, pl.Decimal):
+        scale = existing.scale or 0
+        try:
+            same_scale = series.cast(pl.Decimal(38, scale)).cast(series.dtype)
+        except Exception:
+            return False
+        if not (same_scale == series).all():
+            return False
+        limit = 10 ** (existing.precision - scale)
+        biggest = series.abs().max()
+        return biggest is None or biggest < limit
+    return False
+
+
 def reconcile(
-    column: str, table: str, existing: PgType, incoming: PgType, frame_dtype: pl.DataType | None = None
+    column: str, table: str, existing: PgType, incoming: PgType, series: pl.Series | None = None
 ) -> PgType | None:
-    """Decide how an existing column takes incoming data: None (fits), a wider type, or an error."""
-    if isinstance(frame_dtype, pl.String | pl.Null) or (frame_dtype is None and incoming.base == "text"):
-        # Text goes into any column type; PostgreSQL parses it (uuid, json, dates read back as text).
-        if existing.base == "varchar" and existing.precision is not None and incoming.base == "text":
-            return PgType("text", dims=existing.dims) if existing.dims == incoming.dims else None
+    """Decide how an existing column takes incoming data: None (fits), a wider type, or an error.
+
+    Text goes into any column (PostgreSQL parses it: uuid, json and dates read back as text) except
+    a too-short varchar, which widens to text. Otherwise a safe widening by type is applied only if
+    the values do not already fit the column.
+    """
+    dtype = series.dtype if series is not None else None
+    if isinstance(dtype, pl.Null):
         return None
-    if isinstance(frame_dtype, pl.Null):
+    if isinstance(dtype, pl.String) or (dtype is None and incoming.base == "text"):
+        if existing.base == "varchar" and existing.precision is not None and existing.dims == 0:
+            if series is not None and values_fit(existing, series):
+                return None
+            return PgType("text")
         return None
     if existing == incoming:
         return None
     if existing.dims != incoming.dims:
         raise _mismatch(column, table, existing, incoming)
-    e, i = existing.element, incoming.element
-    wider = _reconcile_scalar(e, i)
+    wider = _reconcile_scalar(existing.element, incoming.element)
     if wider is _FITS:
         return None
     if wider is None:
         raise _mismatch(column, table, existing, incoming)
+    if series is not None and values_fit(existing, series):
+        return None
     return replace(wider, dims=existing.dims)
 
 

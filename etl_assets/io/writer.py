@@ -192,7 +192,7 @@ def ensure_table(
         if name not in existing:
             adds.append((name, typ))
             continue
-        wider = reconcile(name, str(target), existing[name], typ, frame.schema[name])
+        wider = reconcile(name, str(target), existing[name], typ, frame.get_column(name))
         if wider is not None:
             widen.append((name, wider))
     for name, typ in adds:
@@ -342,6 +342,8 @@ def write_frame(
     on_commit: Iterable[CommitHook] = (),
     run_id: str | None = None,
     count_rows: bool = True,
+    swap_lock_timeout: str | None = None,
+    swap_attempts: int | None = None,
 ) -> WriteResult:
     """Write ``frame`` (pandas or polars) into ``target`` with ``mode``; see the module docstring."""
     started = time.perf_counter()
@@ -365,7 +367,18 @@ def write_frame(
         if mode == "swap":
             from etl_assets.io.swap import swap_write
 
-            result = swap_write(conn, df, target, primary_key=primary_key, hints=hints, run_id=run_id)
+            from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT
+
+            result = swap_write(
+                conn,
+                df,
+                target,
+                primary_key=primary_key,
+                hints=hints,
+                run_id=run_id,
+                lock_timeout=swap_lock_timeout or LOCK_TIMEOUT,
+                attempts=swap_attempts or ATTEMPTS,
+            )
         else:
             shape = ensure_table(conn, df, target, primary_key, hints=hints)
             result = WriteResult(

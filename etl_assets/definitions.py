@@ -21,6 +21,11 @@ def build_definitions() -> dg.Definitions:
 
     parts = [module.build_defs() for module in domains.modules()]
     merged = dg.Definitions.merge(*parts) if parts else dg.Definitions()
+    # Project-wide policies at the root (etl_assets.quality.defs): run-metrics hooks on every asset,
+    # freshness on extracted tables, Python-declared quality checks, column-schema change checks.
+    from etl_assets.quality.defs import apply_quality
+
+    merged = apply_quality(merged)
     return dg.Definitions.merge(merged, dg.Definitions(resources=build_resources()))
 
 

@@ -346,6 +346,9 @@ def run(
     summary.cleaned_runs = cleanup_dead_runs(instance, local_instance=_local_instance())
     for run_id in summary.cleaned_runs:
         out(f"marked run {run_id} failed: its process is gone (pool slots freed)")
+        from etl_assets.quality.metrics import record_run_by_id  # run metrics of the dead run (issue 7)
+
+        record_run_by_id(instance, run_id)
     keys = resolve_selection(defs, select)
     groups = plan_groups(defs, keys)
     if partition is not None and all(g.partitions_def is None for g in groups):
@@ -375,6 +378,12 @@ def run(
         )
         if not result.success and not summary.failed_steps and not summary.failed_error_checks:
             summary.failed_steps.append(("run", f"run {run_id} failed"))
+        if not result.success:
+            # Run metrics (etl_assets.quality.metrics, issue 7): no daemon here to run the run-status
+            # sensor, so record the failed run's run-level and skipped-asset rows ourselves.
+            from etl_assets.quality.metrics import record_run_by_id
+
+            record_run_by_id(instance, run_id)
     summary.not_materialized = sorted(progress.planned - progress.done)
     summary.seconds = time.monotonic() - started
     return summary

@@ -65,7 +65,10 @@ def test_profile_values_equal_independent_computation(warehouse_conn, known) -> 
         col = profile.column(name)
         exp = expected(name)
         assert (col.null_count, col.null_percent, col.distinct_count) == (
-            exp["null_count"], exp["null_percent"], exp["distinct_count"]), name
+            exp["null_count"],
+            exp["null_percent"],
+            exp["distinct_count"],
+        ), name
     for name in ("id", "price", "score"):
         col, present = profile.column(name), expected(name)["present"]
         assert col.category == "number"
@@ -90,8 +93,14 @@ def test_profile_values_equal_independent_computation(warehouse_conn, known) -> 
     assert md["profile/name/avg_length"].value == 3.6  # (3 + 10 + 2 + 0 + 3) / 5
     schema = md["dagster/column_schema"].value
     assert [(c.name, c.type) for c in schema.columns] == [
-        ("id", "integer"), ("price", "numeric(10,2)"), ("score", "double precision"), ("name", "text"),
-        ("born", "date"), ("seen", "timestamp with time zone"), ("flag", "boolean"), ("email", "text"),
+        ("id", "integer"),
+        ("price", "numeric(10,2)"),
+        ("score", "double precision"),
+        ("name", "text"),
+        ("born", "date"),
+        ("seen", "timestamp with time zone"),
+        ("flag", "boolean"),
+        ("email", "text"),
     ]
     assert schema.columns[0].constraints.nullable is False
     assert "| price | numeric(10,2) | 1 | 16.67 | 4 | 1.50 | 4.25 | 2.65 | 2.25 |" in md["profile"].value
@@ -106,7 +115,9 @@ def test_sensitive_columns_are_masked(warehouse_conn, known) -> None:
     assert "x.io" not in md["profile"].value
 
 
-def test_io_manager_attaches_profile_and_schema_change_warns(warehouse_dsn, warehouse_conn, fresh_schema) -> None:
+def test_io_manager_attaches_profile_and_schema_change_warns(
+    warehouse_dsn, warehouse_conn, fresh_schema
+) -> None:
     key = dg.AssetKey([fresh_schema, "people"])
     shape = {"wide": False}
 

@@ -60,22 +60,46 @@ def failing_ids(result) -> list[int]:
 
 CASES = [
     # (failing rule, expected failing ids, passing rule)
-    (Rule(name="r", kind="not_null", columns=["nick"]), [1, 2],
-     Rule(name="r", kind="not_null", columns=["id", "status"])),
-    (Rule(name="r", kind="unique", columns=["a", "b"]), [2, 10],
-     Rule(name="r", kind="unique", columns=["id"])),
-    (Rule(name="r", kind="accepted_values", columns=["status"], values=["paid", "open"]), [5],
-     Rule(name="r", kind="accepted_values", columns=["status"], values=["paid", "open", "weird"])),
-    (Rule(name="r", kind="range", columns=["amount"], min=0, max=999_999.99), [4, 9],
-     Rule(name="r", kind="range", columns=["amount"], min=-5, max=2_000_000)),
-    (Rule(name="r", kind="pattern", columns=["email"], regex=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"), [3],
-     Rule(name="r", kind="pattern", columns=["email"], regex=r"^\S+$")),
-    (Rule(name="r", kind="not_in_future", columns=["created_at"]), [6],
-     Rule(name="r", kind="not_in_future", columns=["created_at"], tolerance="500 days")),
-    (Rule(name="r", kind="sql", expression="status <> 'weird' AND amount < 1000"), [5, 9],
-     Rule(name="r", kind="sql", expression="id > 0")),
-    (Rule(name="r", kind="polars", expression=pl.col("amount") >= 0), [4],
-     Rule(name="r", kind="polars", expression="amount > -10")),
+    (
+        Rule(name="r", kind="not_null", columns=["nick"]),
+        [1, 2],
+        Rule(name="r", kind="not_null", columns=["id", "status"]),
+    ),
+    (
+        Rule(name="r", kind="unique", columns=["a", "b"]),
+        [2, 10],
+        Rule(name="r", kind="unique", columns=["id"]),
+    ),
+    (
+        Rule(name="r", kind="accepted_values", columns=["status"], values=["paid", "open"]),
+        [5],
+        Rule(name="r", kind="accepted_values", columns=["status"], values=["paid", "open", "weird"]),
+    ),
+    (
+        Rule(name="r", kind="range", columns=["amount"], min=0, max=999_999.99),
+        [4, 9],
+        Rule(name="r", kind="range", columns=["amount"], min=-5, max=2_000_000),
+    ),
+    (
+        Rule(name="r", kind="pattern", columns=["email"], regex=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+        [3],
+        Rule(name="r", kind="pattern", columns=["email"], regex=r"^\S+$"),
+    ),
+    (
+        Rule(name="r", kind="not_in_future", columns=["created_at"]),
+        [6],
+        Rule(name="r", kind="not_in_future", columns=["created_at"], tolerance="500 days"),
+    ),
+    (
+        Rule(name="r", kind="sql", expression="status <> 'weird' AND amount < 1000"),
+        [5, 9],
+        Rule(name="r", kind="sql", expression="id > 0"),
+    ),
+    (
+        Rule(name="r", kind="polars", expression=pl.col("amount") >= 0),
+        [4],
+        Rule(name="r", kind="polars", expression="amount > -10"),
+    ),
 ]
 
 
@@ -91,8 +115,11 @@ def test_rule_kind_fails_and_passes(warehouse_conn, table, failing, ids, passing
 
 def test_references_rule(warehouse_conn, table) -> None:
     ref = f"{table.schema}.cats"
-    bad = run(warehouse_conn, table, Rule(name="r", kind="references", columns=["category_id"],
-                                          to_table=ref, to_columns=["id"]))
+    bad = run(
+        warehouse_conn,
+        table,
+        Rule(name="r", kind="references", columns=["category_id"], to_table=ref, to_columns=["id"]),
+    )
     assert (bad.passed, bad.failing_rows, failing_ids(bad)) == (False, 1, [8])
     assert bad.sample == [{"id": 8, "category_id": 99}]
     good = run(warehouse_conn, table, Rule(name="r", kind="references", columns=["id"], to_table=str(table)))
@@ -100,7 +127,9 @@ def test_references_rule(warehouse_conn, table) -> None:
 
 
 def test_custom_sql_query_rule(warehouse_conn, table) -> None:
-    query = sql.SQL("SELECT id, amount FROM {} WHERE amount > 1000").format(table.ident).as_string(warehouse_conn)
+    query = (
+        sql.SQL("SELECT id, amount FROM {} WHERE amount > 1000").format(table.ident).as_string(warehouse_conn)
+    )
     bad = run(warehouse_conn, table, Rule(name="r", kind="sql", query=query))
     assert (bad.passed, bad.failing_rows) == (False, 1)
     assert bad.sample == [{"id": 9, "amount": 2_000_000.0}]
@@ -141,8 +170,13 @@ def test_sample_size_keys_and_masking(warehouse_conn, table) -> None:
     definition = rule.definition(["amount"])
     assert "min" not in definition and definition["bounds"] == MASK
     # keys can be chosen explicitly (a table without a primary key, or a natural key)
-    other = run(warehouse_conn, table, Rule(name="r", kind="pattern", columns=["email"], regex="@"),
-                keys=["a", "b"], sensitive=["email"])
+    other = run(
+        warehouse_conn,
+        table,
+        Rule(name="r", kind="pattern", columns=["email"], regex="@"),
+        keys=["a", "b"],
+        sensitive=["email"],
+    )
     assert other.sample == [{"a": 2, "b": 1, "email": MASK}]
 
 
@@ -162,14 +196,29 @@ def test_missing_column_is_named(warehouse_conn, table) -> None:
 
 
 def test_parse_rules_from_yaml_items() -> None:
-    rules = parse_rules("shop.orders", [
-        {"name": "no_null_ids", "kind": "not_null", "column": "id"},
-        {"name": "amounts", "kind": "range", "column": "amount", "min": 0, "severity": "warning",
-         "max_failing_percent": 5},
-        {"name": "fk", "kind": "references", "column": "category_id", "to_table": "raw.categories",
-         "to_column": "id", "severity": "info"},
-        {"name": "custom", "kind": "polars", "expression": "amount >= 0"},
-    ])
+    rules = parse_rules(
+        "shop.orders",
+        [
+            {"name": "no_null_ids", "kind": "not_null", "column": "id"},
+            {
+                "name": "amounts",
+                "kind": "range",
+                "column": "amount",
+                "min": 0,
+                "severity": "warning",
+                "max_failing_percent": 5,
+            },
+            {
+                "name": "fk",
+                "kind": "references",
+                "column": "category_id",
+                "to_table": "raw.categories",
+                "to_column": "id",
+                "severity": "info",
+            },
+            {"name": "custom", "kind": "polars", "expression": "amount >= 0"},
+        ],
+    )
     assert [(r.name, r.kind, r.columns, r.severity) for r in rules] == [
         ("no_null_ids", "not_null", ("id",), "error"),
         ("amounts", "range", ("amount",), "warning"),
@@ -187,7 +236,10 @@ def test_parse_rules_from_yaml_items() -> None:
         ({"name": "x", "kind": "pattern", "column": "email"}, "check 'x': kind pattern needs 'regex'"),
         ({"name": "x", "kind": "range", "column": "a"}, "needs 'min', 'max' or both"),
         ({"name": "x", "kind": "not_null", "column": "id", "severity": "fatal"}, "unknown severity 'fatal'"),
-        ({"name": "x", "kind": "not_null", "column": "id", "max_failing_percent": 120}, "max_failing_percent"),
+        (
+            {"name": "x", "kind": "not_null", "column": "id", "max_failing_percent": 120},
+            "max_failing_percent",
+        ),
         ({"kind": "not_null", "column": "id"}, "check #1: missing required key 'name'"),
         ({"name": "bad name", "kind": "not_null", "column": "id"}, "letters, digits and underscores"),
         ({"name": "x", "kind": "sql"}, "exactly one of 'expression'"),

@@ -30,9 +30,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     with connect(env.warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
         rows = summarize(conn, window, args.asset)
     if args.json:
-        print(json.dumps([
-            {**r.__dict__, "last_started": r.last_started.isoformat() if r.last_started else None} for r in rows
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {**r.__dict__, "last_started": r.last_started.isoformat() if r.last_started else None}
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not rows:
         print(f"No asset runs recorded in the last {args.window}.")
@@ -40,15 +46,24 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     header = ("asset", "runs", "success", "failures", "avg s", "p95 s", "max s", "records", "failed", "last")
     table = [header] + [
         (
-            r.asset, str(r.runs), f"{r.success_rate:.1%}", str(r.failures),
+            r.asset,
+            str(r.runs),
+            f"{r.success_rate:.1%}",
+            str(r.failures),
             *(("" if v is None else f"{v:.2f}") for v in (r.avg_seconds, r.p95_seconds, r.max_seconds)),
-            str(r.records_processed), str(r.records_failed), r.last_status,
+            str(r.records_processed),
+            str(r.records_failed),
+            r.last_status,
         )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     print(f"Run metrics over the last {args.window}:")
     for row in table:
-        print("  ".join(cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        print(
+            "  ".join(
+                cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
     return 0

@@ -129,7 +129,20 @@ def to_check_result(
         passed=passed,
         severity=severity,
         metadata=metadata,
-        description=rule.describe(),
+        description=_verdict_text(result),
+    )
+
+
+def _verdict_text(result: RuleResult) -> str:
+    """What the run summary and the UI show next to the check: the counts, then the rule."""
+    rule = result.rule
+    if result.error:
+        return f"could not run: {result.error}"
+    if rule.kind == "row_count":
+        return f"{result.total_rows:,} rows; {rule.describe()}"
+    return (
+        f"{result.failing_rows:,} of {result.total_rows:,} rows ({result.failing_percent:.2f}%) fail: "
+        f"{rule.describe()}"
     )
 
 
@@ -168,7 +181,7 @@ def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
         required_resource_keys={WAREHOUSE_KEY},
         description=f"Data-quality rules of {key.to_user_string()} on {rule_set.target()}",
     )
-    def _quality_checks(context: dg.AssetCheckExecutionContext):
+    def _quality_checks(context):  # unannotated: string annotations confuse the decorator
         selected = {k.name for k in context.selected_asset_check_keys}
         warehouse = getattr(context.resources, WAREHOUSE_KEY)
         with warehouse.connect(autocommit=True) as conn:
@@ -177,7 +190,9 @@ def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
                     continue
                 result = run_rule(conn, rule_set, rule)
                 if result.error:
-                    context.log.warning(f"check {name} on {key.to_user_string()} could not run: {result.error}")
+                    context.log.warning(
+                        f"check {name} on {key.to_user_string()} could not run: {result.error}"
+                    )
                 yield to_check_result(result, key, rule_set.sensitive)
 
     return _quality_checks

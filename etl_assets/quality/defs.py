@@ -3,27 +3,35 @@
 Two entry points:
 
 - :func:`build_defs` (listed in ``etl_assets.domains``): the asset checks of every declared table
-  (``checks:`` in the tables YAML) and of every asset given rules with
-  :func:`etl_assets.quality.checks.rules_for`, the run-status sensors that record failed and canceled
-  runs, and the ``etl/run_metrics_summary`` asset (success rate and duration per asset, as a
-  markdown table in the UI).
+  (``checks:`` in the tables YAML), the run-status sensors that record failed and canceled runs, and
+  the ``etl/run_metrics_summary`` asset (success rate and duration per asset, as a markdown table in
+  the UI).
 - :func:`apply_quality` (called once by ``etl_assets.definitions`` on the merged Definitions): what
-  must touch every domain's assets, so it is applied in one place at the root: the run-metrics hooks
-  on every asset, the FreshnessPolicy on extracted tables, the ``sensitive`` columns of declared
-  tables as asset metadata (read by the IO manager's profile), and Dagster's column-schema change
-  checks (WARN) on the table assets.
+  must see every domain's assets, so it is applied in one place at the root: the checks of rules
+  declared in Python with :func:`etl_assets.quality.checks.rules_for` (only for assets that exist, so
+  a user's YAML without the demo tables still loads), the run-metrics hooks on every asset, the
+  FreshnessPolicy on extracted tables, the ``sensitive`` columns as asset metadata (read by the IO
+  manager's profile), and Dagster's column-schema change checks (WARN) on the table assets.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from typing import Any
 
 import dagster as dg
 from dagster._record import replace  # the same helper Definitions.map_resolved_asset_specs uses
 
+from etl_assets.quality import demo_rules  # noqa: F401  (registers the demo's Python rules)
 from etl_assets.quality.checks import RuleSet, build_asset_checks, registered
-from etl_assets.quality.metrics import HOOKS, build_run_status_sensors, parse_window, summarize, summary_markdown
+from etl_assets.quality.metrics import (
+    HOOKS,
+    build_run_status_sensors,
+    parse_window,
+    summarize,
+    summary_markdown,
+)
 from etl_assets.quality.rules import parse_rules, parse_sensitive
 
 SUMMARY_KEY = dg.AssetKey(["etl", "run_metrics_summary"])
@@ -53,20 +61,22 @@ def declared_rule_sets(config: Any = None) -> list[RuleSet]:
         sensitive = parse_sensitive(spec.label, list(spec.sensitive))
         rules = parse_rules(spec.label, list(spec.checks))
         if rules:
-            sets.append(RuleSet(
-                asset_key=dg.AssetKey(spec.asset_key_path),
-                rules=tuple(rules),
-                table=spec.target,
-                keys=tuple(spec.primary_key) or None,
-                sensitive=sensitive,
-            ))
+            sets.append(
+                RuleSet(
+                    asset_key=dg.AssetKey(spec.asset_key_path),
+                    rules=tuple(rules),
+                    table=spec.target,
+                    keys=tuple(spec.primary_key) or None,
+                    sensitive=sensitive,
+                )
+            )
     return sets
 
 
-def all_rule_sets() -> list[RuleSet]:
-    """Declared (YAML) and registered (Python) rule sets; one asset's sets are merged."""
+def merge_rule_sets(rule_sets: list[RuleSet]) -> list[RuleSet]:
+    """One rule set per asset; the same check name twice on one asset is an error."""
     merged: dict[dg.AssetKey, RuleSet] = {}
-    for rule_set in [*declared_rule_sets(), *registered()]:
+    for rule_set in rule_sets:
         have = merged.get(rule_set.asset_key)
         if have is None:
             merged[rule_set.asset_key] = rule_set
@@ -78,11 +88,14 @@ def all_rule_sets() -> list[RuleSet]:
 
             raise ConfigError(
                 f"Asset {rule_set.asset_key.to_user_string()}: check name(s) {', '.join(clash)} are declared "
-                "both in the tables YAML and in Python; rename one."
+                "twice (tables YAML and/or Python rules_for); rename one."
             )
         merged[rule_set.asset_key] = RuleSet(
-            have.asset_key, have.rules + rule_set.rules, have.table or rule_set.table,
-            have.keys or rule_set.keys, tuple(dict.fromkeys(have.sensitive + rule_set.sensitive)),
+            have.asset_key,
+            have.rules + rule_set.rules,
+            have.table or rule_set.table,
+            have.keys or rule_set.keys,
+            tuple(dict.fromkeys(have.sensitive + rule_set.sensitive)),
         )
     return list(merged.values())
 
@@ -95,24 +108,26 @@ def all_rule_sets() -> list[RuleSet]:
     "(also: `etl-assets metrics`).",
     required_resource_keys={"warehouse"},
 )
-def run_metrics_summary(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def run_metrics_summary(context) -> dg.MaterializeResult:  # context unannotated: see checks.py
     window = parse_window(SUMMARY_WINDOW)
     with context.resources.warehouse.connect() as conn:
         summaries = summarize(conn, window)
     runs = sum(s.runs for s in summaries)
     successes = sum(s.successes for s in summaries)
-    return dg.MaterializeResult(metadata={
-        "summary": dg.MetadataValue.md(summary_markdown(summaries, window)),
-        "assets_tracked": dg.MetadataValue.int(len(summaries)),
-        "asset_runs": dg.MetadataValue.int(runs),
-        "success_rate": dg.MetadataValue.float(round(successes / runs, 6) if runs else 1.0),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "summary": dg.MetadataValue.md(summary_markdown(summaries, window)),
+            "assets_tracked": dg.MetadataValue.int(len(summaries)),
+            "asset_runs": dg.MetadataValue.int(runs),
+            "success_rate": dg.MetadataValue.float(round(successes / runs, 6) if runs else 1.0),
+        }
+    )
 
 
 def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[run_metrics_summary],
-        asset_checks=[build_asset_checks(s) for s in all_rule_sets()],
+        asset_checks=[build_asset_checks(s) for s in merge_rule_sets(declared_rule_sets())],
         sensors=build_run_status_sensors(),
     )
 
@@ -156,20 +171,35 @@ def apply_quality(defs: dg.Definitions) -> dg.Definitions:
             spec = spec.merge_attributes(metadata={"sensitive": sorted(sensitive)})
         return spec
 
-    defs = defs.map_asset_specs(func=policies)
+    with warnings.catch_warnings():  # map_asset_specs is "preview", the schema-change checks "beta"
+        warnings.simplefilter("ignore", category=Warning)
+        defs = defs.map_asset_specs(func=policies)
+    existing = {
+        key for item in defs.assets or [] if isinstance(item, dg.AssetsDefinition) for key in item.keys
+    }
+    python_checks = [
+        build_asset_checks(rule_set)
+        for rule_set in merge_rule_sets([s for s in registered() if s.asset_key in existing])
+    ]
     table_assets = [
         item
         for item in defs.assets or []
-        if isinstance(item, dg.AssetsDefinition) and item.is_executable
+        if isinstance(item, dg.AssetsDefinition)
+        and item.is_executable
         and not isinstance(item, dg.AssetChecksDefinition)
         and not set(item.keys) & SCHEMA_CHANGE_EXCLUDE
     ]
-    schema_checks = (
-        list(dg.build_column_schema_change_checks(assets=table_assets, severity=dg.AssetCheckSeverity.WARN))
-        if table_assets else []
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=Warning)
+        schema_checks = (
+            list(
+                dg.build_column_schema_change_checks(assets=table_assets, severity=dg.AssetCheckSeverity.WARN)
+            )
+            if table_assets
+            else []
+        )
     return replace(
         defs,
         assets=_with_hooks(defs.assets),
-        asset_checks=[*(defs.asset_checks or []), *schema_checks],
+        asset_checks=[*(defs.asset_checks or []), *python_checks, *schema_checks],
     )

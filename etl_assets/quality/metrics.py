@@ -41,8 +41,20 @@ PROCESSED_KEYS = ("rows_in", "rows_read", "input_rows", "rows_written", "dagster
 FAILED_KEYS = ("records_failed", "dead_letters", "rejected_rows", "rows_failed")
 MAX_ERROR_CHARS = 2000
 _COLUMNS = (
-    "job", "run_id", "asset", "partition", "step_key", "started_at", "ended_at", "duration_seconds",
-    "status", "attempts", "records_processed", "records_failed", "error", "recorded_by",
+    "job",
+    "run_id",
+    "asset",
+    "partition",
+    "step_key",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
+    "status",
+    "attempts",
+    "records_processed",
+    "records_failed",
+    "error",
+    "recorded_by",
 )
 
 
@@ -99,9 +111,20 @@ def write_rows(conn: psycopg.Connection, rows: Sequence[MetricRow], *, overwrite
             cur.execute(
                 stmt,
                 (
-                    row.job, row.run_id, row.asset, row.partition, row.step_key, row.started_at,
-                    row.ended_at, row.duration_seconds, row.status, row.attempts, row.records_processed,
-                    row.records_failed, error, row.recorded_by,
+                    row.job,
+                    row.run_id,
+                    row.asset,
+                    row.partition,
+                    row.step_key,
+                    row.started_at,
+                    row.ended_at,
+                    row.duration_seconds,
+                    row.status,
+                    row.attempts,
+                    row.records_processed,
+                    row.records_failed,
+                    error,
+                    row.recorded_by,
                 ),
             )
 
@@ -164,8 +187,15 @@ def rows_for_step(context: dg.HookContext, status: str) -> list[MetricRow]:
     starts = [e.timestamp for e in events if e.dagster_event_type != DagsterEventType.ASSET_MATERIALIZATION]
     started = _utc(min(starts)) if starts else None
     ended = _dt.datetime.now(_dt.UTC)
-    common = dict(job=context.job_name, run_id=context.run_id, step_key=context.step_key,
-                  started_at=started, ended_at=ended, attempts=_attempts(context), recorded_by="hook")
+    common = dict(
+        job=context.job_name,
+        run_id=context.run_id,
+        step_key=context.step_key,
+        started_at=started,
+        ended_at=ended,
+        attempts=_attempts(context),
+        recorded_by="hook",
+    )
     rows: list[MetricRow] = []
     if status == "success":
         for entry in events:
@@ -173,21 +203,25 @@ def rows_for_step(context: dg.HookContext, status: str) -> list[MetricRow]:
                 continue
             mat = entry.asset_materialization
             meta = mat.metadata if mat is not None else {}
-            rows.append(MetricRow(
-                asset=mat.asset_key.to_user_string() if mat is not None else None,
-                partition=mat.partition if mat is not None else None,
-                status="success",
-                records_processed=_first_number(meta, PROCESSED_KEYS),
-                records_failed=_first_number(meta, FAILED_KEYS) or 0,
-                **common,
-            ))
+            rows.append(
+                MetricRow(
+                    asset=mat.asset_key.to_user_string() if mat is not None else None,
+                    partition=mat.partition if mat is not None else None,
+                    status="success",
+                    records_processed=_first_number(meta, PROCESSED_KEYS),
+                    records_failed=_first_number(meta, FAILED_KEYS) or 0,
+                    **common,
+                )
+            )
         if rows:
             return rows
     exc = context.op_exception
     error = f"{type(exc).__name__}: {exc}" if exc is not None and status == "failed" else None
     partition = _step_partition(context)
-    return [MetricRow(asset=a, partition=partition, status=status, error=error, **common)
-            for a in _step_assets(context)]
+    return [
+        MetricRow(asset=a, partition=partition, status=status, error=error, **common)
+        for a in _step_assets(context)
+    ]
 
 
 def _record_from_hook(context: dg.HookContext, status: str) -> None:
@@ -196,7 +230,9 @@ def _record_from_hook(context: dg.HookContext, status: str) -> None:
         with context.resources.warehouse.connect() as conn:
             write_rows(conn, rows)
     except Exception as exc:  # metrics must never fail the pipeline
-        context.log.warning(f"run metrics not recorded for step {context.step_key}: {type(exc).__name__}: {exc}")
+        context.log.warning(
+            f"run metrics not recorded for step {context.step_key}: {type(exc).__name__}: {exc}"
+        )
 
 
 @dg.success_hook(name="etl_run_metrics_success", required_resource_keys={"warehouse"})
@@ -219,18 +255,32 @@ HOOKS = frozenset({record_step_success, record_step_failure})
 # --------------------------------------------------------------------------------------------------
 
 
+def _root_message(err: Any) -> str:
+    """The innermost cause of a serialized error: the user's exception, not Dagster's wrapper."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    text = (getattr(err, "message", "") or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    messages: list[str] = []
-    for entry in instance.all_logs(run_id, of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.STEP_FAILURE,
-                                                     DagsterEventType.RUN_CANCELED}):
-        event = entry.dagster_event
-        data = getattr(event, "event_specific_data", None)
+    """The root causes of the failed steps (or the run failure's message when no step failed)."""
+    steps: list[str] = []
+    run_level: list[str] = []
+    for entry in instance.all_logs(
+        run_id,
+        of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED},
+    ):
+        data = getattr(entry.dagster_event, "event_specific_data", None)
         err = getattr(data, "error", None)
-        text = getattr(err, "message", None) or entry.user_message or ""
-        label = f"{entry.step_key}: " if entry.step_key else ""
-        if text:
-            messages.append(label + text.strip().splitlines()[0])
-    return "; ".join(dict.fromkeys(messages)) or None
+        text = _root_message(err) if err is not None else (entry.user_message or "").strip()
+        if not text:
+            continue
+        if entry.step_key:
+            steps.append(f"{entry.step_key}: {text}")
+        else:
+            run_level.append(text.splitlines()[0])
+    return "; ".join(dict.fromkeys(steps or run_level)) or None
 
 
 def rows_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: str) -> list[MetricRow]:
@@ -243,8 +293,19 @@ def rows_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: 
     ended = _utc(record.end_time) if record and record.end_time else _dt.datetime.now(_dt.UTC)
     error = _run_error(instance, run.run_id)
     partition = run.tags.get("dagster/partition")
-    rows = [MetricRow(job=run.job_name, run_id=run.run_id, asset=None, partition=partition, status=status,
-                      recorded_by=recorded_by, started_at=started, ended_at=ended, error=error)]
+    rows = [
+        MetricRow(
+            job=run.job_name,
+            run_id=run.run_id,
+            asset=None,
+            partition=partition,
+            status=status,
+            recorded_by=recorded_by,
+            started_at=started,
+            ended_at=ended,
+            error=error,
+        )
+    ]
     planned: dict[tuple[str, str | None], str] = {}  # (asset, partition) -> status
     for entry in instance.all_logs(run.run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION_PLANNED}):
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
@@ -272,18 +333,55 @@ def rows_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: 
         if mat is not None:
             planned.pop((mat.asset_key.to_user_string(), mat.partition or partition), None)
     for (name, part), asset_status in sorted(planned.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        rows.append(MetricRow(job=run.job_name, run_id=run.run_id, asset=name, partition=part,
-                              status=asset_status, recorded_by=recorded_by, started_at=started,
-                              ended_at=ended, error=error if asset_status == "failed" else None))
+        rows.append(
+            MetricRow(
+                job=run.job_name,
+                run_id=run.run_id,
+                asset=name,
+                partition=part,
+                status=asset_status,
+                recorded_by=recorded_by,
+                started_at=started,
+                ended_at=ended,
+                error=error if asset_status == "failed" else None,
+            )
+        )
     return rows
 
 
-def record_run(conn: psycopg.Connection, instance: dg.DagsterInstance, run: dg.DagsterRun,
-               recorded_by: str = "runner") -> list[MetricRow]:
+def record_run(
+    conn: psycopg.Connection, instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: str = "runner"
+) -> list[MetricRow]:
     """Record a finished run's run-level and missing per-asset rows; rows already present are kept."""
     rows = rows_for_run(instance, run, recorded_by)
     write_rows(conn, rows, overwrite=False)
     return rows
+
+
+def record_run_by_id(instance: dg.DagsterInstance, run_id: str, recorded_by: str = "runner") -> int:
+    """For a headless runner: record a finished run that did not succeed (never raises).
+
+    Connects with ``ETL_WAREHOUSE_DSN``; returns the number of rows written (0 on success runs or
+    when recording failed, which is reported on stderr rather than failing the command).
+    """
+    import os
+    import sys
+
+    from etl_assets.db import connect
+    from etl_assets.settings import WAREHOUSE_DSN_VAR
+
+    try:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status == dg.DagsterRunStatus.SUCCESS:
+            return 0
+        with connect(os.environ[WAREHOUSE_DSN_VAR], role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
+            return len(record_run(conn, instance, run, recorded_by))
+    except Exception as exc:  # metrics must never turn a run's outcome into a crash
+        print(
+            f"etl-assets: run metrics for run {run_id} not recorded: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 0
 
 
 def _sensor_record(context: dg.RunStatusSensorContext, warehouse: Any) -> dg.SkipReason:
@@ -343,20 +441,29 @@ def parse_window(text: str) -> _dt.timedelta:
     """``30m``, ``24h``, ``7d``, ``2w`` -> a timedelta."""
     match = re.fullmatch(r"\s*(\d+)\s*([mhdw])\s*", text or "")
     if not match:
-        raise ConfigError(f"Window {text!r} is not understood; use a number and a unit m, h, d or w, e.g. 7d.")
+        raise ConfigError(
+            f"Window {text!r} is not understood; use a number and a unit m, h, d or w, e.g. 7d."
+        )
     n, unit = int(match.group(1)), match.group(2)
-    return {"m": _dt.timedelta(minutes=n), "h": _dt.timedelta(hours=n), "d": _dt.timedelta(days=n),
-            "w": _dt.timedelta(weeks=n)}[unit]
+    return {
+        "m": _dt.timedelta(minutes=n),
+        "h": _dt.timedelta(hours=n),
+        "d": _dt.timedelta(days=n),
+        "w": _dt.timedelta(weeks=n),
+    }[unit]
 
 
-def summarize(conn: psycopg.Connection, window: _dt.timedelta, asset: str | None = None) -> list[AssetSummary]:
+def summarize(
+    conn: psycopg.Connection, window: _dt.timedelta, asset: str | None = None
+) -> list[AssetSummary]:
     """Per asset over the window: runs, success rate (skipped rows excluded), durations, records."""
     ensure_migrated(conn)
     rows = conn.execute(
         """SELECT asset, count(*), count(*) FILTER (WHERE status = 'success'),
                   count(*) FILTER (WHERE status IN ('failed', 'canceled')),
                   avg(duration_seconds), percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_seconds),
-                  max(duration_seconds), coalesce(sum(records_processed), 0), coalesce(sum(records_failed), 0),
+                  max(duration_seconds), coalesce(sum(records_processed), 0),
+                  coalesce(sum(records_failed), 0),
                   (array_agg(status ORDER BY coalesce(started_at, recorded_at) DESC))[1],
                   max(started_at)
            FROM etl.run_metrics
@@ -368,10 +475,18 @@ def summarize(conn: psycopg.Connection, window: _dt.timedelta, asset: str | None
     ).fetchall()
     return [
         AssetSummary(
-            asset=r[0], runs=r[1], successes=r[2], failures=r[3],
+            asset=r[0],
+            runs=r[1],
+            successes=r[2],
+            failures=r[3],
             success_rate=(r[2] / r[1]) if r[1] else 0.0,
-            avg_seconds=r[4], p95_seconds=r[5], max_seconds=r[6], records_processed=int(r[7]),
-            records_failed=int(r[8]), last_status=r[9], last_started=r[10],
+            avg_seconds=r[4],
+            p95_seconds=r[5],
+            max_seconds=r[6],
+            records_processed=int(r[7]),
+            records_failed=int(r[8]),
+            last_status=r[9],
+            last_started=r[10],
         )
         for r in rows
     ]
@@ -385,7 +500,8 @@ def summary_markdown(summaries: Sequence[AssetSummary], window: _dt.timedelta) -
     lines = [
         f"Run metrics over the last {window} (etl.run_metrics)",
         "",
-        "| asset | runs | success rate | failures | avg s | p95 s | max s | records | failed records | last |",
+        "| asset | runs | success rate | failures | avg s | p95 s | max s | records | failed records "
+        "| last |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in summaries:

@@ -110,7 +110,9 @@ def profile_table(
     for name, type_text, nullable, typcategory in catalog:
         col = sql.Identifier(name)
         comparable = col if typcategory in _ORDERED_CATEGORIES else sql.SQL("{}::text").format(col)
-        prof = ColumnProfile(name, type_text, nullable, _category(type_text, typcategory), sensitive=name in hidden)
+        prof = ColumnProfile(
+            name, type_text, nullable, _category(type_text, typcategory), sensitive=name in hidden
+        )
         measures = ["non_null", "distinct"]
         exprs += [sql.SQL("count({})").format(col), sql.SQL("count(DISTINCT {})").format(comparable)]
         if prof.category == "number":
@@ -234,7 +236,9 @@ def profile_after_write(
     Runs in its own transaction (a savepoint inside a caller's), so a failure here leaves the data
     that was just written untouched; it is logged as a warning and the profile is left out.
     """
-    flag = getattr(definition_metadata.get("profile", True), "value", definition_metadata.get("profile", True))
+    flag = getattr(
+        definition_metadata.get("profile", True), "value", definition_metadata.get("profile", True)
+    )
     if flag is False:
         return {}
     raw = definition_metadata.get("sensitive") or ()

@@ -47,7 +47,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 # kind -> (required keys, optional keys) beyond the keys every rule accepts.
 _COMMON_KEYS = {
-    "name", "kind", "severity", "description", "max_failing_rows", "max_failing_percent", "sample_size",
+    "name",
+    "kind",
+    "severity",
+    "description",
+    "max_failing_rows",
+    "max_failing_percent",
+    "sample_size",
 }
 KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "not_null": (frozenset({"columns"}), frozenset()),
@@ -114,12 +120,14 @@ class Rule:
         if self.severity not in SEVERITIES:
             return f"unknown severity {self.severity!r}; allowed: {', '.join(SEVERITIES)}"
         if self.max_failing_rows is not None and (
-            not isinstance(self.max_failing_rows, int) or isinstance(self.max_failing_rows, bool)
+            not isinstance(self.max_failing_rows, int)
+            or isinstance(self.max_failing_rows, bool)
             or self.max_failing_rows < 0
         ):
             return "max_failing_rows must be a whole number >= 0"
         if self.max_failing_percent is not None and (
-            not isinstance(self.max_failing_percent, int | float) or isinstance(self.max_failing_percent, bool)
+            not isinstance(self.max_failing_percent, int | float)
+            or isinstance(self.max_failing_percent, bool)
             or not 0 <= self.max_failing_percent <= 100
         ):
             return "max_failing_percent must be a number between 0 and 100"
@@ -140,16 +148,18 @@ class Rule:
             v is not None and (not isinstance(v, int) or isinstance(v, bool)) for v in (self.min, self.max)
         ):
             return "row_count bounds must be whole numbers"
-        if self.kind == "pattern":
-            if not isinstance(self.regex, str) or not self.regex:
-                return "kind pattern needs a 'regex' (a PostgreSQL POSIX regular expression)"
+        if self.kind == "pattern" and (not isinstance(self.regex, str) or not self.regex):
+            return "kind pattern needs a 'regex' (a PostgreSQL POSIX regular expression)"
         if self.kind == "references":
             if not isinstance(self.to_table, str) or not self.to_table:
                 return "kind references needs 'to_table' (schema.table)"
             if self.to_columns and len(self.to_columns) != len(self.columns):
                 return "'to_columns' must name as many columns as 'columns'"
         if self.kind == "sql" and (self.expression is None) == (self.query is None):
-            return "kind sql needs exactly one of 'expression' (true for a valid row) or 'query' (returns failing rows)"
+            return (
+                "kind sql needs exactly one of 'expression' (true for a valid row) "
+                "or 'query' (returns failing rows)"
+            )
         if self.kind == "sql" and self.expression is not None and not isinstance(self.expression, str):
             return "'expression' of kind sql must be SQL text"
         if self.kind == "polars":
@@ -162,7 +172,11 @@ class Rule:
                     return f"'expression' is not a valid polars SQL expression: {exc}"
             elif not _is_polars_expr(self.expression):
                 return "kind polars needs 'expression': a polars expression or SQL text for polars.sql_expr"
-        if self.kind == "not_in_future" and self.tolerance is not None and not isinstance(self.tolerance, str):
+        if (
+            self.kind == "not_in_future"
+            and self.tolerance is not None
+            and not isinstance(self.tolerance, str)
+        ):
             return "'tolerance' must be an interval as text, e.g. '5 minutes'"
         return None
 
@@ -176,8 +190,17 @@ class Rule:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "severity": self.severity}
         if self.columns:
             out["columns"] = list(self.columns)
-        for key in ("min", "max", "regex", "tolerance", "to_table", "query",
-                    "max_failing_rows", "max_failing_percent", "description"):
+        for key in (
+            "min",
+            "max",
+            "regex",
+            "tolerance",
+            "to_table",
+            "query",
+            "max_failing_rows",
+            "max_failing_percent",
+            "description",
+        ):
             value = getattr(self, key)
             if value not in (None, ""):
                 out[key] = _jsonable(value)
@@ -265,8 +288,11 @@ def parse_rules(table: str, items: Any, *, sensitive: Sequence[str] | None = Non
         allowed = _COMMON_KEYS | required | optional
         for key in raw:
             if key not in allowed:
-                shown = sorted(allowed | ({"column"} if "columns" in allowed else set())
-                               | ({"to_column"} if "to_columns" in allowed else set()))
+                shown = sorted(
+                    allowed
+                    | ({"column"} if "columns" in allowed else set())
+                    | ({"to_column"} if "to_columns" in allowed else set())
+                )
                 raise ConfigError(
                     f"{label}: unknown key '{key}' for kind {kind}; allowed: {', '.join(shown)}."
                 )
@@ -410,10 +436,12 @@ def _failing_relation(rule: Rule, table: TableRef) -> tuple[sql.Composable, list
         cond, params = pred
         return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(tbl=table.ident, cond=cond), params
     if rule.kind == "unique":
-        not_null = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in rule.columns)
-        dup = sql.SQL(
-            "SELECT {c} FROM {tbl} WHERE {nn} GROUP BY {c} HAVING count(*) > 1"
-        ).format(c=sql.SQL(", ").join(map(sql.Identifier, rule.columns)), tbl=table.ident, nn=not_null)
+        not_null = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in rule.columns
+        )
+        dup = sql.SQL("SELECT {c} FROM {tbl} WHERE {nn} GROUP BY {c} HAVING count(*) > 1").format(
+            c=sql.SQL(", ").join(map(sql.Identifier, rule.columns)), tbl=table.ident, nn=not_null
+        )
         return (
             sql.SQL("SELECT t.* FROM {tbl} t WHERE {row} IN ({dup})").format(
                 tbl=table.ident, row=_row(rule.columns), dup=dup
@@ -490,8 +518,14 @@ def evaluate(
         below = rule.min is not None and total < rule.min
         above = rule.max is not None and total > rule.max
         outside = (rule.min - total) if below else (total - rule.max) if above else 0
-        return RuleResult(rule, table, total, outside, not (below or above),
-                          observed={"row_count": total, "min": rule.min, "max": rule.max})
+        return RuleResult(
+            rule,
+            table,
+            total,
+            outside,
+            not (below or above),
+            observed={"row_count": total, "min": rule.min, "max": rule.max},
+        )
     if rule.kind == "polars":
         return _evaluate_polars(conn, rule, table, key_cols, columns, sensitive)
 
@@ -568,7 +602,9 @@ def _evaluate_polars(
             try:
                 ok = frame.select(expr.fill_null(False).alias("__ok")).to_series()
             except Exception as exc:
-                raise ConfigError(f"Check {rule.name!r} on {table}: the polars expression failed: {exc}") from None
+                raise ConfigError(
+                    f"Check {rule.name!r} on {table}: the polars expression failed: {exc}"
+                ) from None
             if ok.len() != frame.height or ok.dtype != pl.Boolean:
                 raise ConfigError(
                     f"Check {rule.name!r} on {table}: the polars expression must give one boolean per row "

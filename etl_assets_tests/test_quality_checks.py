@@ -1,0 +1,172 @@
+"""Rules as asset checks in REAL runs: an error check blocks downstream assets, a warning does not,
+info passes with its measurement; every result carries counts, a sample and the rule."""
+
+from __future__ import annotations
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+
+from etl_assets.db import PostgresResource
+from etl_assets.io.tables import TableRef
+from etl_assets.quality.checks import RuleSet, build_asset_checks
+from etl_assets.quality.rules import MASK, Rule
+
+
+def graph(schema: str, dsn: str):
+    """``<schema>/src`` (a table with one NULL id and one bad e-mail) -> ``<schema>/down``."""
+    src_key = dg.AssetKey([schema, "src"])
+    down_key = dg.AssetKey([schema, "down"])
+
+    @dg.asset(key=src_key)
+    def src() -> dg.MaterializeResult:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, "src")))
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (k int, id int, email text)").format(sql.Identifier(schema, "src"))
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} VALUES (1, 1, 'a@x.io'), (2, NULL, 'b@x.io'), (3, 3, 'broken')"
+                ).format(sql.Identifier(schema, "src"))
+            )
+        return dg.MaterializeResult()
+
+    @dg.asset(key=down_key, deps=[src_key])
+    def down() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    return src, down, src_key, down_key
+
+
+def materialized_keys(result: dg.ExecuteInProcessResult) -> set[dg.AssetKey]:
+    return {
+        e.event_specific_data.materialization.asset_key for e in result.get_asset_materialization_events()
+    }
+
+
+def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def warehouse(warehouse_dsn: str) -> PostgresResource:
+    return PostgresResource(dsn=warehouse_dsn)
+
+
+def test_failing_error_check_blocks_downstream_in_a_real_run(fresh_schema, warehouse_dsn, warehouse) -> None:
+    src, down, src_key, down_key = graph(fresh_schema, warehouse_dsn)
+    rules = RuleSet(
+        src_key,
+        (
+            Rule(name="no_null_ids", kind="not_null", columns=["id"], severity="error"),
+            Rule(name="valid_emails", kind="pattern", columns=["email"], regex="@", severity="warning"),
+            Rule(name="ids_measured", kind="not_null", columns=["id"], severity="info"),
+        ),
+        keys=("k",),
+        sensitive=("email",),
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert materialized_keys(result) == {src_key}  # down never ran
+        down_step = down_key.to_python_identifier()
+        assert [
+            e for e in result.all_events if e.step_key == down_step and e.event_type_value == "STEP_START"
+        ] == []
+        assert any(
+            "blocking asset check failed" in str(e.event_specific_data)
+            and "no_null_ids" in str(e.event_specific_data)
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE"
+        )
+        got = evaluations(result)
+        assert set(got) == {"no_null_ids", "valid_emails", "ids_measured"}
+        err = got["no_null_ids"]
+        assert (err.passed, err.severity, err.blocking) == (False, dg.AssetCheckSeverity.ERROR, True)
+        assert err.metadata["failing_rows"].value == 1
+        assert err.metadata["failing_percent"].value == pytest.approx(100 / 3)
+        assert err.metadata["sample"].value == [{"k": 2, "id": None}]
+        assert err.metadata["rule"].value == {
+            "name": "no_null_ids",
+            "kind": "not_null",
+            "severity": "error",
+            "columns": ["id"],
+        }
+        warn = got["valid_emails"]
+        assert (warn.passed, warn.severity) == (False, dg.AssetCheckSeverity.WARN)
+        assert warn.metadata["sample"].value == [{"k": 3, "email": MASK}]
+        info = got["ids_measured"]
+        assert info.passed is True and info.metadata["failing_rows"].value == 1
+        assert info.metadata["threshold_met"].value is False
+
+
+def test_failing_warning_check_lets_downstream_run(fresh_schema, warehouse_dsn, warehouse) -> None:
+    src, down, src_key, down_key = graph(fresh_schema, warehouse_dsn)
+    rules = RuleSet(
+        src_key,
+        (
+            Rule(name="no_null_ids", kind="not_null", columns=["id"], severity="warning"),
+            Rule(name="rows", kind="row_count", min=1, severity="error"),  # passes: blocking but green
+        ),
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert result.success
+        assert materialized_keys(result) == {src_key, down_key}
+        got = evaluations(result)
+        assert (got["no_null_ids"].passed, got["no_null_ids"].severity) == (False, dg.AssetCheckSeverity.WARN)
+        assert got["rows"].passed is True and got["rows"].metadata["observed_row_count"].value == 3
+
+
+def test_threshold_turns_a_blocking_failure_into_a_pass(fresh_schema, warehouse_dsn, warehouse) -> None:
+    src, down, src_key, down_key = graph(fresh_schema, warehouse_dsn)
+    rules = RuleSet(
+        src_key, (Rule(name="no_null_ids", kind="not_null", columns=["id"], max_failing_percent=40),)
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert result.success and materialized_keys(result) == {src_key, down_key}
+        assert evaluations(result)["no_null_ids"].metadata["failing_rows"].value == 1
+
+
+def test_broken_rule_fails_with_reason_and_others_still_report(
+    fresh_schema, warehouse_dsn, warehouse
+) -> None:
+    src, down, src_key, _ = graph(fresh_schema, warehouse_dsn)
+    rules = RuleSet(
+        src_key,
+        (
+            Rule(name="broken", kind="sql", expression="no_such_column > 0", severity="warning"),
+            Rule(name="fine", kind="not_null", columns=["k"]),
+        ),
+        table=TableRef(fresh_schema, "src"),
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+        got = evaluations(result)
+        assert got["broken"].passed is False
+        assert "no_such_column" in got["broken"].metadata["error"].value
+        assert got["fine"].passed is True
+        assert result.success

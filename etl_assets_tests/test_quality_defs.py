@@ -1,0 +1,74 @@
+"""The quality domain inside the project's Definitions, and the demo run showing the seed's rules with
+their expected outcomes, profiles on the materializations and run-metrics rows written by the run."""
+
+from __future__ import annotations
+
+import dagster as dg
+import psycopg
+import pytest
+
+from etl_assets import runner
+from etl_assets.demo import seed as demo
+
+
+@pytest.fixture
+def project_defs(etl_env: dict[str, str], source_dsn: str) -> dg.Definitions:
+    demo.seed(source_dsn, rows=2000, seed=1)
+    from etl_assets.definitions import build_definitions
+
+    return build_definitions()
+
+
+def test_definitions_carry_checks_freshness_hooks_and_sensors(project_defs: dg.Definitions) -> None:
+    graph = project_defs.get_repository_def().asset_graph
+    checks = {(k.asset_key.to_user_string(), k.name): graph.get_check_spec(k) for k in graph.asset_check_keys}
+    # the seed's four rules, with their severities (error = blocking)
+    assert checks[("raw/customers", "no_null_ids")].blocking is True
+    assert checks[("raw/customers", "valid_emails")].blocking is False
+    assert checks[("raw/orders", "reasonable_amounts")].blocking is False
+    assert checks[("raw/orders", "no_future_dates")].blocking is False
+    assert ("raw/orders", "column_schema_change") in checks
+    for key in ("raw/customers", "raw/orders", "raw/categories"):
+        node = graph.get(dg.AssetKey.from_user_string(key))
+        assert node.freshness_policy is not None, key
+    assert graph.get(dg.AssetKey(["raw", "customers"])).metadata["sensitive"] == ["email"]
+    hooked = [a for a in project_defs.assets if isinstance(a, dg.AssetsDefinition) and a.hook_defs]
+    assert {h.name for a in hooked for h in a.hook_defs} == {
+        "etl_run_metrics_success",
+        "etl_run_metrics_failure",
+    }
+    assert {s.name for s in project_defs.sensors} >= {
+        "etl_run_metrics_failed_runs",
+        "etl_run_metrics_canceled_runs",
+    }
+
+
+def test_demo_run_shows_rule_outcomes_profiles_and_metrics(
+    project_defs: dg.Definitions, etl_env: dict[str, str], warehouse_conn: psycopg.Connection
+) -> None:
+    with dg.DagsterInstance.get() as instance:
+        summary = runner.run(defs=project_defs, instance=instance, out=lambda s: None)
+        text = runner.format_summary(summary)
+        assert summary.ok, text
+        outcome = {(c.asset, c.name): (c.passed, c.severity) for c in summary.checks}
+        # errors hold (the demo routes dirty rows away before blocking checks), warnings fail visibly
+        assert outcome[("raw/customers", "no_null_ids")] == (True, "ERROR")
+        assert outcome[("raw/orders", "no_null_ids")] == (True, "ERROR")
+        assert outcome[("raw/customers", "valid_emails")] == (False, "WARN")
+        assert outcome[("raw/orders", "reasonable_amounts")] == (False, "WARN")
+        assert outcome[("raw/orders", "no_future_dates")] == (False, "WARN")
+        assert "raw/orders:reasonable_amounts: FAILED WARN" in text
+        # the profile sits on the materialization (numbers for the plots, sensitive values masked)
+        event = instance.get_latest_materialization_event(dg.AssetKey(["raw", "customers"]))
+        meta = event.asset_materialization.metadata
+        assert meta["profile/id/null_count"].value == 0
+        assert "profile/email/distinct_count" in meta and "@" not in meta["profile"].value
+        # one run-metrics row per materialized asset, written during the run
+        [run_id] = summary.run_ids
+        got = dict(
+            warehouse_conn.execute(
+                "SELECT asset, status FROM etl.run_metrics WHERE run_id = %s", (run_id,)
+            ).fetchall()
+        )
+        assert {a.key for a in summary.materialized} <= set(got)
+        assert set(got.values()) == {"success"}

@@ -1,0 +1,177 @@
+"""CDC benchmark: changes applied per second for a batch of mixed changes, and the trigger's cost.
+
+    python -m etl_assets.bench.cdc [--changes 100000] [--rows 100000] [--repeat 3]
+
+Creates two scratch databases on the server of ``ETL_SOURCE_DSN`` (the embedded server when unset),
+a source table of ``--rows`` rows with capture installed, takes the snapshot, then makes
+``--changes`` log entries (30 % inserts, 50 % updates, 10 % key-changing updates, 10 % deletes) and
+times one CDC run applying them all. The source statements are also timed on an identical table
+without capture, which gives the trigger's overhead on writers. Every run is verified: row count
+and an md5 over every column must match between source and target. Prints one JSON line per
+repetition and a summary (medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import psycopg
+from psycopg import sql
+
+from etl_assets.cdc import capture, sync
+from etl_assets.io.tables import TableRef
+from etl_assets.pipeline_config import TableSpec
+from etl_assets.settings import ensure_environment, with_database
+
+DDL = """CREATE TABLE {t} (id bigint PRIMARY KEY, name text, amount numeric(12,2), status text,
+                           created_at timestamptz, updated_at timestamptz)"""
+FILL = """INSERT INTO {t} SELECT g, 'name ' || g, mod(g, 1000) + 0.25, 'new',
+                 timestamptz '2025-01-01' + g * interval '1 second', timestamptz '2025-01-01'
+            FROM generate_series(1, %s) g"""
+
+
+def _changes(conn: psycopg.Connection, t: TableRef, rows: int, changes: int) -> float:
+    """Make exactly ``changes`` row changes in 10 transactions; returns the seconds they took."""
+    n_ins, n_upd, n_key = changes * 3 // 10, changes * 5 // 10, changes // 10
+    n_del = changes - n_ins - n_upd - n_key
+    if n_upd + n_key + n_del > rows:
+        raise SystemExit(f"--rows must be at least {n_upd + n_key + n_del} for {changes} changes")
+    steps = 10
+    started = time.perf_counter()
+    for i in range(steps):
+        with conn.transaction():
+
+            def part(n: int, i: int = i) -> tuple[int, int]:
+                return n * i // steps, n * (i + 1) // steps
+
+            lo, hi = part(n_ins)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT 10000000 + g, 'ins', 1, 'new', now(), now() "
+                    "FROM generate_series(%s::bigint, %s::bigint) g"
+                ).format(t.ident),
+                (lo + 1, hi),
+            )
+            lo, hi = part(n_upd)
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET amount = amount + 1, status = 'paid', updated_at = now() "
+                    "WHERE id > %s AND id <= %s"
+                ).format(t.ident),
+                (lo, hi),
+            )
+            lo, hi = part(n_key)
+            conn.execute(
+                sql.SQL("UPDATE {} SET id = id + 20000000 WHERE id > %s AND id <= %s").format(t.ident),
+                (n_upd + lo, n_upd + hi),
+            )
+            lo, hi = part(n_del)
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE id > %s AND id <= %s").format(t.ident),
+                (n_upd + n_key + lo, n_upd + n_key + hi),
+            )
+    return time.perf_counter() - started
+
+
+def _digest(conn: psycopg.Connection, t: TableRef) -> tuple[int, str]:
+    conn.execute("SET TimeZone = 'UTC'")
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), md5(coalesce(string_agg(x::text, ',' ORDER BY x.id), '')) FROM {} x"
+        ).format(t.ident)
+    ).fetchone()
+    return int(row[0]), row[1]
+
+
+def run_once(source_dsn: str, warehouse_dsn: str, rows: int, changes: int) -> dict[str, object]:
+    src_ref, plain_ref, target = (
+        TableRef("bench", "items"),
+        TableRef("bench", "plain"),
+        TableRef("bench", "items"),
+    )
+    with (
+        psycopg.connect(source_dsn, autocommit=True) as s,
+        psycopg.connect(warehouse_dsn, autocommit=True) as w,
+    ):
+        s.execute("DROP SCHEMA IF EXISTS bench CASCADE")
+        s.execute("CREATE SCHEMA bench")
+        w.execute("DROP SCHEMA IF EXISTS bench CASCADE")
+        if w.execute("SELECT to_regclass('etl.state')").fetchone()[0] is not None:
+            w.execute("DELETE FROM etl.state WHERE target = %s", (str(target),))
+        for ref in (src_ref, plain_ref):
+            s.execute(sql.SQL(DDL).format(t=ref.ident))
+            s.execute(sql.SQL(FILL).format(t=ref.ident), (rows,))
+        capture.install(s, src_ref)
+        spec = TableSpec(source=src_ref, extract="cdc", load="upsert", target=target, primary_key=("id",))
+        connectors = (
+            sync.dsn_connector(source_dsn, "source", "S"),
+            sync.dsn_connector(warehouse_dsn, "warehouse", "W"),
+        )
+        snap = sync.sync_table(spec, *connectors, wait=30, prune_after=False)
+        plain_seconds = _changes(s, plain_ref, rows, changes)
+        captured_seconds = _changes(s, src_ref, rows, changes)
+        report = sync.sync_table(spec, *connectors, wait=30, prune_after=False)
+        same = _digest(s, src_ref) == _digest(w, target)
+        capture.uninstall(s, src_ref)
+        s.execute("DROP SCHEMA bench CASCADE")
+    return {
+        "rows": rows,
+        "changes": report.changes,
+        "applied": report.applied,
+        "apply_seconds": round(report.seconds, 3),
+        "changes_per_second": round(report.changes / report.seconds),
+        "snapshot_seconds": round(snap.seconds, 3),
+        "source_writes_plain_seconds": round(plain_seconds, 3),
+        "source_writes_captured_seconds": round(captured_seconds, 3),
+        "trigger_overhead": round(captured_seconds / plain_seconds, 2),
+        "verified": same,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m etl_assets.bench.cdc", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--changes", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    env = ensure_environment(seed_demo=False)
+    admin = with_database(env.source_dsn, "postgres")
+    names = ("etl_bench_cdc_source", "etl_bench_cdc_warehouse")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        results = []
+        for _ in range(args.repeat):
+            result = run_once(
+                with_database(admin, names[0]), with_database(admin, names[1]), args.rows, args.changes
+            )
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    print(
+        json.dumps(
+            {
+                "summary": "median",
+                "changes": args.changes,
+                "changes_per_second": statistics.median(r["changes_per_second"] for r in results),
+                "apply_seconds": statistics.median(r["apply_seconds"] for r in results),
+                "trigger_overhead": statistics.median(r["trigger_overhead"] for r in results),
+                "all_verified": all(r["verified"] for r in results),
+            }
+        )
+    )
+    return 0 if all(r["verified"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,11 +21,11 @@ def build_definitions() -> dg.Definitions:
 
     parts = [module.build_defs() for module in domains.modules()]
     merged = dg.Definitions.merge(*parts) if parts else dg.Definitions()
-    # Project-wide policies at the root (etl_assets.quality.defs): run-metrics hooks on every asset,
-    # freshness on extracted tables, Python-declared quality checks, column-schema change checks.
-    from etl_assets.quality.defs import apply_quality
+    # A user's tables declaration need not include the demo tables: assets whose inputs no declared
+    # table provides are left out (etl_assets.extract.assets.prune_undeclared), not an error.
+    from etl_assets.extract.assets import prune_undeclared
 
-    merged = apply_quality(merged)
+    merged, _left_out = prune_undeclared(merged)
     return dg.Definitions.merge(merged, dg.Definitions(resources=build_resources()))
 
 

@@ -96,3 +96,51 @@ def declared_keys(config: PipelineConfig | None = None) -> set[dg.AssetKey]:
 
 def build_defs() -> dg.Definitions:
     return dg.Definitions(assets=build_assets(load_pipelines()))
+
+
+def _needs(item: object) -> set[dg.AssetKey]:
+    """Asset keys an asset or check needs from elsewhere (its inputs, or the asset it checks)."""
+    if isinstance(item, dg.AssetChecksDefinition):
+        return {k.asset_key for k in item.check_keys} | set(item.dependency_keys)
+    if isinstance(item, dg.AssetsDefinition):
+        return set(item.dependency_keys) - set(item.keys)
+    return set()
+
+
+def _provides(item: object) -> set[dg.AssetKey]:
+    if isinstance(item, dg.AssetChecksDefinition):
+        return set()
+    if isinstance(item, dg.AssetsDefinition):
+        return set(item.keys)
+    key = getattr(item, "key", None)  # AssetSpec, SourceAsset
+    return {key} if isinstance(key, dg.AssetKey) else set()
+
+
+def prune_undeclared(defs: dg.Definitions) -> tuple[dg.Definitions, list[str]]:
+    """Drop assets and checks whose inputs no asset provides, transitively.
+
+    A user's declaration need not contain the demo tables: then the demo graph's assets (which read
+    ``raw/orders`` ...) have no inputs and are left out, instead of failing the whole Definitions.
+    Returns the pruned Definitions and the dropped keys (for a log line).
+    """
+    assets = list(defs.assets or [])
+    checks = list(defs.asset_checks or [])
+    dropped: list[str] = []
+    while True:
+        provided = set().union(*(_provides(a) for a in assets)) if assets else set()
+        keep_assets = [a for a in assets if _needs(a) <= provided]
+        keep_checks = [c for c in checks if _needs(c) <= provided]
+        if len(keep_assets) == len(assets) and len(keep_checks) == len(checks):
+            break
+        for item in [*assets, *checks]:
+            if item not in keep_assets and item not in keep_checks:
+                keys = getattr(item, "check_keys", None) or _provides(item)
+                dropped.extend(k.to_user_string() for k in keys)
+        assets, checks = keep_assets, keep_checks
+    if not dropped:
+        return defs, []
+    pruned = dg.Definitions(
+        assets=assets, asset_checks=checks, schedules=defs.schedules, sensors=defs.sensors, jobs=defs.jobs,
+        resources=defs.resources, executor=defs.executor, loggers=defs.loggers, metadata=defs.metadata,
+    )
+    return pruned, sorted(dropped)

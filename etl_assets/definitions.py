@@ -26,6 +26,11 @@ def build_definitions() -> dg.Definitions:
     from etl_assets.extract.assets import prune_undeclared
 
     merged, _left_out = prune_undeclared(merged)
+    # Project-wide policies at the root (etl_assets.quality.defs): run-metrics hooks on every asset,
+    # freshness on extracted tables, Python-declared quality checks, column-schema change checks.
+    from etl_assets.quality.defs import apply_quality
+
+    merged = apply_quality(merged)
     return dg.Definitions.merge(merged, dg.Definitions(resources=build_resources()))
 
 

@@ -1,4 +1,4 @@
-"""CDC benchmark: changes applied per second for a batch of mixed changes, and the trigger's cost.
+"""CDC benchmark: changes applied per second for a batch of mixed changes; the trigger's cost.
 
     python -m etl_assets.bench.cdc [--changes 100000] [--rows 100000] [--repeat 3]
 
@@ -6,9 +6,10 @@ Creates two scratch databases on the server of ``ETL_SOURCE_DSN`` (the embedded 
 a source table of ``--rows`` rows with capture installed, takes the snapshot, then makes
 ``--changes`` log entries (30 % inserts, 50 % updates, 10 % key-changing updates, 10 % deletes) and
 times one CDC run applying them all. The source statements are also timed on an identical table
-without capture, which gives the trigger's overhead on writers. Every run is verified: row count
-and an md5 over every column must match between source and target. Prints one JSON line per
-repetition and a summary (medians).
+without capture, which gives the trigger's overhead on writers: for set-based bulk statements and
+for 2,000 single-row updates in their own transactions (how applications usually write). Every
+run is verified: row count and an md5 over every column must match between source and target.
+Prints one JSON line per repetition and a summary (medians).
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def _changes(conn: psycopg.Connection, t: TableRef, rows: int, changes: int) -> 
     return time.perf_counter() - started
 
 
+def _oltp(conn: psycopg.Connection, t: TableRef, n: int) -> float:
+    """``n`` single-row updates, each its own transaction (how applications write); seconds taken."""
+    statement = sql.SQL("UPDATE {} SET status = 'oltp', updated_at = now() WHERE id = %s").format(t.ident)
+    started = time.perf_counter()
+    for i in range(n):
+        conn.execute(statement, (n + i,))
+    return time.perf_counter() - started
+
+
 def _digest(conn: psycopg.Connection, t: TableRef) -> tuple[int, str]:
     conn.execute("SET TimeZone = 'UTC'")
     row = conn.execute(
@@ -115,6 +125,8 @@ def run_once(source_dsn: str, warehouse_dsn: str, rows: int, changes: int) -> di
         captured_seconds = _changes(s, src_ref, rows, changes)
         report = sync.sync_table(spec, *connectors, wait=30, prune_after=False)
         same = _digest(s, src_ref) == _digest(w, target)
+        oltp_plain = _oltp(s, plain_ref, 2000)  # after the measured apply: not part of its changes
+        oltp_captured = _oltp(s, src_ref, 2000)
         capture.uninstall(s, src_ref)
         s.execute("DROP SCHEMA bench CASCADE")
     return {
@@ -127,6 +139,9 @@ def run_once(source_dsn: str, warehouse_dsn: str, rows: int, changes: int) -> di
         "source_writes_plain_seconds": round(plain_seconds, 3),
         "source_writes_captured_seconds": round(captured_seconds, 3),
         "trigger_overhead": round(captured_seconds / plain_seconds, 2),
+        "oltp_2000_single_row_updates_plain_seconds": round(oltp_plain, 3),
+        "oltp_2000_single_row_updates_captured_seconds": round(oltp_captured, 3),
+        "oltp_trigger_overhead": round(oltp_captured / oltp_plain, 2),
         "verified": same,
     }
 
@@ -166,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 "changes_per_second": statistics.median(r["changes_per_second"] for r in results),
                 "apply_seconds": statistics.median(r["apply_seconds"] for r in results),
                 "trigger_overhead": statistics.median(r["trigger_overhead"] for r in results),
+                "oltp_trigger_overhead": statistics.median(r["oltp_trigger_overhead"] for r in results),
                 "all_verified": all(r["verified"] for r in results),
             }
         )

@@ -38,9 +38,11 @@ log = logging.getLogger("etl_assets.retry")
 
 T = TypeVar("T")
 
-#: Whole-step retries (Dagster): two more tries, waits (2^n - 1) * 5 s with full jitter.
+#: Whole-step retries (Dagster): two more tries after waits of about (2^n - 1) * 2 s, full jitter.
+#: Dagster retries any exception raised in the step (including in the IO manager); assets raise
+#: ``dagster.Failure(allow_retries=False)`` for the permanent errors they can tell apart.
 STEP_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL
+    max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL
 )
 
 # SQLSTATEs that mean "try again": connection exceptions (class 08), admin/crash shutdown and

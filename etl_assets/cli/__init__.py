@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "etl_assets.cli.metrics",
     "etl_assets.cli.dlq",
     "etl_assets.cli.cdc",
+    "etl_assets.cli.bench",
+    "etl_assets.cli.rollback",
 )
 
 

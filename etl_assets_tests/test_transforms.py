@@ -318,6 +318,20 @@ def test_enrichment_keeps_unmatched_rows_and_one_day_is_recomputed_alone(wh: str
         )
 
 
+def test_a_day_that_loses_its_orders_is_cleared(wh: str) -> None:
+    assert run(wh, [FX_RATES, CLEAN_ORDERS, ORDERS_ENRICHED], {CLEAN_ORDERS: RELAXED}).success
+    assert run(wh, [DAILY_TOTALS], partition="2025-03-02").success
+    assert run(wh, [DAILY_TOTALS], partition="2025-03-03").success
+    with psycopg.connect(wh, autocommit=True) as conn:
+        conn.execute("DELETE FROM mart.orders_enriched WHERE order_date = '2025-03-02'")
+        empty_day = run(wh, [DAILY_TOTALS], partition="2025-03-02")
+        assert empty_day.success
+        assert meta(empty_day, DAILY_TOTALS)["rows_deleted"] >= 3
+        days = conn.execute("SELECT DISTINCT order_date FROM mart.daily_category_totals").fetchall()
+        assert days == [(dt.date(2025, 3, 3),)]  # the other day is untouched
+    assert run(wh, [DAILY_TOTALS], partition="2026-01-01").success  # a day without any orders at all
+
+
 def test_replay_of_a_corrected_row_moves_it_once_and_it_survives_the_next_rebuild(wh: str) -> None:
     instance = dg.DagsterInstance.ephemeral()
     assert run(wh, [CLEAN_CUSTOMERS], {CLEAN_CUSTOMERS: RELAXED}, instance=instance).success

@@ -41,12 +41,14 @@ def _spec(extract: str, load: str, fast: bool, extra: str = "") -> TableSpec:
 
 MODES = [
     ("full", "truncate_insert", ""),
+    ("full", "swap", ""),
     ("full", "insert", ""),
     ("full", "upsert", ""),
     ("incremental", "upsert", "    cursor: updated_at\n    lag: 3600\n"),
     ("chunked", "upsert", ""),
     ("chunked", "insert", ""),
     ("chunked", "truncate_insert", ""),
+    ("chunked", "swap", ""),
 ]
 
 

@@ -17,6 +17,8 @@ OFFSET), so each chunk costs one index range scan and at most ``chunk_size`` row
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -24,7 +26,9 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.errors import ConfigError
+from etl_assets.io import catalog
 from etl_assets.io.bulk import copy_frame
+from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target, write_frame
 from etl_assets.pipeline_config import TableSpec
 
@@ -32,7 +36,6 @@ from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
-    TargetInfo,
     count_rows,
     migrated,
     note_schema_changes,
@@ -117,19 +120,21 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
         note_schema_changes(report, spec, info)
         with snapshot(src), wh.transaction():
             lock_target(wh, target)
+
+            def fill(into: TableRef) -> int:
+                for frame in iter_keyset_chunks(src, table, spec.primary_key, spec.chunk_size):
+                    copy_frame(wh, frame, into, targets=info.types)
+                    report.rows_read += frame.height
+                    report.chunks += 1
+                    del frame
+                return report.rows_read
+
             if spec.load == "truncate_insert":
                 report.deleted = count_rows(wh, target)
                 wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
-                into = target
+                fill(target)
             else:
-                into = _create_build_table(wh, spec, info)
-            for frame in iter_keyset_chunks(src, table, spec.primary_key, spec.chunk_size):
-                copy_frame(wh, frame, into, targets=info.types)
-                report.rows_read += frame.height
-                report.chunks += 1
-                del frame
-            if spec.load == "swap":
-                _swap_in(wh, into, target, run_id)
+                _, report.deleted = build_and_swap(wh, target, fill, run_id)
             report.inserted = report.rows_read
             report.table_rows = report.rows_read
             save_state(wh, target, KIND, {"after": None, "last_pass_rows": report.rows_read,
@@ -137,21 +142,38 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
     return report.finish()
 
 
-def _create_build_table(conn: psycopg.Connection, spec: TableSpec, info: TargetInfo):
-    build = spec.target.sibling("__build")
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(build.ident))
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
-        build.ident, spec.target.ident))
-    return build
+def build_and_swap(conn: psycopg.Connection, target: TableRef, fill: Callable[[TableRef], int],
+                   run_id: str | None) -> tuple[int, int]:
+    """Build a new table beside ``target`` with ``fill(new_table) -> rows``, then swap it in.
 
+    The same steps as the IO layer's frame swap (:func:`etl_assets.io.swap.swap_write`): indexes
+    built after the load under temporary names, owner, grants, dependent views recreated, the old
+    table kept for ``etl-assets rollback``; only the filling differs (chunks or a COPY stream).
+    Returns (rows, rows the replaced table had). Runs inside the caller's transaction.
+    """
+    from etl_assets.io import swap as sw
 
-def _swap_in(conn: psycopg.Connection, built, target, run_id: str | None) -> None:
-    """Swap the built table in through the IO layer's swap (views, grants, index names)."""
-    try:
-        from etl_assets.io.swap import swap_in  # type: ignore[attr-defined]
-    except ImportError:
-        raise ConfigError(
-            f"load: swap with extract: chunked for {target} needs the IO layer's swap_in(), which is not "
-            "available in this version; use load: truncate_insert meanwhile."
-        ) from None
-    swap_in(conn, built, target, run_id=run_id)
+    oid = catalog.table_oid(conn, target)
+    if oid is None:  # prepare_target creates it; kept for callers that do not
+        raise ConfigError(f"{target} must exist before a swap build.")
+    plan = sw.inspect(conn, target, oid)
+    token = secrets.token_hex(4)
+    new = target.sibling(f"__etl_new_{token}")
+    conn.execute(sql.SQL(
+        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
+        "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
+    ).format(new.ident, target.ident))
+    rows = fill(new)
+    pairs = sw._build_indexes(conn, new, plan, token)
+    sw._set_owner_comment(conn, new, plan.owner, plan.comment)
+    sw._apply_grants(conn, new, plan.grants)
+    previous = sw.previous_table(target)
+    replaced = count_rows(conn, target)
+
+    def step() -> dict[str, str]:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(previous.ident))
+        return sw._exchange(conn, target, new, plan, pairs, previous)
+
+    kept = sw._with_lock_retries(conn, target, step, sw.LOCK_TIMEOUT, sw.ATTEMPTS)
+    sw._record(conn, target, previous, kept, "swap", run_id, rows)
+    return rows, replaced

@@ -138,11 +138,12 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
         elif spec.load == "insert":
             report.rows_read = stream_copy(src, wh, query, params, target.ident, columns, binary)
         elif spec.load == "swap":
-            from .chunked import _create_build_table, _swap_in
+            from .chunked import build_and_swap
 
-            build = _create_build_table(wh, spec, None)  # type: ignore[arg-type]
-            report.rows_read = stream_copy(src, wh, query, params, build.ident, columns, binary)
-            _swap_in(wh, build, target, run_id)
+            def fill(into: TableRef) -> int:
+                return stream_copy(src, wh, query, params, into.ident, columns, binary)
+
+            report.rows_read, report.deleted = build_and_swap(wh, target, fill, run_id)
         else:  # upsert
             stage = _stage(wh, target)
             report.rows_read = stream_copy(src, wh, query, params, stage, columns, binary)

@@ -37,6 +37,8 @@ REQUIRED = [
     ("extract", "chunked extract+load upsert (ours)", "polars"),
     ("e2e", "full truncate_insert frame path (ours)", "-"),
     ("e2e", "full truncate_insert fast path", "-"),
+    ("e2e", "asset materialize frame path (ours)", "-"),
+    ("e2e", "asset materialize fast path (ours)", "-"),
     ("e2e", "dlt sql_database -> postgres", "-"),
     ("incremental", "incremental", "-"),
 ]

@@ -64,11 +64,17 @@ class Plan:
         return self.expected[f"frame:{dataset}:{rows}"]
 
     def repeat_for(self, rows: int, *, seconds_per_million: float) -> int:
-        """Fewer repetitions for slow contenders at big sizes (announced in the results)."""
+        """Fewer repetitions for slow contenders at big sizes (announced in the results): one run,
+        and no full-size warm-up, where a single run is expected to take more than 20 s."""
         if self.quick:
             return 1
         estimate = seconds_per_million * rows / 1_000_000
         return 1 if estimate > 20 else self.repeat
+
+    def slow(self, rows: int, *, seconds_per_million: float) -> dict[str, Any]:
+        """``repeat`` and ``warmup`` for a contender that takes ``seconds_per_million``."""
+        repeat = self.repeat_for(rows, seconds_per_million=seconds_per_million)
+        return {"repeat": repeat, "warmup": repeat > 1 or self.repeat == 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +402,7 @@ def run(args: argparse.Namespace, log=print) -> int:
                 if plan.quick:
                     c.warmup, c.repeat = False, 1
                 r = run_contender(c, source_dsn=plan.source_dsn, warehouse_dsn=plan.warehouse_dsn,
-                                  workdir=plan.workdir, schema=plan.schema)
+                                  workdir=plan.workdir, schema=plan.schema, separate_memory_run=not plan.quick)
                 results.append(r)
                 status = "verified" if r.verified else (
                     "GAP " + (r.gap or "") if r.gap else "ERROR " + (r.error or "wrong result"))

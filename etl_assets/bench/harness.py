@@ -111,6 +111,7 @@ class Contender:
     role: str = "ours"  # ours | ceiling | baseline | peer
     gap: str | None = None  # set when the contender cannot run here (missing piece), with the reason
     timeout: float = 1800.0
+    memory_warmup: bool = False  # warm up in the memory process too (heavy lazy set-up on first run)
     tags: dict[str, Any] = field(default_factory=dict)  # for the ratios: op, scenario, paging, ...
 
 
@@ -168,6 +169,7 @@ class Result:
     peak_mb_runs: list[float] = field(default_factory=list)
     baseline_mb: float | None = None
     peak_reset: bool = False
+    peak_mb_warm_allocator: float | None = None  # peak measured in the timing process (allocator warm)
     children_peak_mb: float | None = None  # largest RSS of any child process the contender started
     verified: bool = False
     observed: dict[str, Any] | None = None
@@ -182,10 +184,47 @@ class Result:
         return asdict(self)
 
 
+# The memory-measuring process returns freed memory to the kernel at once, so that neither the
+# input's set-up nor the warm-up run leaves pages behind that the measured run silently reuses:
+# polars' jemalloc without decay, glibc without its dynamic mmap threshold, Arrow on the system heap.
+MEMORY_ENV = {
+    "_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "MALLOC_TRIM_THRESHOLD_": "131072",
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+}
+
+
+def _measure_once(case: Case, expected: Observed | None) -> tuple[float, float, float, bool, Observed, Observed | None]:
+    """prepare, then one run: (seconds, peak MiB above baseline, baseline MiB, peak reset?, observed, wanted)."""
+    import gc
+
+    case.prepare()
+    gc.collect()
+    baseline = rss_mb()
+    was_reset = reset_peak()
+    if not was_reset:
+        baseline = min(baseline, peak_mb())
+    start = time.perf_counter()
+    output = case.run()
+    elapsed = time.perf_counter() - start
+    peak = peak_mb()
+    observed = case.check(output)
+    del output
+    want = case.expect() if case.expect is not None else expected
+    return elapsed, max(0.0, peak - baseline), baseline, was_reset, observed, want
+
+
 def _child(spec_path: str, result_path: str) -> int:
-    """Run one contender inside this (fresh) process and write its :class:`Result` as JSON."""
+    """Run one contender inside this (fresh) process and write its :class:`Result` as JSON.
+
+    ``mode`` "time": warm-up, then ``repeat`` timed runs. "memory": warm-up, then one run whose peak
+    RSS above the baseline is the contender's memory. "both" (smoke runs): a single run for both.
+    Every run, warm-up included, is verified.
+    """
     spec = json.loads(Path(spec_path).read_text())
     expected = Observed(**spec["expected"]) if spec.get("expected") else None
+    mode = spec.get("mode", "both")
     result = Result(
         name=spec["name"], group=spec["group"], role=spec["role"], frame=spec["frame"], rows=spec["rows"],
         expected=asdict(expected) if expected else None,
@@ -200,32 +239,23 @@ def _child(spec_path: str, result_path: str) -> int:
         )
         case = factory(ctx)
         result.note = case.note
-        if spec["warmup"]:
-            case.prepare()
-            case.run()
+        measured = 1 if mode in ("memory", "both") else max(1, spec["repeat"])
+        if mode == "time":
+            warmups = 1 if spec["warmup"] else 0
+        else:  # the memory run is cold unless the contender initialises heavily on its first run
+            warmups = 1 if mode == "memory" and spec.get("memory_warmup") else 0
         verified = []
-        for _ in range(max(1, spec["repeat"])):
-            case.prepare()
-            import gc
-
-            gc.collect()
-            baseline = rss_mb()
-            result.peak_reset = reset_peak()
-            if not result.peak_reset:
-                baseline = min(baseline, peak_mb())
-            start = time.perf_counter()
-            output = case.run()
-            elapsed = time.perf_counter() - start
-            peak = peak_mb()
-            result.seconds_runs.append(round(elapsed, 4))
-            result.peak_mb_runs.append(round(max(0.0, peak - baseline), 1))
-            result.baseline_mb = round(baseline, 1)
-            observed = case.check(output)
-            del output
-            want = case.expect() if case.expect is not None else expected
+        for i in range(warmups + measured):
+            elapsed, peak, baseline, was_reset, observed, want = _measure_once(case, expected)
             result.observed = asdict(observed)
             result.expected = asdict(want) if want is not None else None
             verified.append(want is not None and observed == want)
+            if i < warmups:
+                continue
+            result.seconds_runs.append(round(elapsed, 4))
+            result.peak_mb_runs.append(round(peak, 1))
+            result.baseline_mb = round(baseline, 1)
+            result.peak_reset = was_reset
         result.verified = bool(verified) and all(verified)
         import resource
 
@@ -249,10 +279,41 @@ def _child(spec_path: str, result_path: str) -> int:
     return 0
 
 
+def _spawn(spec: dict[str, Any], env: dict[str, str], timeout: float) -> tuple[dict[str, Any] | None, str, float]:
+    """Run one child; (its result dict or None, an explanation when None, wall seconds)."""
+    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        result_path = Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "etl_assets.bench.harness", str(spec_path), str(result_path)],
+                env=env, capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"timed out after {timeout:.0f} s", time.perf_counter() - start
+        wall = time.perf_counter() - start
+        if not result_path.exists():
+            return None, (f"the contender's process exited with {proc.returncode} and no result: "
+                          f"{(proc.stderr or '')[-2000:]}"), wall
+        data = json.loads(result_path.read_text())
+        if data.get("error") and proc.stderr:
+            data["note"] = (data.get("note", "") + "\nstderr: " + proc.stderr[-1500:]).strip()
+        return data, "", wall
+
+
 def run_contender(
-    contender: Contender, *, source_dsn: str, warehouse_dsn: str, workdir: Path, schema: str
+    contender: Contender, *, source_dsn: str, warehouse_dsn: str, workdir: Path, schema: str,
+    separate_memory_run: bool = True,
 ) -> Result:
-    """Run ``contender`` in a fresh Python process and return its result (never raises)."""
+    """Run ``contender`` in fresh Python processes and return its result (never raises).
+
+    With ``separate_memory_run`` (the real measurement) the timing runs and the memory run happen
+    in two processes: the memory process returns freed pages to the kernel at once (MEMORY_ENV),
+    which is right for measuring and wrong for timing. Without it (smoke runs) one process and one
+    run give both figures.
+    """
     base = Result(
         name=contender.name, group=contender.group, role=contender.role, frame=contender.frame,
         rows=contender.rows, expected=asdict(contender.expected) if contender.expected else None,
@@ -264,37 +325,32 @@ def run_contender(
     spec = {
         "name": contender.name, "group": contender.group, "role": contender.role, "frame": contender.frame,
         "rows": contender.rows, "func": contender.func, "params": contender.params,
-        "repeat": contender.repeat, "warmup": contender.warmup,
+        "repeat": contender.repeat, "warmup": contender.warmup, "memory_warmup": contender.memory_warmup,
         "expected": asdict(contender.expected) if contender.expected else None,
         "source_dsn": source_dsn, "warehouse_dsn": warehouse_dsn, "workdir": str(workdir), "schema": schema,
+        "mode": "time" if separate_memory_run else "both",
     }
-    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
-        spec_path = Path(tmp) / "spec.json"
-        result_path = Path(tmp) / "result.json"
-        spec_path.write_text(json.dumps(spec))
-        env = dict(os.environ)
-        # A contender's own progress output (dlt, SQLAlchemy warnings) must not interleave with ours.
-        env.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "etl_assets.bench.harness", str(spec_path), str(result_path)],
-                env=env, capture_output=True, text=True, timeout=contender.timeout,
-            )
-        except subprocess.TimeoutExpired:
-            base.error = f"timed out after {contender.timeout:.0f} s"
-            return base
-        wall = time.perf_counter() - start
-        if not result_path.exists():
-            base.error = f"the contender's process exited with {proc.returncode} and no result"
-            base.note = (proc.stderr or "")[-3000:]
-            return base
-        data = json.loads(result_path.read_text())
+    env = dict(os.environ)
+    # A contender's own progress output (dlt, SQLAlchemy warnings) must not interleave with ours.
+    env.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
+    data, why, wall = _spawn(spec, env, contender.timeout)
+    if data is None:
+        base.error = why
+        return base
     result = Result(**data)
-    result.wall_seconds = round(wall, 2)
     result.tags = dict(contender.tags)
-    if result.error and proc.stderr:
-        result.note = (result.note + "\nstderr: " + proc.stderr[-1500:]).strip()
+    if separate_memory_run and not result.error:
+        mem, why, mem_wall = _spawn({**spec, "mode": "memory"}, {**env, **MEMORY_ENV}, contender.timeout)
+        wall += mem_wall
+        if mem is None or mem.get("error"):
+            result.error = "memory run: " + (why if mem is None else mem["error"])
+        else:
+            result.peak_mb_warm_allocator = result.peak_mb  # same process as the timing runs, for reference
+            result.peak_mb = mem["peak_mb"]
+            result.baseline_mb = mem["baseline_mb"]
+            result.children_peak_mb = mem.get("children_peak_mb")
+            result.verified = result.verified and mem["verified"]
+    result.wall_seconds = round(wall, 2)
     return result
 
 

@@ -155,6 +155,40 @@ def extract_run(ctx: BenchContext) -> Case:
                 note=f"extract={spec.extract} load={spec.load}" + (" fast_path" if spec.fast_path else ""))
 
 
+def asset_materialize(ctx: BenchContext) -> Case:
+    """The declared table's Dagster asset (``extract_asset``) materialized in-process with
+    ``dagster.materialize`` on an ephemeral instance: the extract, the load, the column profile the
+    asset attaches, and Dagster's own per-run work (events, step orchestration)."""
+    import dagster as dg
+
+    from etl_assets.db import PostgresResource
+    from etl_assets.extract.assets import extract_asset
+    from etl_assets.extract.state import clear_state
+
+    spec = _spec(ctx, ctx.params["extract"], ctx.params["load"], ctx.params["target"],
+                 fast_path=bool(ctx.params.get("fast_path")))
+    asset = extract_asset(spec, "etl-assets bench")
+    resources = {
+        "source": PostgresResource(dsn=ctx.source_dsn, role="source", env_var="ETL_SOURCE_DSN"),
+        "warehouse": PostgresResource(dsn=ctx.warehouse_dsn, role="warehouse", env_var="ETL_WAREHOUSE_DSN"),
+    }
+    ident = sql.Identifier(ctx.schema, ctx.params["target"])
+
+    def prepare() -> None:
+        with psycopg.connect(ctx.warehouse_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident))
+            if conn.execute("SELECT to_regclass('etl.state')").fetchone()[0] is not None:
+                clear_state(conn, spec.target)
+
+    def run():  # noqa: ANN202
+        result = dg.materialize([asset], resources=resources, raise_on_error=True)
+        if not result.success:
+            raise RuntimeError("the asset's run failed")
+
+    return Case(run=run, prepare=prepare, check=lambda _: table_checksum_dsn(ctx.warehouse_dsn, ident),
+                note="dagster.materialize of the extract asset, ephemeral instance")
+
+
 # ---------------------------------------------------------------------------------------------
 # the list
 # ---------------------------------------------------------------------------------------------
@@ -215,5 +249,14 @@ def contenders(plan) -> list[Contender]:  # noqa: ANN001 - etl_assets.bench.__ma
                         "target": f"ours_e2e_{'fast' if fast else 'frame'}_{n}"},
                 expected=plan.table("base", n), repeat=plan.repeat, gap=extract_gap,
                 tags={"op": "e2e", "path": "fast" if fast else "frame"},
+            ))
+        for fast in (False, True):
+            out.append(Contender(
+                name="asset materialize " + ("fast path (ours)" if fast else "frame path (ours)"),
+                group="e2e", rows=n, func=f"{mod}:asset_materialize", frame="-", role="ours",
+                params={"source": src, "extract": "full", "load": "truncate_insert", "fast_path": fast,
+                        "target": f"ours_asset_{'fast' if fast else 'frame'}_{n}"},
+                expected=plan.table("base", n), repeat=plan.repeat, gap=extract_gap, memory_warmup=True,
+                tags={"op": "e2e", "path": "fast" if fast else "frame", "via": "dagster"},
             ))
     return out

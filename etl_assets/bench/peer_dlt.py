@@ -95,7 +95,7 @@ def contenders(plan) -> list[Contender]:
             name="dlt sql_database -> postgres", group="e2e", rows=n,
             func=f"{__name__}:dlt_sql_to_postgres", frame="-", role="peer",
             params={"source": f"src_{n}"}, expected=plan.table("base", n),
-            repeat=plan.repeat_for(n, seconds_per_million=15),
+            memory_warmup=True, **plan.slow(n, seconds_per_million=15),
             gap=None if available else "dlt is not installed: pip install -e '.[bench]'",
             tags={"op": "e2e", "tool": "dlt"},
         ))

@@ -168,3 +168,35 @@ def test_headless_runner_records_a_failed_run(etl_env, conn) -> None:
         None: ("failed", "runner"),
     }
     assert "source exploded" in got["qm/parent"]["error"] and "source exploded" in got[None]["error"]
+
+
+def test_canceled_run_recorded_by_the_sensor(warehouse_dsn, conn, fresh_schema) -> None:
+    @dg.asset(key=[fresh_schema, "a"])
+    def a() -> None: ...
+
+    @dg.asset(key=[fresh_schema, "b"], deps=[a])
+    def b() -> None: ...
+
+    job = dg.Definitions(assets=[a, b], jobs=[dg.define_asset_job("cancel_me")]).resolve_job_def("cancel_me")
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(job_def=job, asset_selection=frozenset({a.key, b.key}))
+        instance.report_run_canceled(run)
+        run = instance.get_run_by_id(run.run_id)
+        assert run.status == dg.DagsterRunStatus.CANCELED
+        event = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_CANCELED)[0].dagster_event
+        sensor = next(s for s in build_run_status_sensors() if s.name == "etl_run_metrics_canceled_runs")
+        sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=sensor.name,
+                dagster_event=event,
+                dagster_instance=instance,
+                dagster_run=run,
+                resources={"warehouse": PostgresResource(dsn=warehouse_dsn)},
+            )
+        )
+        got = rows(conn, run.run_id)
+    assert {k: (v["status"], v["job"], v["recorded_by"]) for k, v in got.items()} == {
+        None: ("canceled", "cancel_me", "sensor"),
+        f"{fresh_schema}/a": ("canceled", "cancel_me", "sensor"),
+        f"{fresh_schema}/b": ("canceled", "cancel_me", "sensor"),
+    }

@@ -258,3 +258,18 @@ def test_parse_rules_rejects_duplicate_names() -> None:
     item = {"name": "x", "kind": "not_null", "column": "id"}
     with pytest.raises(ConfigError, match="share the name 'x'"):
         parse_rules("shop.orders", [item, item])
+
+
+def test_accepted_values_with_null_in_list_and_date_range(warehouse_conn, table) -> None:
+    values = run(
+        warehouse_conn,
+        table,
+        Rule(name="r", kind="accepted_values", columns=["status"], values=[None, "paid", "open"]),
+    )
+    assert (values.failing_rows, failing_ids(values)) == (1, [5])
+    dates = run(
+        warehouse_conn,
+        table,
+        Rule(name="r", kind="range", columns=["created_at"], min="2000-01-01", max="2999-12-31"),
+    )
+    assert (dates.passed, dates.failing_rows) == (True, 0)

@@ -394,7 +394,9 @@ def _predicate(rule: Rule) -> tuple[sql.Composable, list[Any]] | None:
     if rule.kind == "not_null":
         return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(c) for c in cols), []
     if rule.kind == "accepted_values":
-        values = [None if v is None else str(v) for v in rule.values]
+        # NULLs are never "not accepted" (use not_null for that), and a NULL in the array would make
+        # `x = ANY(...)` NULL instead of false for every other value, hiding the failures.
+        values = [str(v) for v in rule.values if v is not None]
         return sql.SQL("{c} IS NOT NULL AND NOT ({c}::text = ANY(%s::text[]))").format(c=cols[0]), [values]
     if rule.kind == "range":
         parts, params = [], []

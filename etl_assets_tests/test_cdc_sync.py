@@ -13,7 +13,7 @@ from psycopg import sql
 
 from etl_assets.cdc import capture, sync
 from etl_assets.db import PostgresResource
-from etl_assets_tests.cdc_helpers import assert_equal, make_items, spec_for
+from etl_assets_tests.cdc_helpers import assert_equal, make_items, rows_of, spec_for
 
 
 def _run(spec, source_dsn, warehouse_dsn, **kw) -> sync.CdcReport:
@@ -212,3 +212,53 @@ def test_missing_capture_names_the_command(source_conn, source_dsn, warehouse_ds
     # The demo's automatic mode installs it and snapshots.
     report = _run(spec, source_dsn, warehouse_dsn, auto_install=True)
     assert report.mode == "snapshot" and report.rows_snapshot == 5
+
+
+def test_batches_commit_separately_and_add_up(
+    items, source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema, monkeypatch
+) -> None:
+    spec = spec_for(items, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    t = items.ident
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'b' WHERE id <= 20").format(t))
+    source_conn.execute(sql.SQL("UPDATE {} SET id = id + 7000 WHERE id <= 5").format(t))
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id BETWEEN 6 AND 10").format(t))
+    monkeypatch.setenv(sync.BATCH_VAR, "7")
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.applied == {"update": 25, "delete": 5}
+    assert report.rows_total == 295
+    assert assert_equal(source_conn, warehouse_conn, spec) == 295
+    assert report.batches == 5  # 30 log entries in batches of at most 7: five warehouse transactions
+
+
+def test_hostile_identifiers(source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema) -> None:
+    """Capitals, spaces, dots and quotes in schema, table and column names, and a two-column key."""
+    from etl_assets.io.tables import TableRef
+
+    ref = TableRef('Src "Q". x', "My Items.v1")
+    source_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ref.schema_ident))
+    source_conn.execute(sql.SQL("CREATE SCHEMA {}").format(ref.schema_ident))
+    source_conn.execute(
+        sql.SQL(
+            'CREATE TABLE {} ("Key A" int, "key.b" text, "Val ""q""" text, PRIMARY KEY ("Key A", "key.b"))'
+        ).format(ref.ident)
+    )
+    source_conn.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 'k' || g, 'v' FROM generate_series(1, 20) g").format(ref.ident)
+    )
+    capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema, 'Target "T"')
+    spec = type(spec)(
+        source=ref, extract="cdc", load="upsert", target=spec.target, primary_key=("Key A", "key.b")
+    )
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL('UPDATE {} SET "Val ""q""" = \'w\' WHERE "Key A" < 5').format(ref.ident))
+    source_conn.execute(sql.SQL('UPDATE {} SET "key.b" = \'moved\' WHERE "Key A" = 7').format(ref.ident))
+    source_conn.execute(sql.SQL('DELETE FROM {} WHERE "Key A" > 15').format(ref.ident))
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.applied == {"update": 5, "delete": 5}
+    src = rows_of(source_conn, ref, "Key A")
+    dst = rows_of(warehouse_conn, spec.target, "Key A")
+    assert src == dst and len(dst) == 15
+    capture.uninstall(source_conn, ref)
+    source_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ref.schema_ident))

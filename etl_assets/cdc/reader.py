@@ -238,6 +238,20 @@ def stream_net_effect(conn: psycopg.Connection, window: Window) -> Iterator[byte
         yield from copy
 
 
+def batch_end(conn: psycopg.Connection, capture: Capture, start: int, bound: int, limit: int) -> int:
+    """The position ending the first ``limit`` entries after ``start`` (``bound`` when fewer remain):
+    an index range scan on the log's primary key, so batches stay bounded however far behind a
+    target is."""
+    top, count = conn.execute(
+        sql.SQL(
+            "SELECT max(position), count(*) FROM (SELECT position FROM {} WHERE position > %s "
+            "AND position <= %s ORDER BY position LIMIT %s) x"
+        ).format(capture.log_ident),
+        (start, bound, limit),
+    ).fetchone()
+    return bound if int(count) < limit else int(top)
+
+
 def pending_after(conn: psycopg.Connection, capture: Capture, position: int) -> tuple[int, float]:
     """(entries after ``position`` visible now, age in seconds of the oldest of them; 0 when none)."""
     row = conn.execute(

@@ -34,6 +34,8 @@ from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
 
 WAIT_VAR = "ETL_CDC_WAIT_SECONDS"
 DEFAULT_WAIT_SECONDS = 5.0
+BATCH_VAR = "ETL_CDC_BATCH_CHANGES"
+DEFAULT_BATCH_CHANGES = 500_000
 
 
 @dataclass
@@ -56,6 +58,8 @@ class CdcReport:
     column_schema: dg.TableSchema | None = None
     held_back_by: str | None = None
     notes: list[str] = field(default_factory=list)
+    notes_about_missing: bool = False
+    batches: int = 0  # warehouse transactions this run committed
 
     @property
     def changes(self) -> int:
@@ -74,6 +78,7 @@ class CdcReport:
             "duration_seconds": round(self.seconds, 3),
             "rows_deleted": self.rows_deleted,
             "rows_written": self.rows_written,
+            "batches": self.batches,
         }
         if self.mode == "snapshot":
             meta["snapshot_rows"] = self.rows_snapshot
@@ -228,6 +233,14 @@ def _snapshot(
     )
 
 
+def batch_changes() -> int:
+    raw = os.environ.get(BATCH_VAR)
+    try:
+        return max(1, int(raw)) if raw else DEFAULT_BATCH_CHANGES
+    except ValueError:
+        return DEFAULT_BATCH_CHANGES
+
+
 def _apply_window(
     src: psycopg.Connection,
     wh: psycopg.Connection,
@@ -239,6 +252,8 @@ def _apply_window(
     run_id: str | None,
     wait: float,
 ) -> CdcReport:
+    """Apply everything final, in batches of at most :func:`batch_changes` log entries, each batch
+    one warehouse transaction with its position (a crash loses at most the batch in flight)."""
     target = spec.target
     applied = int(state["position"])
     horizons = [reader.Horizon(int(p), int(x)) for p, x in state.get("horizons", [])]
@@ -254,52 +269,75 @@ def _apply_window(
         reader.check_continuity(src, fresh, state["log_id"], applied, str(target))
         candidates = [*horizons, now]
         bound = reader.safe_bound(src, applied, candidates)
-        window = reader.Window(fresh, applied, bound)
-        if state.get("snapshot") and state.get("snapshot_max") is not None:
-            window.exclude_snapshot = state["snapshot"]
-            window.exclude_through = int(state["snapshot_max"])
         if bound < now.position:
-            window.held_back_by = reader.oldest_running(src)
-        reader.describe_window(src, window)
-        new_state = dict(state)
-        new_state["position"] = bound
-        new_state["horizons"] = [[h.position, h.xid] for h in reader.keep_horizons(candidates, bound)]
-        if window.exclude_through is not None and bound >= window.exclude_through:
-            new_state["snapshot"] = None
-            new_state["snapshot_max"] = None
-        with wh.transaction():
-            current = apply.lock_state(wh, target)
-            apply.check_unchanged(current, state, target)
-            if window.changes:
-                shape = apply.ensure_target(wh, target, table, spec.primary_key)
-                counts = apply.apply_net_effect(
-                    wh,
-                    target,
-                    spec.primary_key,
-                    shape.columns,
-                    reader.stream_net_effect(src, window),
-                    truncate_first=window.last_truncate is not None,
-                )
-                report.rows_deleted = counts.deleted + counts.truncated
-                report.rows_written = counts.written
-                if shape.added:
-                    report.notes.append(f"columns added: {', '.join(shape.added)}")
-                if shape.missing_in_source:
-                    report.notes.append(
-                        "columns no longer in the source (NULL in new rows): "
-                        + ", ".join(shape.missing_in_source)
-                    )
-                if "rows" in state:  # kept exactly: rows after = before - removed + written
-                    new_state["rows"] = (
-                        int(state["rows"]) - counts.deleted - counts.truncated + counts.written
-                    )
-            if new_state != state:
-                apply.save(wh, target, new_state, run_id)
-            report.rows_total = new_state.get("rows")
-        report.applied = window.counts
+            report.held_back_by = reader.oldest_running(src)
+        while True:
+            end = min(bound, reader.batch_end(src, fresh, applied, bound, batch_changes()))
+            state = _apply_batch(src, wh, fresh, table, spec, state, end, candidates, run_id, report)
+            applied = end
+            if applied >= bound:
+                break
         report.position_after = bound
-        report.held_back_by = window.held_back_by
+        report.rows_total = state.get("rows")
         report.pending, report.lag_seconds = reader.pending_after(src, fresh, bound)
-    if bound != applied:
+    if bound != int(report.position_before or 0):
         capture.register_consumer(src, fresh, consumer, str(target), bound)
     return report
+
+
+def _apply_batch(
+    src: psycopg.Connection,
+    wh: psycopg.Connection,
+    cap: capture.Capture,
+    table: SourceTable,
+    spec: TableSpec,
+    state: dict[str, Any],
+    end: int,
+    candidates: list[reader.Horizon],
+    run_id: str | None,
+    report: CdcReport,
+) -> dict[str, Any]:
+    """One warehouse transaction: the entries ``(state.position, end]`` and the new position."""
+    target = spec.target
+    window = reader.Window(cap, int(state["position"]), end)
+    if state.get("snapshot") and state.get("snapshot_max") is not None:
+        window.exclude_snapshot = state["snapshot"]
+        window.exclude_through = int(state["snapshot_max"])
+    reader.describe_window(src, window)
+    new_state = dict(state)
+    new_state["position"] = end
+    new_state["horizons"] = [[h.position, h.xid] for h in reader.keep_horizons(candidates, end)]
+    if window.exclude_through is not None and end >= window.exclude_through:
+        new_state["snapshot"] = None
+        new_state["snapshot_max"] = None
+    with wh.transaction():
+        current = apply.lock_state(wh, target)
+        apply.check_unchanged(current, state, target)
+        if window.changes:
+            shape = apply.ensure_target(wh, target, table, spec.primary_key)
+            counts = apply.apply_net_effect(
+                wh,
+                target,
+                spec.primary_key,
+                shape.columns,
+                reader.stream_net_effect(src, window),
+                truncate_first=window.last_truncate is not None,
+            )
+            report.rows_deleted += counts.deleted + counts.truncated
+            report.rows_written += counts.written
+            if shape.added:
+                report.notes.append(f"columns added: {', '.join(shape.added)}")
+            if shape.missing_in_source and not report.notes_about_missing:
+                report.notes_about_missing = True
+                report.notes.append(
+                    "columns no longer in the source (NULL in new rows): "
+                    + ", ".join(shape.missing_in_source)
+                )
+            if "rows" in state:  # kept exactly: rows after = before - removed + written
+                new_state["rows"] = int(state["rows"]) - counts.deleted - counts.truncated + counts.written
+        if new_state != state:
+            apply.save(wh, target, new_state, run_id)
+            report.batches += 1
+    for op, n in window.counts.items():
+        report.applied[op] = report.applied.get(op, 0) + n
+    return new_state

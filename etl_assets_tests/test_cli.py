@@ -1,0 +1,146 @@
+"""The ``etl-assets`` command line, run as a real subprocess against the test databases."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from etl_assets.cli import build_parser
+from etl_assets.settings import PROJECT_ROOT
+
+
+def etl(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "etl_assets.cli", *args],
+        cwd=PROJECT_ROOT,
+        env=env or os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_every_core_command_is_registered() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"run", "dev", "seed", "simulate", "reset", "server", "env"} <= set(commands)
+    args = parser.parse_args(
+        ["run", "--select", "raw/orders", "--select", "group:mart", "--partition", "2025-01-02"]
+    )
+    assert (args.select, args.partition) == (["raw/orders", "group:mart"], "2025-01-02")
+    assert parser.parse_args(["reset", "raw.orders", "raw.customers"]).targets == [
+        "raw.orders",
+        "raw.customers",
+    ]
+    assert parser.parse_args(["server", "status"]).action == "status"
+
+
+def test_env_prints_exports_that_a_shell_can_eval(etl_env: dict[str, str]) -> None:
+    result = etl("env")
+    assert result.returncode == 0, result.stderr
+    exported = {}
+    for line in result.stdout.splitlines():
+        assert line.startswith("export ")
+        name, _, value = line[len("export ") :].partition("=")
+        exported[name] = shlex.split(value)[0]
+    assert exported["ETL_SOURCE_DSN"] == etl_env["ETL_SOURCE_DSN"]
+    assert exported["ETL_WAREHOUSE_DSN"] == etl_env["ETL_WAREHOUSE_DSN"]
+    assert exported["DAGSTER_PG_URL"] == etl_env["DAGSTER_PG_URL"]
+    assert exported["DAGSTER_HOME"] == etl_env["DAGSTER_HOME"]
+    # And a shell really can: the values survive eval unchanged.
+    shell = subprocess.run(
+        ["bash", "-c", 'eval "$1"; printf %s "$ETL_SOURCE_DSN"', "_", result.stdout],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout == etl_env["ETL_SOURCE_DSN"]
+
+
+def test_seed_and_simulate_commands(etl_env: dict[str, str], source_dsn: str) -> None:
+    result = etl("seed", "--rows", "600", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert "seeded 60 customers, 12 categories, 600 orders" in result.stdout
+    with psycopg.connect(source_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 600
+    result = etl("simulate", "--changes", "100", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    assert "shop.orders: 50 inserted" in result.stdout
+    with psycopg.connect(source_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM shop.orders WHERE id > 600").fetchone()[0] == 50
+    bad = etl("seed", "--rows", "10", "--dirty-share", "2")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("etl-assets: error: ") and "dirty-share" in bad.stderr
+
+
+def test_reset_forgets_named_targets_or_all(etl_env: dict[str, str], warehouse_dsn: str) -> None:
+    from etl_assets.migrations import migrate
+
+    with psycopg.connect(warehouse_dsn) as conn:
+        migrate(conn)
+        conn.execute("DELETE FROM etl.state")
+        conn.execute(
+            "INSERT INTO etl.state (target, kind, state) VALUES"
+            " ('raw.orders', 'incremental', '{\"cursor\": 1}'), ('raw.customers', 'incremental', '{}'),"
+            " ('raw.categories', 'chunked', '{}')"
+        )
+    result = etl("reset", "raw.orders", "raw.nothing")
+    assert result.returncode == 0, result.stderr
+    assert "reset raw.orders" in result.stdout and "no stored state for raw.nothing" in result.stdout
+    with psycopg.connect(warehouse_dsn) as conn:
+        left = [r[0] for r in conn.execute("SELECT target FROM etl.state ORDER BY target")]
+    assert left == ["raw.categories", "raw.customers"]
+    result = etl("reset")
+    assert result.returncode == 0, result.stderr
+    assert "reset 2 target(s): raw.categories, raw.customers" in result.stdout
+    with psycopg.connect(warehouse_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM etl.state").fetchone()[0] == 0
+
+
+def test_run_prints_progress_and_summary(etl_env: dict[str, str], source_dsn: str) -> None:
+    from etl_assets.demo.seed import seed
+
+    seed(source_dsn, rows=500, seed=3)
+    result = etl("run", "--select", "raw/categories")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "raw/categories: 12 rows" in result.stdout
+    assert "assets materialized: 1" in result.stdout
+    assert "result: OK" in result.stdout
+    bad = etl("run", "--select", "raw/nope")
+    assert bad.returncode == 2
+    assert "no asset has that key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_unreachable_database_is_one_clear_line(etl_env: dict[str, str]) -> None:
+    env = os.environ.copy()
+    env["ETL_WAREHOUSE_DSN"] = "postgresql://nobody:secret@127.0.0.1:1/nowhere?connect_timeout=2"
+    result = etl("reset", env=env)
+    assert result.returncode == 2
+    assert "Cannot connect to the warehouse database" in result.stderr
+    assert "ETL_WAREHOUSE_DSN" in result.stderr
+    assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_server_status_without_a_server(etl_env: dict[str, str], tmp_path: Path) -> None:
+    env = os.environ.copy()
+    env["ETL_HOME"] = str(tmp_path / "empty_home")
+    result = etl("server", "status", env=env)
+    assert result.returncode == 3
+    assert "not running" in result.stdout
+    result = etl("server", "stop", env=env)
+    assert result.returncode == 0
+    assert "no embedded PostgreSQL was running" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "dev", "seed", "simulate", "reset", "server", "env"])
+def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: etl-assets {command}" in capsys.readouterr().out

@@ -114,7 +114,9 @@ def _mixed_changes(conn: psycopg.Connection, ref: TableRef, n: int) -> None:
         conn.execute(
             sql.SQL("UPDATE {} SET name = 'upd ' || id, amount = amount * 2 WHERE mod(id, 3) = 0").format(t)
         )
-        conn.execute(sql.SQL("UPDATE {} SET id = id + 1000000 WHERE mod(id, 17) = 1 AND id < 100000").format(t))
+        conn.execute(
+            sql.SQL("UPDATE {} SET id = id + 1000000 WHERE mod(id, 17) = 1 AND id < 100000").format(t)
+        )
         conn.execute(sql.SQL("DELETE FROM {} WHERE mod(id, 5) = 2").format(t))
 
 

@@ -103,10 +103,14 @@ def capture_output(
         target=str(TableRef.for_asset_key(key)),
     )
     meta = outcome.metadata()
-    context.log.info(
-        f"{key_string(key)}: {meta['rows_in']} rows in, {meta['rows_out']} out, "
-        f"{meta['dead_letters']} dead-lettered ({meta['dead_letters_by_class']})"
+    line = (
+        f"{meta['rows_in']:,} rows in, {meta['rows_out']:,} out, {meta['dead_letters']:,} dead-lettered"
     )
+    if meta["dead_letters"]:  # a warning, so `etl-assets run` lists it; counts and classes only
+        classes = ", ".join(f"{k.split(':', 1)[1]}: {v}" for k, v in meta["dead_letters_by_class"].items())
+        context.log.warning(f"{line} ({classes}); see `etl-assets dlq list --asset {key_string(key)}`")
+    else:
+        context.log.info(line)
     return LoadBatch(outcome.frame, on_commit=[outcome.hook(origin)], metadata=meta)
 
 

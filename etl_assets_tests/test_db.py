@@ -1,0 +1,46 @@
+"""The PostgreSQL resource and connect(): working connections, and clear errors without secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from etl_assets.db import APPLICATION_NAME, PostgresResource, connect
+from etl_assets.errors import DatabaseUnreachable
+from etl_assets.settings import with_database
+
+
+def test_resource_connects_and_commits_on_success(warehouse_dsn: str) -> None:
+    resource = PostgresResource(dsn=warehouse_dsn)
+    with resource.connect() as conn:
+        assert conn.execute("SELECT current_setting('application_name')").fetchone()[0] == APPLICATION_NAME
+        conn.execute("CREATE TABLE IF NOT EXISTS public.t_db_resource (x int)")
+        conn.execute("INSERT INTO public.t_db_resource VALUES (1)")
+    with pytest.raises(ZeroDivisionError), resource.connect() as conn:
+        conn.execute("INSERT INTO public.t_db_resource VALUES (2)")
+        raise ZeroDivisionError  # leaves the block with an exception: rolled back
+    with resource.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT array_agg(x) FROM public.t_db_resource").fetchone()[0] == [1]
+        conn.execute("DROP TABLE public.t_db_resource")
+
+
+def test_unreachable_server_names_the_variable_without_the_password() -> None:
+    dsn = "postgresql://bob:hunter2@127.0.0.1:1/wh"
+    with (
+        pytest.raises(DatabaseUnreachable) as err,
+        connect(dsn, role="warehouse", env_var="ETL_WAREHOUSE_DSN", connect_timeout=2),
+    ):
+        pass
+    text = str(err.value)
+    assert "Cannot connect to the warehouse database at postgresql://bob:***@127.0.0.1:1/wh" in text
+    assert "ETL_WAREHOUSE_DSN" in text and "hunter2" not in text
+
+
+def test_missing_database_says_to_create_it(pg_admin_dsn: str) -> None:
+    resource = PostgresResource(
+        dsn=with_database(pg_admin_dsn, "no_such_db_here"), role="source", env_var="ETL_SOURCE_DSN"
+    )
+    with (
+        pytest.raises(DatabaseUnreachable, match="create the database or correct the name"),
+        resource.connect(),
+    ):
+        pass

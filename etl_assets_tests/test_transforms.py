@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -378,8 +380,15 @@ def test_replay_of_a_corrected_row_moves_it_once_and_it_survives_the_next_rebuil
 
 def test_replay_after_a_code_fix(wh: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(
-        wh, [FX_RATES, CLEAN_CUSTOMERS, CLEAN_ORDERS], {CLEAN_CUSTOMERS: RELAXED, CLEAN_ORDERS: RELAXED}
+        wh,
+        [FX_RATES, CLEAN_CUSTOMERS, CLEAN_ORDERS, CLEAN_ORDERS_PANDAS],
+        {CLEAN_CUSTOMERS: RELAXED, CLEAN_ORDERS: RELAXED, CLEAN_ORDERS_PANDAS: RELAXED},
     ).success
+    with psycopg.connect(wh, autocommit=True) as conn:  # and a data fix on the pandas asset's order 5
+        conn.execute(
+            "UPDATE etl.dead_letters SET payload = jsonb_set(payload, '{amount}', '\"12.50\"') "
+            "WHERE asset_key = 'clean/orders_pandas' AND payload->>'id' = '5'"
+        )
     original = customers.transform_customer
 
     def lenient(row: dict, now: dt.datetime) -> dict:  # the "fix": a missing last name is allowed
@@ -391,6 +400,10 @@ def test_replay_after_a_code_fix(wh: str, monkeypatch: pytest.MonkeyPatch) -> No
         conn.commit()
     assert (reports["clean/customers"].replayed, reports["clean/customers"].failed_again) == (1, 4)
     assert (reports["clean/orders"].replayed, reports["clean/orders"].failed_again) == (0, 3)
+    assert (reports["clean/orders_pandas"].replayed, reports["clean/orders_pandas"].failed_again) == (1, 2)
+    with psycopg.connect(wh, autocommit=True) as conn:
+        row = conn.execute("SELECT amount, amount_eur FROM clean.orders_pandas WHERE id = 5").fetchone()
+        assert row == (Decimal("12.50"), round(12.5 * snapshot_rates().rate("EUR"), 2))
     with psycopg.connect(wh, autocommit=True) as conn:
         assert conn.execute("SELECT full_name FROM clean.customers WHERE id = 7").fetchone() == (
             "First7 (unknown)",
@@ -435,6 +448,43 @@ def test_pandas_and_polars_give_identical_output_on_the_same_input() -> None:
         a.frame.get_column("order_date").to_list()
         == dlq.as_polars(b.frame).get_column("order_date").to_list()
     )
+
+
+def test_a_write_whose_connection_is_dropped_is_retried_whole_and_exact(wh: str) -> None:
+    """The IO manager's write is killed mid-transaction; Dagster's RetryPolicy reruns the step; the
+    table and the dead letters are exactly those of one clean run (the killed attempt rolled back)."""
+    assert run(wh, [CLEAN_CUSTOMERS], {CLEAN_CUSTOMERS: RELAXED}).success
+    with psycopg.connect(wh, autocommit=True) as watcher:
+        expected = watcher.execute("SELECT * FROM clean.customers ORDER BY id").fetchall()
+        watcher.execute("TRUNCATE etl.dead_letters")
+        holder = psycopg.connect(wh)  # holds the table so the next write's TRUNCATE waits where we see it
+        holder.execute("LOCK TABLE clean.customers IN ACCESS EXCLUSIVE MODE")
+        box: dict = {}
+        thread = threading.Thread(
+            target=lambda: box.setdefault("result", run(wh, [CLEAN_CUSTOMERS], {CLEAN_CUSTOMERS: RELAXED}))
+        )
+        thread.start()
+        try:
+            deadline, pid = time.monotonic() + 60, None
+            while pid is None and time.monotonic() < deadline:  # poll the database for the blocked write
+                row = watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                pid = row[0] if row else None
+            assert pid is not None, "the write never blocked on the table"
+            assert watcher.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        finally:
+            holder.rollback()
+            holder.close()
+            thread.join(120)
+        result = box["result"]
+        assert result.success
+        step_events = [e.event_type_value for e in result.all_events if e.step_key == "clean__customers"]
+        assert step_events.count("STEP_UP_FOR_RETRY") == 1 and step_events.count("STEP_RESTARTED") == 1
+        assert watcher.execute("SELECT * FROM clean.customers ORDER BY id").fetchall() == expected
+        dead = letters(watcher, CLEAN_CUSTOMERS)
+        assert sorted(dead) == sorted(BAD_CUSTOMERS) and {x.attempts for x in dead.values()} == {1}
 
 
 def test_a_transform_that_loses_rows_is_caught() -> None:

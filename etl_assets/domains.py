@@ -10,7 +10,7 @@ from types import ModuleType
 
 DOMAIN_MODULES: tuple[str, ...] = (
     "etl_assets.extract.assets",
-    "etl_assets.demo.graph",
+    "etl_assets.transforms",
     "etl_assets.quality.defs",
 )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from decimal import Decimal
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -144,7 +145,10 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
     if frame.columns.duplicated().any():
         dupes = sorted(set(frame.columns[frame.columns.duplicated()]))
         raise ConfigError(f"Duplicate column names {dupes} in the frame; rename them.")
+    import pyarrow as pa
+
     converted: dict[str, Any] = {}
+    decimals: dict[str, pl.Series] = {}
     for name in frame.columns:
         col = frame[name]
         if col.dtype != object:
@@ -155,22 +159,53 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
                 lambda v: None if v is None or v is pd.NA else str(v), na_action="ignore"
             )
             hints[name] = PgType("uuid")
-        elif isinstance(value, dict) or (
-            isinstance(value, list | tuple)
-            and any(isinstance(v, dict | list) for v in value)
-            and _has_dict(value)
-        ):
+        elif isinstance(value, dict) or (isinstance(value, list | tuple) and _has_dict(value)):
             converted[name] = col.map(json.dumps, na_action="ignore")
             hints[name] = PgType("jsonb")
+        elif isinstance(value, Decimal):
+            decimals[name] = _decimal_series(name, col)
     if converted:
         frame = frame.assign(**converted)
     try:
-        out = pl.from_pandas(frame, include_index=False)
+        # Through pyarrow directly (polars' from_pandas calls Python per Decimal value); Decimal
+        # columns separately with a known type, which is ~10x faster than pyarrow inferring it.
+        rest = frame.drop(columns=list(decimals)) if decimals else frame
+        out = pl.from_arrow(pa.Table.from_pandas(rest, preserve_index=False)) if len(rest.columns) else None
     except Exception as exc:  # pyarrow conversion errors name the column in their text
         raise SchemaMismatch(f"Cannot convert the pandas frame for PostgreSQL: {exc}") from exc
+    if decimals:
+        extra = list(decimals.values())
+        out = pl.DataFrame(extra) if out is None else out.with_columns(extra).select(list(frame.columns))
     for name in converted:
         out = out.with_columns(pl.col(name).cast(pl.String))
     return out, hints
+
+
+def _decimal_series(name: str, col: Any) -> pl.Series:
+    """A pandas object column of ``Decimal`` as a polars Decimal of the smallest fitting precision.
+
+    The scale comes from a sample (values with a larger scale make the typed conversion fail, and
+    then pyarrow infers over every value); the precision from the largest magnitude, vectorised.
+    """
+    import pyarrow as pa
+
+    values = col.to_numpy()
+    sample = col.dropna().iloc[:1000]
+    try:
+        scale = pa.array(sample.to_numpy()).type.scale if len(sample) else 0
+        arr = pa.array(values, type=pa.decimal128(38, scale), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, AttributeError):
+        try:
+            arr = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise SchemaMismatch(f"Column {name!r} holds decimals PostgreSQL cannot take: {exc}") from exc
+    series = pl.Series(name, arr)
+    if not isinstance(series.dtype, pl.Decimal):
+        return series
+    scale = series.dtype.scale or 0
+    biggest = series.abs().max()
+    digits = len(str(int(biggest))) if biggest is not None and int(biggest) != 0 else 1
+    return series.cast(pl.Decimal(min(38, max(digits + scale, 1)), scale))
 
 
 def _has_dict(value: Any) -> bool:

@@ -152,7 +152,8 @@ def inspect(conn: psycopg.Connection, target: TableRef, oid: int) -> TablePlan:
             """
             SELECT i.relname, con.conname, pg_get_constraintdef(con.oid), pg_get_indexdef(x.indexrelid),
                    format('CREATE %%sINDEX %%I ON %%I.%%I USING ',
-                          CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END, i.relname, n.nspname, c.relname),
+                          CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END,
+                          i.relname, n.nspname, c.relname),
                    x.indisunique
             FROM pg_index x
             JOIN pg_class i ON i.oid = x.indexrelid
@@ -171,8 +172,8 @@ def inspect(conn: psycopg.Connection, target: TableRef, oid: int) -> TablePlan:
     fks = [
         (r[0], r[1])
         for r in conn.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s AND contype = 'f' "
-            "ORDER BY conname",
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s AND contype = 'f' ORDER BY conname",
             (oid,),
         )
     ]
@@ -403,7 +404,8 @@ def _with_lock_retries(conn: psycopg.Connection, target: TableRef, step, lock_ti
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
                 last = exc
         holders = conn.execute(
-            """SELECT string_agg(DISTINCT format('pid %%s (%%s, %%s)', l.pid, a.application_name, l.mode), '; ')
+            """SELECT string_agg(DISTINCT format('pid %%s (%%s, %%s)', l.pid, a.application_name, l.mode),
+                                 '; ')
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                WHERE l.relation = to_regclass(%s) AND l.pid <> pg_backend_pid()""",
             (target.regclass_text,),
@@ -426,7 +428,8 @@ def _record(
     rows: int | None,
 ) -> None:
     conn.execute(
-        """INSERT INTO etl.swap_history (target_schema, target_name, previous_name, index_names, action, run_id, rows)
+        """INSERT INTO etl.swap_history
+               (target_schema, target_name, previous_name, index_names, action, run_id, rows)
            VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)""",
         (target.schema, target.name, previous.name, json.dumps(dict(kept)), action, run_id, rows),
     )

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from decimal import Decimal
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 import polars as pl

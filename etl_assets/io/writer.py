@@ -365,9 +365,7 @@ def write_frame(
     with conn.transaction():
         lock_target(conn, target)
         if mode == "swap":
-            from etl_assets.io.swap import swap_write
-
-            from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT
+            from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT, swap_write
 
             result = swap_write(
                 conn,

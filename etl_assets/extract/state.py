@@ -16,7 +16,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from etl_assets.io.tables import TableRef
-from etl_assets.migrations import ensure_migrated
 
 
 def state_key(target: TableRef) -> str:
@@ -28,7 +27,9 @@ def state_key(target: TableRef) -> str:
 def load_state(conn: psycopg.Connection, target: TableRef, kind: str) -> dict[str, Any]:
     """The stored state of ``target``; ``{}`` when there is none or it belongs to another extract
     kind (the declaration changed mode: start from scratch rather than misread the old state)."""
-    ensure_migrated(conn)
+    from etl_assets.extract.common import migrated
+
+    migrated(conn)  # works on autocommit connections too
     row = conn.execute(
         "SELECT kind, state FROM etl.state WHERE target = %s", (state_key(target),)
     ).fetchone()

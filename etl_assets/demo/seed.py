@@ -169,6 +169,8 @@ def _pick(values: tuple[str, ...], column: int) -> str:
 
 
 # Per row g: d = dirty?, k = which kind of dirt. Column numbers only need to differ from each other.
+# A future-dated row has a wrong created_at but an ordinary updated_at (the application's own clock
+# stamps updated_at), so incremental extracts by updated_at see it like any other row.
 _CUSTOMERS_SQL = f"""
 INSERT INTO shop.customers (id, first_name, last_name, email, created_at, updated_at)
 SELECT g,
@@ -178,10 +180,10 @@ SELECT g,
             WHEN d AND k = 3 THEN lower(fn || '.' || ln || g) || '@'
             ELSE lower(fn || '.' || ln || g) || '@' || dom END,
        created,
-       CASE WHEN d AND k = 4 THEN created
-            ELSE created + (%(end)s - created) * least(1.0, u_upd * 0.1) END
+       normal + (%(end)s - normal) * least(1.0, u_upd * 0.1)
 FROM (
     SELECT g, d, k, fn, ln, dom, u_upd,
+           %(start)s + make_interval(secs => floor(u_time * %(span)s)) AS normal,
            CASE WHEN d AND k = 4
                 THEN %(end)s + make_interval(days => %(future_days)s + floor(u_time * 365)::int)
                 ELSE %(start)s + make_interval(secs => floor(u_time * %(span)s)) END AS created
@@ -208,11 +210,11 @@ SELECT g, user_id,
             WHEN d AND k = 2 THEN round(%(huge)s + base_amount * 10000, 2)
             ELSE round(base_amount, 2) END,
        status, created,
-       CASE WHEN d AND k = 3 THEN created
-            ELSE created + (%(end)s - created) * least(1.0, u_upd * 0.05) END
+       normal + (%(end)s - normal) * least(1.0, u_upd * 0.05)
 FROM (
     SELECT g, d, k, user_id, u_cat, status, u_upd,
            exp(ln(5) + u_amount * ln(200))::numeric AS base_amount,
+           %(start)s + make_interval(secs => floor(u_time * %(span)s)) AS normal,
            CASE WHEN d AND k = 3
                 THEN %(end)s + make_interval(days => %(future_days)s + floor(u_time * 365)::int)
                 ELSE %(start)s + make_interval(secs => floor(u_time * %(span)s)) END AS created

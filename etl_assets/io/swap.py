@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 import psycopg
@@ -440,6 +441,52 @@ def _record(
 # --------------------------------------------------------------------------------------------------
 
 
+def build_and_swap(
+    conn: psycopg.Connection,
+    target: TableRef,
+    fill: Callable[[TableRef], int],
+    *,
+    run_id: str | None = None,
+    prepare: Callable[[TableRef], Any] | None = None,
+    lock_timeout: str = LOCK_TIMEOUT,
+    attempts: int = ATTEMPTS,
+) -> tuple[int, int]:
+    """Build a new table beside the existing ``target`` with ``fill(new) -> rows``, then swap it in.
+
+    The public swap for streaming callers (chunked extracts, COPY streams): ``prepare(new)`` may
+    evolve the new table's columns first. Runs inside the caller's transaction, which should hold
+    :func:`etl_assets.io.writer.lock_target`. Returns (rows filled, rows the replaced table had).
+    """
+    oid = catalog.table_oid(conn, target)
+    if oid is None:
+        raise MissingObject(f"{target} must exist before a swap; create it first.")
+    plan = inspect(conn, target, oid)
+    token = secrets.token_hex(4)
+    new = target.sibling(f"__etl_new_{token}")
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
+            "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
+        ).format(new.ident, target.ident)
+    )
+    if prepare is not None:
+        prepare(new)
+    rows = fill(new)
+    pairs = _build_indexes(conn, new, plan, token)
+    _set_owner_comment(conn, new, plan.owner, plan.comment)
+    _apply_grants(conn, new, plan.grants)
+    previous = previous_table(target)
+    replaced = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)).fetchone()[0]
+
+    def step() -> dict[str, str]:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(previous.ident))
+        return _exchange(conn, target, new, plan, pairs, previous)
+
+    kept = _with_lock_retries(conn, target, step, lock_timeout, attempts)
+    _record(conn, target, previous, kept, "swap", run_id, rows)
+    return rows, replaced
+
+
 def swap_write(
     conn: psycopg.Connection,
     df: pl.DataFrame,
@@ -461,29 +508,18 @@ def swap_write(
         return WriteResult(
             target=target, mode="swap", rows=df.height, inserted=df.height, table_rows=df.height
         )
-    plan = inspect(conn, target, oid)
-    token = secrets.token_hex(4)
-    new = target.sibling(f"__etl_new_{token}")
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
-            "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
-        ).format(new.ident, target.ident)
+    built: dict[str, Any] = {}
+
+    def evolve(new: TableRef) -> None:
+        built["shape"] = ensure_table(conn, df, target, primary_key, hints=hints, create_as=new)
+
+    def fill(new: TableRef) -> int:
+        return copy_frame(conn, df, new, targets=built["shape"].types)
+
+    _rows, deleted = build_and_swap(
+        conn, target, fill, run_id=run_id, prepare=evolve, lock_timeout=lock_timeout, attempts=attempts
     )
-    shape = ensure_table(conn, df, target, primary_key, hints=hints, create_as=new)
-    copy_frame(conn, df, new, targets=shape.types)
-    pairs = _build_indexes(conn, new, plan, token)
-    _set_owner_comment(conn, new, plan.owner, plan.comment)
-    _apply_grants(conn, new, plan.grants)
-    previous = previous_table(target)
-    deleted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)).fetchone()[0]
-
-    def step() -> dict[str, str]:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(previous.ident))
-        return _exchange(conn, target, new, plan, pairs, previous)
-
-    kept = _with_lock_retries(conn, target, step, lock_timeout, attempts)
-    _record(conn, target, previous, kept, "swap", run_id, df.height)
+    shape = built["shape"]
     return WriteResult(
         target=target,
         mode="swap",

@@ -232,3 +232,13 @@ def test_capitals_spaces_and_quotes_in_names(conn, warehouse_conn, mode):
     finally:
         conn.rollback()
         warehouse_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_truncate_of_a_referenced_table_explains_itself(conn, fresh_schema):
+    parent = TableRef(fresh_schema, "parent")
+    write_frame(conn, pl.DataFrame({"id": [1]}), parent, "truncate_insert", primary_key=["id"])
+    conn.execute(sql.SQL("CREATE TABLE {} (pid bigint REFERENCES {})").format(
+        sql.Identifier(fresh_schema, "child"), parent.ident))
+    with pytest.raises(SchemaMismatch, match=r"Cannot truncate .*parent.*Use write_mode 'upsert'"):
+        write_frame(conn, pl.DataFrame({"id": [2]}), parent, "truncate_insert", primary_key=["id"])
+    assert rows(conn, parent) == [(1,)]

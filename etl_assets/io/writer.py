@@ -226,6 +226,18 @@ def ensure_table(
     )
 
 
+def truncate(conn: psycopg.Connection, target: TableRef) -> None:
+    """``TRUNCATE`` (ACCESS EXCLUSIVE until commit); a table other tables reference gets a clear error."""
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+    except psycopg.errors.FeatureNotSupported as exc:
+        raise SchemaMismatch(
+            f"Cannot truncate {target}: {exc.diag.message_primary} ({exc.diag.message_detail or ''}). "
+            "Use write_mode 'upsert' for a table that foreign keys reference."
+        ) from exc
+
+
 def table_schema(conn: psycopg.Connection, target: TableRef) -> dg.TableSchema:
     """The table's columns as a Dagster ``TableSchema`` (for ``dagster/column_schema``)."""
     cols = catalog.columns(conn, target)
@@ -405,7 +417,7 @@ def write_frame(
                     result.deleted = conn.execute(
                         sql.SQL("SELECT count(*) FROM {}").format(target.ident)
                     ).fetchone()[0]
-                    conn.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+                    truncate(conn, target)
                 copy_frame(conn, df, target, targets=shape.types)
                 result.inserted = df.height
             if count_rows:

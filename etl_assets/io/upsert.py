@@ -4,9 +4,9 @@ Why this shape:
 
 * The frame is COPYed into a temporary staging table (``ON COMMIT DROP``; gone on rollback too)
   whose name is unique per run and partition, so concurrent runs never share staging rows.
-* ``ON CONFLICT`` cannot touch one row twice in a statement, so staging rows are deduplicated by key
-  first: the last row wins, ordered by the asset's ``order_by`` column (NULLs lose) and then by
-  position in the frame (an identity column filled in COPY order).
+* ``ON CONFLICT`` cannot touch one row twice in a statement, so the frame is deduplicated by key
+  first, in polars (hash-based, no sort of the staging table in PostgreSQL): the last row wins,
+  ordered by the asset's ``order_by`` column (NULLs lose) and then by position in the frame.
 * ``DO UPDATE ... WHERE (target row) IS DISTINCT FROM (new row)`` leaves unchanged rows untouched
   (no dead tuples, no trigger firing); ``RETURNING (xmax = 0)`` tells inserts from updates on every
   supported PostgreSQL version (``MERGE ... RETURNING`` needs 17).
@@ -54,6 +54,19 @@ def create_staging(
     return ident
 
 
+def deduplicate(frame: pl.DataFrame, keys: Sequence[str], order_by: str | None) -> pl.DataFrame:
+    """One row per key: the highest ``order_by`` wins (NULL loses), ties and no ``order_by``: the last.
+
+    Done in polars (hash-based, vectorised) so PostgreSQL gets rows ON CONFLICT can take in one
+    statement, without a sort of the staging table.
+    """
+    if frame.height < 2 or not frame.select(pl.struct(list(keys)).is_duplicated().any()).item():
+        return frame
+    if order_by is not None:
+        frame = frame.sort(order_by, nulls_last=False, maintain_order=True)
+    return frame.unique(subset=list(keys), keep="last", maintain_order=True)
+
+
 def require_unique_index(conn: psycopg.Connection, target: TableRef, keys: Sequence[str]) -> str:
     name = catalog.unique_index_on(conn, target, keys)
     if name is None:
@@ -80,15 +93,15 @@ def upsert_frame(
     """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped)."""
     require_unique_index(conn, target, keys)
     columns = list(frame.columns)
+    rows_in = frame.height
+    frame = deduplicate(frame, keys, order_by)
     label = getattr(partition, "label", None)
     name = staging_name(target, run_id, label)
-    stage = create_staging(conn, name, types, columns)
+    stage = create_staging(conn, name, types, columns, with_ordinal=False)
     # Temporary tables live in the session's own pg_temp schema, which that name addresses.
     copy_frame(conn, frame, TableRef("pg_temp", name), targets=types)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     key_cols = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
-    order = [sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(order_by))] if order_by else []
-    order.append(sql.SQL("{} DESC").format(sql.Identifier(ORDINAL)))
     non_keys = [c for c in columns if c not in keys]
     if non_keys:
         sets = sql.SQL(", ").join(
@@ -103,30 +116,20 @@ def upsert_frame(
         action = sql.SQL("DO NOTHING")
     stmt = sql.SQL(
         """
-        WITH src AS MATERIALIZED (
-            SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, {order}
-        ), ins AS (
-            INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM src
+        WITH ins AS (
+            INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage}
             ON CONFLICT ({keys}) {action}
             RETURNING (t.xmax = 0) AS inserted
         )
-        SELECT (SELECT count(*) FROM src),
-               count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
-        FROM ins
+        SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM ins
         """
-    ).format(
-        keys=key_cols,
-        cols=cols,
-        stage=stage,
-        order=sql.SQL(", ").join(order),
-        target=target.ident,
-        action=action,
-    )
+    ).format(keys=key_cols, cols=cols, stage=stage, target=target.ident, action=action)
     try:
-        distinct, inserted, updated = conn.execute(stmt).fetchone()
+        inserted, updated = conn.execute(stmt).fetchone()
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         from etl_assets.io.bulk import copy_error
 
         raise copy_error(exc, target) from exc
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
-    return inserted, updated, distinct - inserted - updated, frame.height - distinct
+    distinct = frame.height
+    return inserted, updated, distinct - inserted - updated, rows_in - distinct

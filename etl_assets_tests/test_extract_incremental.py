@@ -125,3 +125,18 @@ def test_high_water_mark_and_extract_use_the_index(dbs: dict[str, str]) -> None:
     for plan in plans:
         assert "Seq Scan" not in plan, plan
         assert "Index" in plan, plan
+
+
+def test_chunked_needs_a_unique_key_and_incremental_warns_without_cursor_index(dbs: dict[str, str]) -> None:
+    from etl_assets.errors import MissingObject
+
+    execute(dbs["source"], "DROP SCHEMA IF EXISTS nokey CASCADE; CREATE SCHEMA nokey;"
+            "CREATE TABLE nokey.t (id int, v text, updated_at timestamptz DEFAULT now());"
+            "INSERT INTO nokey.t (id, v) SELECT g % 5, 'x' FROM generate_series(1, 20) g")
+    with pytest.raises(MissingObject, match=r"unique index .* on exactly those columns"):
+        run(spec_of("tables:\n  - name: nokey.t\n    extract: chunked\n    primary_key: [id]\n"), dbs)
+    execute(dbs["source"], "CREATE TABLE nokey.u (id int PRIMARY KEY, updated_at timestamptz DEFAULT now());"
+            "INSERT INTO nokey.u (id) VALUES (1), (2)")
+    report = run(spec_of("tables:\n  - name: nokey.u\n    extract: incremental\n    primary_key: [id]\n"
+                         "    cursor: updated_at\n"), dbs)
+    assert any("No index on nokey.u starts with cursor column 'updated_at'" in w for w in report.warnings)

@@ -43,7 +43,7 @@ from .common import (
     snapshot,
     target_key,
 )
-from .source import describe, iter_keyset_chunks, key_tuple, prepare_session
+from .source import describe, iter_keyset_chunks, key_tuple, prepare_session, require_unique_key
 from .state import load_state, save_state, saver
 
 KIND = "chunked"
@@ -51,6 +51,9 @@ KIND = "chunked"
 
 def extract_chunked(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
                     ) -> ExtractReport:
+    with source(autocommit=True) as src:
+        describe(src, spec)
+        require_unique_key(src, spec)
     if spec.load in ("upsert", "insert"):
         return _commit_per_chunk(spec, source, warehouse, run_id)
     return _rebuild(spec, source, warehouse, run_id)

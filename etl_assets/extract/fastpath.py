@@ -38,7 +38,14 @@ from .common import (
     prepare_target,
     snapshot,
 )
-from .source import SourceTable, describe, prepare_session, select_list, typed_key_params
+from .source import (
+    SourceTable,
+    describe,
+    prepare_session,
+    require_unique_key,
+    select_list,
+    typed_key_params,
+)
 from .state import load_state, save_state
 
 
@@ -110,6 +117,7 @@ def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_i
         if spec.extract == "incremental":
             _incremental(spec, src, wh, table, binary, report, run_id)
         elif spec.extract == "chunked" and spec.load in ("upsert", "insert"):
+            require_unique_key(src, spec)
             _chunks(spec, src, wh, table, binary, report, run_id)
         else:
             _whole(spec, src, wh, table, binary, report, run_id)

@@ -33,7 +33,14 @@ from etl_assets.io.writer import write_frame
 from etl_assets.pipeline_config import TableSpec
 
 from .common import Connector, ExtractReport, migrated, note_schema_changes, prepare_target, snapshot
-from .source import SourceTable, copy_query_to_frame, describe, prepare_session, select_list
+from .source import (
+    SourceTable,
+    copy_query_to_frame,
+    cursor_index_warning,
+    describe,
+    prepare_session,
+    select_list,
+)
 from .state import load_state, saver
 
 KIND = "incremental"
@@ -155,6 +162,9 @@ def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str,
     seen = open_transactions(src)
     with snapshot(src):
         table = describe(src, spec)
+        missing_index = cursor_index_warning(src, spec)
+        if missing_index:
+            report.warnings.append(missing_index)
         ctype, base = cursor_base(table, spec)
         lower = previous.get("next_from")
         hwm, _, _ = extract_queries(table, spec, lower, None)

@@ -182,3 +182,38 @@ def iter_keyset_chunks(conn: psycopg.Connection, table: SourceTable, key: Sequen
         yield frame
         if frame.height < chunk_size:
             return
+
+
+_INDEXES = """
+SELECT x.indisunique AND x.indpred IS NULL AND x.indexprs IS NULL,
+       ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum ORDER BY k.n)
+  FROM pg_index x WHERE x.indrelid = to_regclass(%s) AND x.indisvalid
+"""
+
+
+def index_facts(conn: psycopg.Connection, table: TableRef) -> list[tuple[bool, list[str]]]:
+    """(unique and total, columns in order) of every valid index of the source table."""
+    return [(bool(u), list(cols)) for u, cols in conn.execute(_INDEXES, (table.regclass_text,)).fetchall()]
+
+
+def require_unique_key(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Keyset pagination needs the declared key to be unique in the source: with duplicates, rows
+    sharing the key of a chunk's last row would be skipped. It also needs an index to be cheap."""
+    wanted = sorted(spec.primary_key)
+    if any(unique and sorted(cols) == wanted for unique, cols in index_facts(conn, spec.source)):
+        return
+    raise MissingObject(
+        f"extract: chunked reads {spec.source} in order of primary_key ({', '.join(spec.primary_key)}), "
+        "which needs a unique index (or primary key) on exactly those columns in the source, and there "
+        "is none. Add it, or declare the columns that are the table's key."
+    )
+
+
+def cursor_index_warning(conn: psycopg.Connection, spec: TableSpec) -> str | None:
+    """A warning when no index starts with the cursor column (each run would scan the table)."""
+    if any(cols and cols[0] == spec.cursor for _, cols in index_facts(conn, spec.source)):
+        return None
+    return (f"No index on {spec.source} starts with cursor column {spec.cursor!r}: every incremental run "
+            "scans the whole table. Create one, e.g. CREATE INDEX ON <table> (<cursor>).")
+

@@ -25,9 +25,18 @@ REQUIRED = [
     ("load", "pandas to_sql (multi)", "pandas"),
     ("load", "polars write_database(sqlalchemy)", "polars"),
     ("load", "seed executemany upsert", "polars"),
-    *[("load", mode, kind) for kind in ("pandas", "polars") for mode in (
-        "insert", "upsert (into empty)", "upsert (all changed)", "upsert (half new, half changed)",
-        "truncate_insert", "swap")],
+    *[
+        ("load", mode, kind)
+        for kind in ("pandas", "polars")
+        for mode in (
+            "insert",
+            "upsert (into empty)",
+            "upsert (all changed)",
+            "upsert (half new, half changed)",
+            "truncate_insert",
+            "swap",
+        )
+    ],
     ("extract", "COPY TO STDOUT -> frame", "polars"),
     ("extract", "pandas read_sql", "pandas"),
     ("extract", "keyset chunks", "polars"),
@@ -48,24 +57,31 @@ def test_bench_quick_runs_and_verifies_every_contender(etl_env: dict[str, str], 
     out = tmp_path / "bench"
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("etl-assets")), "bench", "--quick", "--out", str(out)],
-        env=dict(os.environ), capture_output=True, text=True, timeout=600,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = json.loads((out / "bench.json").read_text())
     results = report["results"]
     problems = [
         f"{r['group']} {r['name']} [{r['frame']}]: {r['gap'] or r['error'] or 'not verified'} "
         f"{r['observed']} != {r['expected']}"
-        for r in results if not r["verified"]
+        for r in results
+        if not r["verified"]
     ]
     assert not problems, "\n".join(problems) + "\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     for group, prefix, frame in REQUIRED:
-        assert any(r["group"] == group and r["name"].startswith(prefix) and r["frame"] == frame
-                   for r in results), f"missing contender {group} {prefix} [{frame}]"
+        assert any(
+            r["group"] == group and r["name"].startswith(prefix) and r["frame"] == frame for r in results
+        ), f"missing contender {group} {prefix} [{frame}]"
     assert all(r["rows"] == 2_000 and r["seconds"] > 0 and r["peak_mb"] is not None for r in results)
     assert report["machine"]["cpus"] == os.cpu_count()
     assert {r["target"] for r in report["ratios"]} >= {
-        "upsert >= 0.5x ceiling", "upsert >= 5x pandas to_sql", "end to end faster than dlt, less memory",
+        "upsert >= 0.5x ceiling",
+        "upsert >= 5x pandas to_sql",
+        "end to end faster than dlt, less memory",
     }
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the command cleans up after itself
@@ -83,9 +99,10 @@ def test_checksums_catch_a_wrong_answer(warehouse_conn: psycopg.Connection, fres
     assert good.rows == 300
 
     # the same rows read back through COPY as text give the same frame digest as the frame itself
-    with warehouse_conn.cursor() as cur, cur.copy(
-        sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(table)
-    ) as copy:
+    with (
+        warehouse_conn.cursor() as cur,
+        cur.copy(sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(table)) as copy,
+    ):
         data = b"".join(bytes(block) for block in copy)
     import io
 

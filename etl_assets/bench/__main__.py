@@ -14,6 +14,7 @@ project not built yet) becomes a named gap in the report instead of an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etl_assets.bench.harness import Contender, Observed, Result, run_contender
+from etl_assets.bench.harness import Contender, Observed, Result, run_batch, run_contender
 
 DEFAULT_SIZES = (100_000, 1_000_000)
 LARGE_SIZE = 5_000_000
@@ -89,8 +90,10 @@ def prepare_data(plan: Plan, log=print) -> None:
 
     from etl_assets.bench.data import copy_frame_csv, frame_digest, make_frame, recreate_table, table_checksum
 
-    with psycopg.connect(plan.warehouse_dsn, autocommit=True) as wh, \
-            psycopg.connect(plan.source_dsn, autocommit=True) as src:
+    with (
+        psycopg.connect(plan.warehouse_dsn, autocommit=True) as wh,
+        psycopg.connect(plan.source_dsn, autocommit=True) as src,
+    ):
         for conn in (wh, src):
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plan.schema)))
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(plan.schema)))
@@ -158,10 +161,16 @@ def collect_contenders(plan: Plan) -> list[Contender]:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
-            found.append(Contender(
-                name=name.rsplit(".", 1)[-1], group="missing", rows=0, func="", role="ours",
-                gap=f"module {name} could not be imported: {exc}",
-            ))
+            found.append(
+                Contender(
+                    name=name.rsplit(".", 1)[-1],
+                    group="missing",
+                    rows=0,
+                    func="",
+                    role="ours",
+                    gap=f"module {name} could not be imported: {exc}",
+                )
+            )
             continue
         found.extend(module.contenders(plan))
     return found
@@ -170,8 +179,10 @@ def collect_contenders(plan: Plan) -> list[Contender]:
 def _pick(results: list[Result], **want: Any) -> list[Result]:
     out = []
     for r in results:
-        if all((r.tags.get(k) if k not in ("rows", "role", "frame", "group") else getattr(r, k)) == v
-               for k, v in want.items()):
+        if all(
+            (r.tags.get(k) if k not in ("rows", "role", "frame", "group") else getattr(r, k)) == v
+            for k, v in want.items()
+        ):
             out.append(r)
     return out
 
@@ -202,17 +213,41 @@ def compute_ratios(plan: Plan, results: list[Result]) -> list[Ratio]:
                 scen = r.tags.get("scenario")
                 label = f"upsert ({scen}) {kind} {n:,}"
                 if not r.verified or not r.seconds:
-                    ratios.append(Ratio("upsert >= 0.5x ceiling", label, None, ">= 0.5", None,
-                                        r.gap or r.error or "not verified"))
+                    ratios.append(
+                        Ratio(
+                            "upsert >= 0.5x ceiling",
+                            label,
+                            None,
+                            ">= 0.5",
+                            None,
+                            r.gap or r.error or "not verified",
+                        )
+                    )
                     continue
                 if ceiling:
                     v = ceiling.seconds / r.seconds
-                    ratios.append(Ratio("upsert >= 0.5x ceiling", label, round(v, 2), ">= 0.5", v >= 0.5,
-                                        f"ceiling = {ceiling.name} {ceiling.seconds:.2f} s"))
+                    ratios.append(
+                        Ratio(
+                            "upsert >= 0.5x ceiling",
+                            label,
+                            round(v, 2),
+                            ">= 0.5",
+                            v >= 0.5,
+                            f"ceiling = {ceiling.name} {ceiling.seconds:.2f} s",
+                        )
+                    )
                 if to_sql:
                     v = to_sql.seconds / r.seconds
-                    ratios.append(Ratio("upsert >= 5x pandas to_sql", label, round(v, 2), ">= 5", v >= 5,
-                                        f"to_sql {to_sql.seconds:.2f} s"))
+                    ratios.append(
+                        Ratio(
+                            "upsert >= 5x pandas to_sql",
+                            label,
+                            round(v, 2),
+                            ">= 5",
+                            v >= 5,
+                            f"to_sql {to_sql.seconds:.2f} s",
+                        )
+                    )
     # chunked extract memory: biggest size against 1,000,000 (or the two largest sizes measured)
     chunked = [r for r in _pick(results, group="extract", role="ours", op="chunked") if r.verified]
     sizes = sorted({r.rows for r in chunked})
@@ -224,22 +259,45 @@ def compute_ratios(plan: Plan, results: list[Result]) -> list[Ratio]:
             s = [r for r in chunked if r.rows == ref and r.name == name]
             if b and s and s[0].peak_mb:
                 v = b[0].peak_mb / max(s[0].peak_mb, 1.0)
-                ratios.append(Ratio(f"chunked extract peak memory {big:,} <= 1.2x {ref:,}", name, round(v, 2),
-                                    "<= 1.2", v <= 1.2, f"{b[0].peak_mb:.0f} MB vs {s[0].peak_mb:.0f} MB"))
+                ratios.append(
+                    Ratio(
+                        f"chunked extract peak memory {big:,} <= 1.2x {ref:,}",
+                        name,
+                        round(v, 2),
+                        "<= 1.2",
+                        v <= 1.2,
+                        f"{b[0].peak_mb:.0f} MB vs {s[0].peak_mb:.0f} MB",
+                    )
+                )
     # end to end against dlt
     for n in plan.sizes:
         dlt = _fastest(_pick(results, group="e2e", role="peer", rows=n))
         for r in _pick(results, group="e2e", role="ours", rows=n):
             if not (dlt and r.verified and r.seconds):
-                ratios.append(Ratio("end to end faster than dlt, less memory", f"{r.name} {n:,}", None,
-                                    "> 1 and less memory", None, r.gap or r.error or "no verified dlt run"))
+                ratios.append(
+                    Ratio(
+                        "end to end faster than dlt, less memory",
+                        f"{r.name} {n:,}",
+                        None,
+                        "> 1 and less memory",
+                        None,
+                        r.gap or r.error or "no verified dlt run",
+                    )
+                )
                 continue
             v = dlt.seconds / r.seconds
             less = (r.peak_mb or 0) < (dlt.peak_mb or 0)
-            ratios.append(Ratio("end to end faster than dlt, less memory", f"{r.name} {n:,}", round(v, 2),
-                                "> 1 and less memory", v > 1 and less,
-                                f"dlt {dlt.seconds:.2f} s {dlt.peak_mb:.0f} MB; ours {r.seconds:.2f} s "
-                                f"{r.peak_mb:.0f} MB"))
+            ratios.append(
+                Ratio(
+                    "end to end faster than dlt, less memory",
+                    f"{r.name} {n:,}",
+                    round(v, 2),
+                    "> 1 and less memory",
+                    v > 1 and less,
+                    f"dlt {dlt.seconds:.2f} s {dlt.peak_mb:.0f} MB; ours {r.seconds:.2f} s "
+                    f"{r.peak_mb:.0f} MB",
+                )
+            )
     # incremental: biggest table against the smallest
     inc = [r for r in _pick(results, group="incremental", role="ours") if r.verified and r.seconds]
     names = sorted({r.tags.get("variant", r.name) for r in inc})
@@ -247,8 +305,16 @@ def compute_ratios(plan: Plan, results: list[Result]) -> list[Ratio]:
         rs = sorted((r for r in inc if r.tags.get("variant", r.name) == variant), key=lambda r: r.rows)
         if len(rs) >= 2:
             v = rs[-1].seconds / rs[0].seconds
-            ratios.append(Ratio(f"incremental cost {rs[-1].rows:,} <= 1.5x {rs[0].rows:,}", variant, round(v, 2),
-                                "<= 1.5", v <= 1.5, f"{rs[-1].seconds:.3f} s vs {rs[0].seconds:.3f} s"))
+            ratios.append(
+                Ratio(
+                    f"incremental cost {rs[-1].rows:,} <= 1.5x {rs[0].rows:,}",
+                    variant,
+                    round(v, 2),
+                    "<= 1.5",
+                    v <= 1.5,
+                    f"{rs[-1].seconds:.3f} s vs {rs[0].seconds:.3f} s",
+                )
+            )
     return ratios
 
 
@@ -273,12 +339,15 @@ def machine() -> dict[str, Any]:
                 mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem_gib,
-                            "python": platform.python_version(), "platform": platform.platform()}
-    try:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(OSError):
         info["load_average_at_start"] = os.getloadavg()
-    except OSError:
-        pass
     return info
 
 
@@ -287,8 +356,10 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(results: list[Result]) -> str:
-    header = f"{'group':<12} {'contender':<44} {'frame':<7} {'rows':>10} {'seconds':>9} {'rows/s':>11} " \
-             f"{'peak MB':>8} {'runs':>4} verified"
+    header = (
+        f"{'group':<12} {'contender':<44} {'frame':<7} {'rows':>10} {'seconds':>9} {'rows/s':>11} "
+        f"{'peak MB':>8} {'runs':>4} verified"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         status = "yes" if r.verified else ("GAP" if r.gap else ("ERROR" if r.error else "NO"))
@@ -307,8 +378,9 @@ def format_ratios(ratios: list[Ratio]) -> str:
     lines = []
     for r in ratios:
         verdict = "met" if r.met else ("MISSED" if r.met is False else "n/a")
-        lines.append(f"{r.target:<44} {r.what:<36} {_fmt(r.value, '7.2f')} (goal {r.goal}) {verdict}"
-                     f"  {r.detail}")
+        lines.append(
+            f"{r.target:<44} {r.what:<36} {_fmt(r.value, '7.2f')} (goal {r.goal}) {verdict}  {r.detail}"
+        )
     return "\n".join(lines)
 
 
@@ -321,24 +393,34 @@ def draw_chart(results: list[Result], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    groups = [g for g in ("load", "extract", "e2e", "incremental")
-              if any(r.group == g and r.seconds for r in results)]
+    groups = [
+        g
+        for g in ("load", "extract", "e2e", "incremental")
+        if any(r.group == g and r.seconds for r in results)
+    ]
     if not groups:
         return False
     heights = [max(2.0, 0.28 * len([r for r in results if r.group == g and r.seconds]) + 1) for g in groups]
-    fig, axes = plt.subplots(len(groups), 2, figsize=(16, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(groups), 2, figsize=(16, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
     for row, group in enumerate(groups):
         rs = [r for r in results if r.group == group and r.seconds]
         labels = [f"{r.name} [{r.frame}] {r.rows:,}" + ("" if r.verified else " (UNVERIFIED)") for r in rs]
-        colors = ["tab:red" if not r.verified else {"ours": "tab:blue", "ceiling": "tab:green",
-                  "peer": "tab:purple"}.get(r.role, "tab:gray") for r in rs]
+        colors = [
+            "tab:red"
+            if not r.verified
+            else {"ours": "tab:blue", "ceiling": "tab:green", "peer": "tab:purple"}.get(r.role, "tab:gray")
+            for r in rs
+        ]
         y = range(len(rs))
         ax = axes[row][0]
         ax.barh(list(y), [r.rows_per_second or 0 for r in rs], color=colors)
         ax.set_yticks(list(y), labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set_title(f"{group}: rows per second (blue ours, green ceiling, gray baselines, purple peer)", fontsize=9)
+        ax.set_title(
+            f"{group}: rows per second (blue ours, green ceiling, gray baselines, purple peer)", fontsize=9
+        )
         ax.set_xscale("log")
         ax = axes[row][1]
         ax.barh(list(y), [r.peak_mb or 0 for r in rs], color=colors)
@@ -358,16 +440,34 @@ def draw_chart(results: list[Result], path: Path) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``etl-assets bench`` / ``python -m etl_assets.bench`` (one definition for both)."""
-    parser.add_argument("--rows", type=lambda s: int(s.replace(",", "").replace("_", "")), action="append",
-                        metavar="N", help="table size to measure (repeatable; default 100,000 and 1,000,000)")
+    parser.add_argument(
+        "--rows",
+        type=lambda s: int(s.replace(",", "").replace("_", "")),
+        action="append",
+        metavar="N",
+        help="table size to measure (repeatable; default 100,000 and 1,000,000)",
+    )
     parser.add_argument("--large", action="store_true", help=f"also measure {LARGE_SIZE:,} rows")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_SIZE:,} rows, one run per contender, no warm-up")
-    parser.add_argument("--repeat", type=int, default=3, help="measured runs per contender (median; default 3)")
-    parser.add_argument("--out", metavar="DIR", default="bench-results",
-                        help="folder for bench.json and bench.png (default ./bench-results)")
-    parser.add_argument("--only", metavar="TEXT", action="append",
-                        help="run only contenders whose group or name contains TEXT (repeatable)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK_SIZE:,} rows, one run per contender, no warm-up",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="measured runs per contender (median; default 3)"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default="bench-results",
+        help="folder for bench.json and bench.png (default ./bench-results)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        action="append",
+        help="run only contenders whose group or name contains TEXT (repeatable)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the etl_bench schemas afterwards")
 
 
@@ -376,11 +476,7 @@ def run(args: argparse.Namespace, log=print) -> int:
     from etl_assets.settings import ensure_environment
 
     env = ensure_environment(seed_demo=False)
-    sizes: tuple[int, ...]
-    if args.quick:
-        sizes = tuple(args.rows or (QUICK_SIZE,))
-    else:
-        sizes = tuple(args.rows or DEFAULT_SIZES)
+    sizes: tuple[int, ...] = tuple(args.rows or ((QUICK_SIZE,) if args.quick else DEFAULT_SIZES))
     if args.large and LARGE_SIZE not in sizes:
         sizes = (*sizes, LARGE_SIZE)
     sizes = tuple(sorted(set(sizes)))
@@ -388,27 +484,53 @@ def run(args: argparse.Namespace, log=print) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="etl-bench-data-") as tmp:
-        plan = Plan(sizes=sizes, repeat=max(1, args.repeat), quick=bool(args.quick), large=bool(args.large),
-                    workdir=Path(tmp), source_dsn=env.source_dsn, warehouse_dsn=env.warehouse_dsn)
+        plan = Plan(
+            sizes=sizes,
+            repeat=max(1, args.repeat),
+            quick=bool(args.quick),
+            large=bool(args.large),
+            workdir=Path(tmp),
+            source_dsn=env.source_dsn,
+            warehouse_dsn=env.warehouse_dsn,
+        )
         log(f"etl-assets bench: sizes {', '.join(f'{n:,}' for n in sizes)}; data in {tmp}")
         prepare_data(plan, log)
         contenders = collect_contenders(plan)
         if args.only:
-            contenders = [c for c in contenders
-                          if any(t in c.group or t in c.name for t in args.only)]
+            contenders = [c for c in contenders if any(t in c.group or t in c.name for t in args.only)]
         results: list[Result] = []
+
+        def report(r: Result) -> None:
+            results.append(r)
+            status = (
+                "verified"
+                if r.verified
+                else ("GAP " + (r.gap or "") if r.gap else "ERROR " + (r.error or "wrong result"))
+            )
+            log(
+                f"  [{len(results)}/{len(contenders)}] {r.group} {r.name} [{r.frame}] {r.rows:,}: "
+                f"{_fmt(r.seconds, '.2f')} s, {_fmt(r.rows_per_second, ',.0f')} rows/s, "
+                f"+{_fmt(r.peak_mb, '.0f')} MB, {status[:200]}"
+            )
+
+        where = {
+            "source_dsn": plan.source_dsn,
+            "warehouse_dsn": plan.warehouse_dsn,
+            "workdir": plan.workdir,
+            "schema": plan.schema,
+        }
         try:
-            for i, c in enumerate(contenders, 1):
-                if plan.quick:
+            if plan.quick:  # a smoke run verifies; one process per contender module is enough
+                batches: dict[str, list[Contender]] = {}
+                for c in contenders:
                     c.warmup, c.repeat = False, 1
-                r = run_contender(c, source_dsn=plan.source_dsn, warehouse_dsn=plan.warehouse_dsn,
-                                  workdir=plan.workdir, schema=plan.schema, separate_memory_run=not plan.quick)
-                results.append(r)
-                status = "verified" if r.verified else (
-                    "GAP " + (r.gap or "") if r.gap else "ERROR " + (r.error or "wrong result"))
-                log(f"  [{i}/{len(contenders)}] {r.group} {r.name} [{r.frame}] {r.rows:,}: "
-                    f"{_fmt(r.seconds, '.2f')} s, {_fmt(r.rows_per_second, ',.0f')} rows/s, "
-                    f"+{_fmt(r.peak_mb, '.0f')} MB, {status[:200]}")
+                    batches.setdefault(c.func.split(":")[0], []).append(c)
+                for batch in batches.values():
+                    for r in run_batch(batch, **where):
+                        report(r)
+            else:
+                for c in contenders:
+                    report(run_contender(c, **where))
         finally:
             if not args.keep:
                 drop_data(plan)

@@ -42,8 +42,9 @@ def _empty_target_case(ctx: BenchContext, run, note: str = "") -> Case:
         with psycopg.connect(ctx.warehouse_dsn, autocommit=True) as conn:
             recreate_table(conn, target)
 
-    return Case(run=run, prepare=prepare, check=lambda _: table_checksum_dsn(ctx.warehouse_dsn, target),
-                note=note)
+    return Case(
+        run=run, prepare=prepare, check=lambda _: table_checksum_dsn(ctx.warehouse_dsn, target), note=note
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +65,9 @@ def ceiling_adbc(ctx: BenchContext) -> Case:
         pl_frame = frame if kind == "polars" else pl.from_pandas(frame)
         pl_frame.write_database(name, uri, engine="adbc", if_table_exists="append")
 
-    return _empty_target_case(ctx, run, "ADBC ingest on its own connection (cannot join a psycopg transaction)")
+    return _empty_target_case(
+        ctx, run, "ADBC ingest on its own connection (cannot join a psycopg transaction)"
+    )
 
 
 def ceiling_copy_csv(ctx: BenchContext) -> Case:
@@ -113,12 +116,19 @@ def pandas_to_sql(ctx: BenchContext) -> Case:
 
     def run() -> None:
         frame.to_sql(
-            ctx.params["target"], engine, schema=ctx.schema, if_exists="append", index=False,
-            method=method, chunksize=MULTI_CHUNK if method == "multi" else None, dtype=_decimal_dtype(),
+            ctx.params["target"],
+            engine,
+            schema=ctx.schema,
+            if_exists="append",
+            index=False,
+            method=method,
+            chunksize=MULTI_CHUNK if method == "multi" else None,
+            dtype=_decimal_dtype(),
         )
 
     case = _empty_target_case(
-        ctx, run,
+        ctx,
+        run,
         f"method='multi' needs chunksize <= 65535/{len(COLUMNS)} parameters" if method == "multi" else "",
     )
     case.close = engine.dispose
@@ -134,8 +144,13 @@ def polars_write_sqlalchemy(ctx: BenchContext) -> Case:
     name = f"{ctx.schema}.{ctx.params['target']}"
 
     def run() -> None:
-        frame.write_database(name, engine, engine="sqlalchemy", if_table_exists="append",
-                             engine_options={"dtype": _decimal_dtype()})
+        frame.write_database(
+            name,
+            engine,
+            engine="sqlalchemy",
+            if_table_exists="append",
+            engine_options={"dtype": _decimal_dtype()},
+        )
 
     case = _empty_target_case(ctx, run)
     case.close = engine.dispose
@@ -157,7 +172,9 @@ def seed_executemany_upsert(ctx: BenchContext) -> Case:
         sql.SQL(", ").join(map(sql.Identifier, cols)),
         sql.SQL(", ").join(sql.Placeholder(c) for c in cols),
         sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c != "id"
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in cols
+            if c != "id"
         ),
     )
 
@@ -173,8 +190,12 @@ def seed_executemany_upsert(ctx: BenchContext) -> Case:
         with psycopg.connect(ctx.warehouse_dsn) as conn, conn.cursor() as cur:
             cur.executemany(stmt, records)
 
-    return Case(run=run, prepare=prepare, check=lambda _: table_checksum_dsn(ctx.warehouse_dsn, target),
-                note="psycopg 3 executemany (pipelined); half new, half changed")
+    return Case(
+        run=run,
+        prepare=prepare,
+        check=lambda _: table_checksum_dsn(ctx.warehouse_dsn, target),
+        note="psycopg 3 executemany (pipelined); half new, half changed",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,9 +216,10 @@ def copy_to_frame(ctx: BenchContext) -> Case:
         buf = io.BytesIO()
         with psycopg.connect(ctx.source_dsn) as conn:
             conn.execute("SET timezone = 'UTC'")
-            with conn.cursor() as cur, cur.copy(
-                sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(table)
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(table)) as copy,
+            ):
                 for block in copy:
                     buf.write(block)
         buf.seek(0)
@@ -278,8 +300,9 @@ def chunked_read(ctx: BenchContext) -> Case:
             conn.execute("SET timezone = 'UTC'")
             offset, after = 0, 0
             while True:
-                query = _chunk_query(table, chunk, after=None if by_offset else after,
-                                     offset=offset if by_offset else None)
+                query = _chunk_query(
+                    table, chunk, after=None if by_offset else after, offset=offset if by_offset else None
+                )
                 buf = io.BytesIO()
                 with conn.cursor() as cur, cur.copy(query) as copy:
                     for block in copy:
@@ -295,8 +318,9 @@ def chunked_read(ctx: BenchContext) -> Case:
                     break
         return digest.observed()
 
-    return Case(run=run, check=lambda observed: observed,
-                note=f"{chunk:,}-row chunks, each digested then dropped")
+    return Case(
+        run=run, check=lambda observed: observed, note=f"{chunk:,}-row chunks, each digested then dropped"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,73 +339,157 @@ def contenders(plan) -> list:
     smallest = min(plan.sizes)
     for n in plan.sizes:
         base = plan.table("base", n)
-        slow_gap = (f"not run above {SLOW_ABOVE:,} rows: about 30-50 s per million rows, repeated"
-                    if n > SLOW_ABOVE else None)
+        slow_gap = (
+            f"not run above {SLOW_ABOVE:,} rows: about 30-50 s per million rows, repeated"
+            if n > SLOW_ABOVE
+            else None
+        )
         for kind in ("pandas", "polars"):
-            out.append(Contender(
-                name="polars write_database(adbc)" if kind == "polars" else "ADBC ingest (from pandas)",
-                group="load", rows=n, func=f"{mod}:ceiling_adbc", frame=kind, role="ceiling",
-                params={"dataset": f"base_{n}", "frame": kind, "target": f"ceil_adbc_{kind}_{n}"},
-                expected=base, repeat=plan.repeat, tags={"op": "ceiling", "route": "adbc"},
-            ))
-            out.append(Contender(
-                name="COPY csv stream", group="load", rows=n, func=f"{mod}:ceiling_copy_csv", frame=kind,
-                role="ceiling", params={"dataset": f"base_{n}", "frame": kind, "target": f"ceil_csv_{kind}_{n}"},
-                expected=base, repeat=plan.repeat, tags={"op": "ceiling", "route": "copy_csv"},
-            ))
+            out.append(
+                Contender(
+                    name="polars write_database(adbc)" if kind == "polars" else "ADBC ingest (from pandas)",
+                    group="load",
+                    rows=n,
+                    func=f"{mod}:ceiling_adbc",
+                    frame=kind,
+                    role="ceiling",
+                    params={"dataset": f"base_{n}", "frame": kind, "target": f"ceil_adbc_{kind}_{n}"},
+                    expected=base,
+                    repeat=plan.repeat,
+                    tags={"op": "ceiling", "route": "adbc"},
+                )
+            )
+            out.append(
+                Contender(
+                    name="COPY csv stream",
+                    group="load",
+                    rows=n,
+                    func=f"{mod}:ceiling_copy_csv",
+                    frame=kind,
+                    role="ceiling",
+                    params={"dataset": f"base_{n}", "frame": kind, "target": f"ceil_csv_{kind}_{n}"},
+                    expected=base,
+                    repeat=plan.repeat,
+                    tags={"op": "ceiling", "route": "copy_csv"},
+                )
+            )
         for method in (None, "multi"):
             label = "default" if method is None else method
             gap = slow_gap
             if method == "multi" and n > 100_000:
-                gap = ("method='multi' is measured at 100,000 rows only: it took about 55 s per 100,000 "
-                       "rows here (one 7,000-row statement at a time), so about 9 minutes per run at this size")
-            out.append(Contender(
-                name=f"pandas to_sql ({label})", group="load", rows=n, func=f"{mod}:pandas_to_sql",
-                frame="pandas", role="baseline",
-                params={"dataset": f"base_{n}", "method": method, "target": f"to_sql_{label}_{n}"},
-                expected=base, gap=gap, tags={"op": "to_sql", "method": label},
-                **plan.slow(n, seconds_per_million=60 if method is None else 550),
-            ))
-        out.append(Contender(
-            name="polars write_database(sqlalchemy)", group="load", rows=n, func=f"{mod}:polars_write_sqlalchemy",
-            frame="polars", role="baseline", params={"dataset": f"base_{n}", "target": f"pl_sqla_{n}"},
-            expected=base, gap=slow_gap, tags={"op": "write_database_sqlalchemy"},
-            **plan.slow(n, seconds_per_million=95),
-        ))
+                gap = (
+                    "method='multi' is measured at 100,000 rows only: it took about 55 s per 100,000 "
+                    "rows here (one 7,000-row statement at a time), so about 9 minutes per run at this size"
+                )
+            out.append(
+                Contender(
+                    name=f"pandas to_sql ({label})",
+                    group="load",
+                    rows=n,
+                    func=f"{mod}:pandas_to_sql",
+                    frame="pandas",
+                    role="baseline",
+                    params={"dataset": f"base_{n}", "method": method, "target": f"to_sql_{label}_{n}"},
+                    expected=base,
+                    gap=gap,
+                    tags={"op": "to_sql", "method": label},
+                    **plan.slow(n, seconds_per_million=60 if method is None else 550),
+                )
+            )
+        out.append(
+            Contender(
+                name="polars write_database(sqlalchemy)",
+                group="load",
+                rows=n,
+                func=f"{mod}:polars_write_sqlalchemy",
+                frame="polars",
+                role="baseline",
+                params={"dataset": f"base_{n}", "target": f"pl_sqla_{n}"},
+                expected=base,
+                gap=slow_gap,
+                tags={"op": "write_database_sqlalchemy"},
+                **plan.slow(n, seconds_per_million=95),
+            )
+        )
         if n == smallest and (n <= 100_000 or plan.quick):
-            out.append(Contender(
-                name="seed executemany upsert (half)", group="load", rows=n,
-                func=f"{mod}:seed_executemany_upsert", frame="polars", role="baseline",
-                params={"dataset": f"half_{n}", "before": f"base_{n}", "target": f"seed_upsert_{n}"},
-                expected=plan.table("halfres", n), repeat=plan.repeat,
-                tags={"op": "executemany_upsert", "scenario": "half"},
-            ))
+            out.append(
+                Contender(
+                    name="seed executemany upsert (half)",
+                    group="load",
+                    rows=n,
+                    func=f"{mod}:seed_executemany_upsert",
+                    frame="polars",
+                    role="baseline",
+                    params={"dataset": f"half_{n}", "before": f"base_{n}", "target": f"seed_upsert_{n}"},
+                    expected=plan.table("halfres", n),
+                    repeat=plan.repeat,
+                    tags={"op": "executemany_upsert", "scenario": "half"},
+                )
+            )
         frame_base = plan.frame("base", n)
         src = f"src_{n}"
         for kind in ("polars", "pandas"):
-            out.append(Contender(
-                name="COPY TO STDOUT -> frame", group="extract", rows=n, func=f"{mod}:copy_to_frame",
-                frame=kind, role="ceiling", params={"source": src, "frame": kind},
-                expected=frame_base, repeat=plan.repeat, tags={"op": "ceiling", "route": "copy_csv"},
-            ))
-        out.append(Contender(
-            name="ADBC read_database_uri", group="extract", rows=n, func=f"{mod}:adbc_read", frame="polars",
-            role="ceiling", params={"source": src, "frame": "polars"}, expected=frame_base, repeat=plan.repeat,
-            tags={"op": "ceiling", "route": "adbc"},
-        ))
-        out.append(Contender(
-            name="pandas read_sql", group="extract", rows=n, func=f"{mod}:pandas_read_sql", frame="pandas",
-            role="baseline", params={"source": src}, expected=frame_base,
-            tags={"op": "read_sql"}, **plan.slow(n, seconds_per_million=25),
-        ))
+            out.append(
+                Contender(
+                    name="COPY TO STDOUT -> frame",
+                    group="extract",
+                    rows=n,
+                    func=f"{mod}:copy_to_frame",
+                    frame=kind,
+                    role="ceiling",
+                    params={"source": src, "frame": kind},
+                    expected=frame_base,
+                    repeat=plan.repeat,
+                    tags={"op": "ceiling", "route": "copy_csv"},
+                )
+            )
+        out.append(
+            Contender(
+                name="ADBC read_database_uri",
+                group="extract",
+                rows=n,
+                func=f"{mod}:adbc_read",
+                frame="polars",
+                role="ceiling",
+                params={"source": src, "frame": "polars"},
+                expected=frame_base,
+                repeat=plan.repeat,
+                tags={"op": "ceiling", "route": "adbc"},
+            )
+        )
+        out.append(
+            Contender(
+                name="pandas read_sql",
+                group="extract",
+                rows=n,
+                func=f"{mod}:pandas_read_sql",
+                frame="pandas",
+                role="baseline",
+                params={"source": src},
+                expected=frame_base,
+                tags={"op": "read_sql"},
+                **plan.slow(n, seconds_per_million=25),
+            )
+        )
         chunk = 500 if plan.quick else 50_000
         for paging in ("keyset", "offset"):
-            out.append(Contender(
-                name=f"{paging} chunks of {chunk:,}", group="extract", rows=n, func=f"{mod}:chunked_read",
-                frame="polars", role="baseline", params={"source": src, "paging": paging, "chunk": chunk},
-                expected=frame_base, repeat=plan.repeat,
-                gap=("OFFSET is quadratic: not run above 1,000,000 rows" if paging == "offset" and n > 1_000_000
-                     else None),
-                tags={"op": "chunked_baseline", "paging": paging},
-            ))
+            out.append(
+                Contender(
+                    name=f"{paging} chunks of {chunk:,}",
+                    group="extract",
+                    rows=n,
+                    func=f"{mod}:chunked_read",
+                    frame="polars",
+                    role="baseline",
+                    params={"source": src, "paging": paging, "chunk": chunk},
+                    expected=frame_base,
+                    repeat=plan.repeat,
+                    gap=(
+                        "OFFSET is quadratic: not run above 1,000,000 rows"
+                        if paging == "offset" and n > 1_000_000
+                        else None
+                    ),
+                    tags={"op": "chunked_baseline", "paging": paging},
+                )
+            )
     return out

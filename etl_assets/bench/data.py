@@ -29,7 +29,15 @@ from psycopg import sql
 from etl_assets.bench.harness import Observed
 
 COLUMNS: tuple[str, ...] = (
-    "id", "customer_id", "amount", "score", "status", "note", "is_active", "created_at", "updated_at",
+    "id",
+    "customer_id",
+    "amount",
+    "score",
+    "status",
+    "note",
+    "is_active",
+    "created_at",
+    "updated_at",
 )
 PRIMARY_KEY = ("id",)
 _COLUMN_TYPES = {
@@ -62,10 +70,10 @@ def make_frame(start: int, stop: int, variant: int = 0) -> pl.DataFrame:
         .otherwise(pl.format("note {} v{}", pl.col("id") % 1000, pl.lit(v)))
         .alias("note"),
         ((pl.col("id") + v) % 3 != 0).alias("is_active"),
-        (pl.lit(_EPOCH_US) + pl.col("id") * 1_000_000)
-        .cast(pl.Datetime("us", "UTC")).alias("created_at"),
+        (pl.lit(_EPOCH_US) + pl.col("id") * 1_000_000).cast(pl.Datetime("us", "UTC")).alias("created_at"),
         (pl.lit(_EPOCH_US) + pl.col("id") * 1_000_000 + v * 86_400_000_000 + (pl.col("id") % 86_400) * 1000)
-        .cast(pl.Datetime("us", "UTC")).alias("updated_at"),
+        .cast(pl.Datetime("us", "UTC"))
+        .alias("updated_at"),
     )
 
 
@@ -84,8 +92,9 @@ def recreate_table(conn: psycopg.Connection, table: sql.Composable, *, primary_k
     conn.execute(ddl(table, primary_key=primary_key))
 
 
-def copy_frame_csv(conn: psycopg.Connection, table: sql.Composable, frame: pl.DataFrame,
-                   *, piece_rows: int = 200_000) -> None:
+def copy_frame_csv(
+    conn: psycopg.Connection, table: sql.Composable, frame: pl.DataFrame, *, piece_rows: int = 200_000
+) -> None:
     """COPY a polars frame into ``table`` as CSV in pieces (the harness's own loader, not a contender)."""
     cols = sql.SQL(", ").join(map(sql.Identifier, frame.columns))
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, cols)
@@ -98,7 +107,9 @@ def copy_frame_csv(conn: psycopg.Connection, table: sql.Composable, frame: pl.Da
 
 def _canonical_sql(table: sql.Composable) -> sql.Composed:
     def col(name: str) -> sql.Composable:
-        cast = sql.SQL("COALESCE(({}::{})::text, '\\N')").format(sql.Identifier(name), sql.SQL(_COLUMN_TYPES[name]))
+        cast = sql.SQL("COALESCE(({}::{})::text, '\\N')").format(
+            sql.Identifier(name), sql.SQL(_COLUMN_TYPES[name])
+        )
         return cast
 
     row_text = sql.SQL("concat_ws('|', {})").format(sql.SQL(", ").join(col(c) for c in COLUMNS))

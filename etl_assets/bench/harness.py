@@ -195,8 +195,13 @@ MEMORY_ENV = {
 }
 
 
-def _measure_once(case: Case, expected: Observed | None) -> tuple[float, float, float, bool, Observed, Observed | None]:
-    """prepare, then one run: (seconds, peak MiB above baseline, baseline MiB, peak reset?, observed, wanted)."""
+def _measure_once(
+    case: Case, expected: Observed | None
+) -> tuple[float, float, float, bool, Observed, Observed | None]:
+    """prepare, then one run.
+
+    Returns (seconds, peak MiB above baseline, baseline MiB, peak reset?, observed, wanted).
+    """
     import gc
 
     case.prepare()
@@ -216,17 +221,38 @@ def _measure_once(case: Case, expected: Observed | None) -> tuple[float, float, 
 
 
 def _child(spec_path: str, result_path: str) -> int:
-    """Run one contender inside this (fresh) process and write its :class:`Result` as JSON.
+    """Run the contender(s) of ``spec_path`` in this process and write the result(s) as JSON.
 
-    ``mode`` "time": warm-up, then ``repeat`` timed runs. "memory": warm-up, then one run whose peak
-    RSS above the baseline is the contender's memory. "both" (smoke runs): a single run for both.
-    Every run, warm-up included, is verified.
+    One spec (a dict) is the real measurement: a fresh process per contender. A list of specs is a
+    smoke run's batch: one process verifies several contenders in turn (each still with its own
+    peak-RSS reset), because starting ~40 interpreters costs more than the 2,000-row runs.
     """
-    spec = json.loads(Path(spec_path).read_text())
+    specs = json.loads(Path(spec_path).read_text())
+    if isinstance(specs, list):
+        out = []
+        for spec in specs:
+            out.append(_run_spec(spec))
+            Path(result_path).write_text(json.dumps(out))  # what finished survives a crash of the next
+        return 0
+    Path(result_path).write_text(json.dumps(_run_spec(specs)))
+    return 0
+
+
+def _run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one contender in this process.
+
+    ``mode`` "time": warm-up, then ``repeat`` timed runs. "memory": one run (after a warm-up only for
+    contenders that ask for one) whose peak RSS above the baseline is the contender's memory.
+    "both" (smoke runs): a single run for both. Every run, warm-up included, is verified.
+    """
     expected = Observed(**spec["expected"]) if spec.get("expected") else None
     mode = spec.get("mode", "both")
     result = Result(
-        name=spec["name"], group=spec["group"], role=spec["role"], frame=spec["frame"], rows=spec["rows"],
+        name=spec["name"],
+        group=spec["group"],
+        role=spec["role"],
+        frame=spec["frame"],
+        rows=spec["rows"],
         expected=asdict(expected) if expected else None,
     )
     case: Case | None = None
@@ -234,8 +260,12 @@ def _child(spec_path: str, result_path: str) -> int:
         module_name, func_name = spec["func"].split(":")
         factory = getattr(importlib.import_module(module_name), func_name)
         ctx = BenchContext(
-            rows=spec["rows"], params=spec["params"], source_dsn=spec["source_dsn"],
-            warehouse_dsn=spec["warehouse_dsn"], workdir=Path(spec["workdir"]), schema=spec["schema"],
+            rows=spec["rows"],
+            params=spec["params"],
+            source_dsn=spec["source_dsn"],
+            warehouse_dsn=spec["warehouse_dsn"],
+            workdir=Path(spec["workdir"]),
+            schema=spec["schema"],
         )
         case = factory(ctx)
         result.note = case.note
@@ -275,11 +305,12 @@ def _child(spec_path: str, result_path: str) -> int:
                 case.close()
             except Exception as exc:
                 result.note += f"\nclose failed: {exc}"
-    Path(result_path).write_text(json.dumps(result.as_dict()))
-    return 0
+    return result.as_dict()
 
 
-def _spawn(spec: dict[str, Any], env: dict[str, str], timeout: float) -> tuple[dict[str, Any] | None, str, float]:
+def _spawn(
+    spec: dict[str, Any], env: dict[str, str], timeout: float
+) -> tuple[dict[str, Any] | None, str, float]:
     """Run one child; (its result dict or None, an explanation when None, wall seconds)."""
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
         spec_path = Path(tmp) / "spec.json"
@@ -289,22 +320,121 @@ def _spawn(spec: dict[str, Any], env: dict[str, str], timeout: float) -> tuple[d
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "etl_assets.bench.harness", str(spec_path), str(result_path)],
-                env=env, capture_output=True, text=True, timeout=timeout,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s", time.perf_counter() - start
         wall = time.perf_counter() - start
         if not result_path.exists():
-            return None, (f"the contender's process exited with {proc.returncode} and no result: "
-                          f"{(proc.stderr or '')[-2000:]}"), wall
+            return (
+                None,
+                (
+                    f"the contender's process exited with {proc.returncode} and no result: "
+                    f"{(proc.stderr or '')[-2000:]}"
+                ),
+                wall,
+            )
         data = json.loads(result_path.read_text())
         if data.get("error") and proc.stderr:
             data["note"] = (data.get("note", "") + "\nstderr: " + proc.stderr[-1500:]).strip()
         return data, "", wall
 
 
+def _spec(
+    contender: Contender, source_dsn: str, warehouse_dsn: str, workdir: Path, schema: str, mode: str
+) -> dict[str, Any]:
+    return {
+        "name": contender.name,
+        "group": contender.group,
+        "role": contender.role,
+        "frame": contender.frame,
+        "rows": contender.rows,
+        "func": contender.func,
+        "params": contender.params,
+        "repeat": contender.repeat,
+        "warmup": contender.warmup,
+        "memory_warmup": contender.memory_warmup,
+        "expected": asdict(contender.expected) if contender.expected else None,
+        "source_dsn": source_dsn,
+        "warehouse_dsn": warehouse_dsn,
+        "workdir": str(workdir),
+        "schema": schema,
+        "mode": mode,
+    }
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # A contender's own progress output (dlt, SQLAlchemy warnings) must not interleave with ours.
+    env.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
+    return env
+
+
+def _gap_result(contender: Contender) -> Result:
+    return Result(
+        name=contender.name,
+        group=contender.group,
+        role=contender.role,
+        frame=contender.frame,
+        rows=contender.rows,
+        expected=asdict(contender.expected) if contender.expected else None,
+        tags=dict(contender.tags),
+        gap=contender.gap,
+    )
+
+
+def run_batch(
+    contenders: list[Contender], *, source_dsn: str, warehouse_dsn: str, workdir: Path, schema: str
+) -> list[Result]:
+    """Smoke runs only: verify several contenders in ONE fresh process, one run each (mode "both")."""
+    runnable = [c for c in contenders if not c.gap]
+    specs = [_spec(c, source_dsn, warehouse_dsn, workdir, schema, "both") for c in runnable]
+    done: list[dict[str, Any]] = []
+    why = ""
+    if specs:
+        with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+            spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+            spec_path.write_text(json.dumps(specs))
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "etl_assets.bench.harness", str(spec_path), str(result_path)],
+                    env=_child_env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=sum(c.timeout for c in runnable),
+                )
+                why = f"the batch process exited with {proc.returncode}: {(proc.stderr or '')[-1500:]}"
+            except subprocess.TimeoutExpired:
+                why = "the batch process timed out"
+            if result_path.exists():
+                done = json.loads(result_path.read_text())
+    results: list[Result] = []
+    by_spec = iter(done)
+    for c in contenders:
+        if c.gap:
+            results.append(_gap_result(c))
+            continue
+        data = next(by_spec, None)
+        if data is None:
+            r = _gap_result(c)
+            r.gap, r.error = None, why or "no result"
+        else:
+            r = Result(**data)
+            r.tags = dict(c.tags)
+        results.append(r)
+    return results
+
+
 def run_contender(
-    contender: Contender, *, source_dsn: str, warehouse_dsn: str, workdir: Path, schema: str,
+    contender: Contender,
+    *,
+    source_dsn: str,
+    warehouse_dsn: str,
+    workdir: Path,
+    schema: str,
     separate_memory_run: bool = True,
 ) -> Result:
     """Run ``contender`` in fresh Python processes and return its result (never raises).
@@ -314,25 +444,13 @@ def run_contender(
     which is right for measuring and wrong for timing. Without it (smoke runs) one process and one
     run give both figures.
     """
-    base = Result(
-        name=contender.name, group=contender.group, role=contender.role, frame=contender.frame,
-        rows=contender.rows, expected=asdict(contender.expected) if contender.expected else None,
-        tags=dict(contender.tags),
-    )
+    base = _gap_result(contender)
     if contender.gap:
-        base.gap = contender.gap
         return base
-    spec = {
-        "name": contender.name, "group": contender.group, "role": contender.role, "frame": contender.frame,
-        "rows": contender.rows, "func": contender.func, "params": contender.params,
-        "repeat": contender.repeat, "warmup": contender.warmup, "memory_warmup": contender.memory_warmup,
-        "expected": asdict(contender.expected) if contender.expected else None,
-        "source_dsn": source_dsn, "warehouse_dsn": warehouse_dsn, "workdir": str(workdir), "schema": schema,
-        "mode": "time" if separate_memory_run else "both",
-    }
-    env = dict(os.environ)
-    # A contender's own progress output (dlt, SQLAlchemy warnings) must not interleave with ours.
-    env.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
+    spec = _spec(
+        contender, source_dsn, warehouse_dsn, workdir, schema, "time" if separate_memory_run else "both"
+    )
+    env = _child_env()
     data, why, wall = _spawn(spec, env, contender.timeout)
     if data is None:
         base.error = why

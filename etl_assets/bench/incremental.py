@@ -46,8 +46,12 @@ def incremental_pickup(ctx: BenchContext) -> Case:
 
     def spec(fast_path: bool) -> TableSpec:
         return TableSpec(
-            source=TableRef(ctx.schema, src_name), extract="incremental", load="upsert",
-            target=TableRef(ctx.schema, tgt_name), primary_key=("id",), cursor="updated_at",
+            source=TableRef(ctx.schema, src_name),
+            extract="incremental",
+            load="upsert",
+            target=TableRef(ctx.schema, tgt_name),
+            primary_key=("id",),
+            cursor="updated_at",
             fast_path=fast_path,
         )
 
@@ -55,10 +59,16 @@ def incremental_pickup(ctx: BenchContext) -> Case:
     warehouse = functools.partial(connect, ctx.warehouse_dsn)
     with psycopg.connect(ctx.source_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(src_ident))
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-            src_ident, sql.Identifier(ctx.schema, ctx.params["source"])))
-        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
-            src_ident, sql.Identifier(ctx.schema, ctx.params["source"])))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                src_ident, sql.Identifier(ctx.schema, ctx.params["source"])
+            )
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
+                src_ident, sql.Identifier(ctx.schema, ctx.params["source"])
+            )
+        )
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(src_ident))
     with psycopg.connect(ctx.warehouse_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tgt_ident))
@@ -73,12 +83,13 @@ def incremental_pickup(ctx: BenchContext) -> Case:
     def prepare() -> None:
         with psycopg.connect(ctx.source_dsn, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("UPDATE {} SET score = score + 1, updated_at = clock_timestamp() "
-                        "WHERE id % {} = 0 AND id <= {}").format(
-                    src_ident, sql.Literal(step), sql.Literal(step * changed)),
+                sql.SQL(
+                    "UPDATE {} SET score = score + 1, updated_at = clock_timestamp() "
+                    "WHERE id % {} = 0 AND id <= {}"
+                ).format(src_ident, sql.Literal(step), sql.Literal(step * changed)),
             )
 
-    def run():  # noqa: ANN202
+    def run():
         return run_extract(measured, source, warehouse)
 
     def close() -> None:
@@ -88,28 +99,39 @@ def incremental_pickup(ctx: BenchContext) -> Case:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tgt_ident))
 
     return Case(
-        run=run, prepare=prepare, close=close,
+        run=run,
+        prepare=prepare,
+        close=close,
         check=lambda _: table_checksum_dsn(ctx.warehouse_dsn, tgt_ident),
         expect=lambda: table_checksum_dsn(ctx.source_dsn, src_ident),
         note=f"{changed:,} rows changed before each run; extract=incremental load=upsert"
-             + (" fast_path" if fast else ""),
+        + (" fast_path" if fast else ""),
     )
 
 
-def contenders(plan) -> list[Contender]:  # noqa: ANN001 - etl_assets.bench.__main__.Plan
+def contenders(plan) -> list[Contender]:
     have = importlib.util.find_spec("etl_assets.extract.runner") is not None
     out = []
     for n in plan.sizes:
         changed = min(CHANGED_ROWS, max(1, n // 10))
         for fast in (False, True):
             variant = f"incremental {changed:,} changed rows, " + ("fast path" if fast else "frame path")
-            out.append(Contender(
-                name=variant, group="incremental", rows=n, func=f"{__name__}:incremental_pickup",
-                frame="-", role="ours",
-                params={"source": f"src_{n}", "changed": changed, "fast_path": fast},
-                repeat=max(plan.repeat, 5) if not plan.quick else 1,
-                gap=None if have else "etl_assets.extract is not built yet",
-                tags={"op": "incremental", "variant": "fast path" if fast else "frame path",
-                      "changed": changed},
-            ))
+            out.append(
+                Contender(
+                    name=variant,
+                    group="incremental",
+                    rows=n,
+                    func=f"{__name__}:incremental_pickup",
+                    frame="-",
+                    role="ours",
+                    params={"source": f"src_{n}", "changed": changed, "fast_path": fast},
+                    repeat=max(plan.repeat, 5) if not plan.quick else 1,
+                    gap=None if have else "etl_assets.extract is not built yet",
+                    tags={
+                        "op": "incremental",
+                        "variant": "fast path" if fast else "frame path",
+                        "changed": changed,
+                    },
+                )
+            )
     return out

@@ -61,7 +61,9 @@ def dlt_sql_to_postgres(ctx: BenchContext) -> Case:
         shutil.rmtree(pipelines_dir, ignore_errors=True)
         with psycopg.connect(ctx.warehouse_dsn, autocommit=True) as conn:
             for suffix in ("", "_staging"):
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(dataset + suffix)))
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(dataset + suffix))
+                )
 
     def run() -> None:
         pipeline = dlt.pipeline(
@@ -71,8 +73,11 @@ def dlt_sql_to_postgres(ctx: BenchContext) -> Case:
             pipelines_dir=str(pipelines_dir),
         )
         source = sql_database(
-            credentials=source_url, schema=ctx.schema, table_names=[table],
-            backend="pyarrow", chunk_size=50_000,
+            credentials=source_url,
+            schema=ctx.schema,
+            table_names=[table],
+            backend="pyarrow",
+            chunk_size=50_000,
         )
         info = pipeline.run(source, write_disposition="replace", loader_file_format="csv")
         info.raise_on_failed_jobs()
@@ -81,9 +86,12 @@ def dlt_sql_to_postgres(ctx: BenchContext) -> Case:
         return table_checksum_dsn(ctx.warehouse_dsn, sql.Identifier(dataset, table))
 
     return Case(
-        run=run, prepare=prepare, check=check, close=prepare,
-        note="dlt sql_database(backend=pyarrow, chunk_size=50,000) -> postgres(loader_file_format=csv, COPY), "
-             "write_disposition=replace",
+        run=run,
+        prepare=prepare,
+        check=check,
+        close=prepare,
+        note="dlt sql_database(backend=pyarrow, chunk_size=50,000) -> "
+        "postgres(loader_file_format=csv, COPY), write_disposition=replace",
     )
 
 
@@ -91,12 +99,20 @@ def contenders(plan) -> list[Contender]:
     available = importlib.util.find_spec("dlt") is not None
     out = []
     for n in plan.sizes:
-        out.append(Contender(
-            name="dlt sql_database -> postgres", group="e2e", rows=n,
-            func=f"{__name__}:dlt_sql_to_postgres", frame="-", role="peer",
-            params={"source": f"src_{n}"}, expected=plan.table("base", n),
-            memory_warmup=True, **plan.slow(n, seconds_per_million=15),
-            gap=None if available else "dlt is not installed: pip install -e '.[bench]'",
-            tags={"op": "e2e", "tool": "dlt"},
-        ))
+        out.append(
+            Contender(
+                name="dlt sql_database -> postgres",
+                group="e2e",
+                rows=n,
+                func=f"{__name__}:dlt_sql_to_postgres",
+                frame="-",
+                role="peer",
+                params={"source": f"src_{n}"},
+                expected=plan.table("base", n),
+                memory_warmup=True,
+                **plan.slow(n, seconds_per_million=15),
+                gap=None if available else "dlt is not installed: pip install -e '.[bench]'",
+                tags={"op": "e2e", "tool": "dlt"},
+            )
+        )
     return out

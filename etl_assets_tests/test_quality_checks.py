@@ -170,3 +170,35 @@ def test_broken_rule_fails_with_reason_and_others_still_report(
         assert "no_such_column" in got["broken"].metadata["error"].value
         assert got["fine"].passed is True
         assert result.success
+
+
+def test_rules_for_uses_the_assets_target_table(fresh_schema, warehouse_dsn, warehouse, etl_env) -> None:
+    """Python rules on an asset whose IO-manager ``target`` differs from its key run on the target."""
+    from etl_assets.quality.checks import rules_for
+    from etl_assets.quality.defs import apply_quality
+
+    key = dg.AssetKey(["qa_target", fresh_schema])
+
+    @dg.asset(key=key, metadata={"target": f"{fresh_schema}.real_table"})
+    def stored() -> dg.MaterializeResult:
+        with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(fresh_schema, "real_table"))
+            )
+            conn.execute(
+                sql.SQL("INSERT INTO {} VALUES (1), (NULL)").format(
+                    sql.Identifier(fresh_schema, "real_table")
+                )
+            )
+        return dg.MaterializeResult()
+
+    rules_for(key, [Rule(name="ids_present", kind="not_null", columns=["id"], severity="warning")])
+    defs = apply_quality(dg.Definitions(assets=[stored]))
+    checks = [c for c in defs.asset_checks if any(k.name == "ids_present" for k in c.check_keys)]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*defs.assets, *checks], resources={"warehouse": warehouse}, instance=instance
+        )
+        got = evaluations(result)["ids_present"]
+    assert got.metadata["table"].value == f"{fresh_schema}.real_table"
+    assert (got.passed, got.metadata["failing_rows"].value) == (False, 1)

@@ -64,10 +64,9 @@ def test_demo_run_shows_rule_outcomes_profiles_and_metrics(
         assert meta["profile/id/null_count"].value == 0
         assert "profile/email/distinct_count" in meta and "@" not in meta["profile"].value
         # one run-metrics row per materialized asset, written during the run
-        [run_id] = summary.run_ids
         got = dict(
             warehouse_conn.execute(
-                "SELECT asset, status FROM etl.run_metrics WHERE run_id = %s", (run_id,)
+                "SELECT asset, status FROM etl.run_metrics WHERE run_id = ANY(%s)", (summary.run_ids,)
             ).fetchall()
         )
         assert {a.key for a in summary.materialized} <= set(got)

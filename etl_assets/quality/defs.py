@@ -16,6 +16,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import warnings
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import dagster as dg
 from dagster._record import replace  # the same helper Definitions.map_resolved_asset_specs uses
 
+from etl_assets.io.tables import TableRef
 from etl_assets.quality import demo_rules  # noqa: F401  (registers the demo's Python rules)
 from etl_assets.quality.checks import RuleSet, build_asset_checks, registered
 from etl_assets.quality.metrics import (
@@ -174,13 +176,18 @@ def apply_quality(defs: dg.Definitions) -> dg.Definitions:
     with warnings.catch_warnings():  # map_asset_specs is "preview", the schema-change checks "beta"
         warnings.simplefilter("ignore", category=Warning)
         defs = defs.map_asset_specs(func=policies)
-    existing = {
-        key for item in defs.assets or [] if isinstance(item, dg.AssetsDefinition) for key in item.keys
-    }
-    python_checks = [
-        build_asset_checks(rule_set)
-        for rule_set in merge_rule_sets([s for s in registered() if s.asset_key in existing])
-    ]
+    targets: dict[dg.AssetKey, Any] = {}  # asset -> its "target" metadata (where the IO manager writes it)
+    for item in defs.assets or []:
+        if isinstance(item, dg.AssetsDefinition):
+            for spec in item.specs:
+                raw = (spec.metadata or {}).get("target")
+                targets[spec.key] = getattr(raw, "value", raw)
+    python_sets = []
+    for rule_set in merge_rule_sets([s for s in registered() if s.asset_key in targets]):
+        if rule_set.table is None and targets.get(rule_set.asset_key):
+            rule_set = dataclasses.replace(rule_set, table=TableRef.parse(str(targets[rule_set.asset_key])))
+        python_sets.append(rule_set)
+    python_checks = [build_asset_checks(rule_set) for rule_set in python_sets]
     table_assets = [
         item
         for item in defs.assets or []

@@ -59,6 +59,8 @@ def read_table(
         query += sql.SQL(" WHERE ") + cond
     if order_by:
         query += sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in order_by))
+    if kind == "polars" and all(_copyable(types[n]) for n in names):
+        return _read_copy(conn, names, types, table, partition, order_by)
     values: list[list[Any]] = [[] for _ in names]
     with conn.cursor() as cur:
         cur.execute(query, params)
@@ -73,6 +75,123 @@ def read_table(
     if kind == "pandas":
         return _pandas(names, values, types)
     raise ConfigError(f"Unknown frame kind {kind!r}; use 'pandas' or 'polars'.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The COPY route for polars: one COPY ... TO STDOUT (FORMAT csv), parsed by polars, cast per column.
+# Types whose text form polars cannot parse are rendered by PostgreSQL into one it can (epoch
+# microseconds for times, hex for bytea, JSON for arrays); anything else uses the row route.
+# --------------------------------------------------------------------------------------------------
+
+_SCALAR_COPY = {
+    "smallint",
+    "integer",
+    "bigint",
+    "real",
+    "double precision",
+    "numeric",
+    "text",
+    "varchar",
+    "char",
+    "boolean",
+    "date",
+    "timestamp",
+    "timestamptz",
+    "time",
+    "interval",
+    "bytea",
+    "uuid",
+    "json",
+    "jsonb",
+}
+_ARRAY_ELEMENTS = {"smallint", "integer", "bigint", "real", "double precision", "text", "varchar", "boolean"}
+
+
+def _copyable(pg: PgType) -> bool:
+    if pg.dims:
+        return pg.element.base in _ARRAY_ELEMENTS
+    return pg.base in _SCALAR_COPY
+
+
+def _copy_select(name: str, pg: PgType) -> sql.Composable:
+    col = sql.Identifier(name)
+    if pg.dims:
+        return sql.SQL("to_json({})::text").format(col)
+    if pg.base in ("timestamp", "timestamptz", "time", "interval"):
+        return sql.SQL("(extract(epoch from {}) * 1000000)::int8").format(col)
+    if pg.base == "date":
+        return sql.SQL("({} - DATE '1970-01-01')").format(col)
+    if pg.base == "bytea":
+        return sql.SQL("encode({}, 'hex')").format(col)
+    return col
+
+
+def _copy_cast(name: str, pg: PgType, raw: pl.Series) -> pl.Series:
+    dtype = polars_dtype_for(pg)
+    if pg.dims:
+        return raw.str.json_decode(dtype).alias(name)
+    base = pg.base
+    if base == "boolean":
+        return (raw == "t").alias(name)
+    if base in ("timestamp", "timestamptz", "interval", "date"):
+        if base == "date":
+            return raw.cast(pl.Int32).cast(pl.Date).alias(name)
+        return raw.cast(pl.Int64).cast(dtype).alias(name)
+    if base == "time":
+        return (raw.cast(pl.Int64) * 1000).cast(pl.Time).alias(name)
+    if base == "bytea":
+        return raw.str.decode("hex").alias(name)
+    if base == "numeric":
+        if pg.precision is None:
+            scale = raw.str.extract(r"\.(\d+)$").str.len_chars().max() or 0
+            return raw.cast(pl.Decimal(38, min(int(scale), 37))).alias(name)
+        return raw.cast(dtype).alias(name)
+    if base in ("real", "double precision", "smallint", "integer", "bigint"):
+        return raw.cast(dtype).alias(name)
+    return raw.alias(name)
+
+
+def _read_copy(
+    conn: psycopg.Connection,
+    names: list[str],
+    types: dict[str, PgType],
+    table: TableRef,
+    partition: Any,
+    order_by: Sequence[str] | None,
+) -> pl.DataFrame:
+    import io
+
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(_copy_select(n, types[n]) for n in names), table.ident
+    )
+    params: tuple = ()
+    if partition is not None:
+        from etl_assets.io.writer import partition_condition
+
+        cond, params = partition_condition(partition, types)
+        query += sql.SQL(" WHERE ") + cond
+    if order_by:
+        query += sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in order_by))
+    buf = io.BytesIO()
+    # COPY takes no parameters: bind the partition bounds client-side (psycopg quotes them).
+    bound = psycopg.ClientCursor(conn).mogrify(query, params) if params else query
+    stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(
+        sql.SQL(bound) if isinstance(bound, str) else bound
+    )
+    with conn.cursor() as cur, cur.copy(stmt) as cp:
+        for chunk in cp:
+            buf.write(chunk)
+    if buf.tell() == 0:
+        return pl.DataFrame({n: pl.Series(n, [], dtype=polars_dtype_for(types[n])) for n in names})
+    buf.seek(0)
+    raw = pl.read_csv(
+        buf,
+        has_header=False,
+        new_columns=[f"c{i}" for i in range(len(names))],
+        schema={f"c{i}": pl.String for i in range(len(names))},
+        quote_char='"',
+    )
+    return pl.DataFrame([_copy_cast(n, types[n], raw.get_column(f"c{i}")) for i, n in enumerate(names)])
 
 
 def _series(name: str, values: list[Any], pg: PgType) -> pl.Series:

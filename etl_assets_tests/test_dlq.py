@@ -24,14 +24,23 @@ from etl_assets_tests.conftest import create_database, drop_database
 UTC = dt.UTC
 
 
-@pytest.fixture
-def wh(pg_admin_dsn: str) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def module_warehouse(pg_admin_dsn: str) -> Iterator[str]:
     name = f"t{secrets.token_hex(4)}_dlq"
     dsn = create_database(pg_admin_dsn, name)
     with psycopg.connect(dsn) as conn:
         migrate(conn)
     yield dsn
     drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def wh(module_warehouse: str) -> str:
+    """The module's warehouse with an empty dead-letter table and no clean schema."""
+    with psycopg.connect(module_warehouse) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS clean CASCADE")
+        conn.execute("TRUNCATE etl.dead_letters")
+    return module_warehouse
 
 
 def typed_frame() -> pl.DataFrame:

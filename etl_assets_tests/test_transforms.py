@@ -23,6 +23,7 @@ from etl_assets.http_source import FX_URL_VAR, FxRatesSource, snapshot_rates
 from etl_assets.io.manager import PostgresIOManager
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import write_frame
+from etl_assets.migrations import migrate
 from etl_assets.transforms import aggregate, capture, customers, orders
 from etl_assets.transforms.assets import (
     ASSETS,
@@ -123,20 +124,31 @@ CATEGORIES = pl.DataFrame(
 )
 
 
-@pytest.fixture
-def wh(pg_admin_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A warehouse database of this test's own, holding the raw tables with the injected bad rows."""
-    monkeypatch.delenv(FX_URL_VAR, raising=False)
+@pytest.fixture(scope="module")
+def module_warehouse(pg_admin_dsn: str) -> Iterator[str]:
+    """A warehouse database for this module (dropping one per test would cost a checkpoint each)."""
     name = f"t{secrets.token_hex(4)}_transforms"
     dsn = create_database(pg_admin_dsn, name)
     with psycopg.connect(dsn) as conn:
+        migrate(conn)
+    yield dsn
+    drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def wh(module_warehouse: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The module's warehouse, reset: only the raw tables with the injected bad rows, no dead letters."""
+    monkeypatch.delenv(FX_URL_VAR, raising=False)
+    with psycopg.connect(module_warehouse) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS raw, clean, mart, ref CASCADE")
+        conn.execute("TRUNCATE etl.dead_letters")
         write_frame(
             conn, customers_frame(), TableRef("raw", "customers"), "truncate_insert", primary_key=["id"]
         )
         write_frame(conn, orders_frame(), TableRef("raw", "orders"), "truncate_insert", primary_key=["id"])
         write_frame(conn, CATEGORIES, TableRef("raw", "categories"), "truncate_insert", primary_key=["id"])
-    yield dsn
-    drop_database(pg_admin_dsn, name)
+        conn.commit()
+    return module_warehouse
 
 
 def resources(dsn: str) -> dict:

@@ -362,7 +362,23 @@ def run(
     run_tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), SOURCE_TAG: "etl-assets run"}
     run_tags.update(tags or {})
     progress = _Progress(summary, out, started)
+    graph = defs.resolve_asset_graph()
+    skipped: set[str] = set()
     for group, pk in plans:
+        # A group whose upstream assets (in an earlier group) failed or were blocked is not run:
+        # it would read stale or missing tables. Its assets are reported as not materialized.
+        missing = progress.planned - progress.done
+        upstream = dg.AssetSelection.assets(*group.keys).upstream().resolve(graph) - set(group.keys)
+        blocked_by = sorted(k.to_user_string() for k in upstream if k.to_user_string() in missing)
+        if blocked_by:
+            names = [k.to_user_string() for k in group.keys]
+            skipped.update(names)
+            out(
+                f"skipped {', '.join(names)}"
+                + (f" [{pk}]" if pk else "")
+                + f": upstream {', '.join(blocked_by)} not materialized"
+            )
+            continue
         job = resolved.resolve_job_def(f"{JOB_PREFIX}_{groups.index(group)}")
         run_id = str(uuid.uuid4())
         summary.run_ids.append(run_id)
@@ -384,7 +400,7 @@ def run(
             from etl_assets.quality.metrics import record_run_by_id
 
             record_run_by_id(instance, run_id)
-    summary.not_materialized = sorted(progress.planned - progress.done)
+    summary.not_materialized = sorted((progress.planned | skipped) - progress.done)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -140,12 +140,14 @@ def test_warn_only_failures_keep_exit_zero(instance: dg.DagsterInstance) -> None
     assert summary.warnings == ["check rt/only:only_warns failed"]
 
 
-def _partitioned_defs(log: list[str]) -> dg.Definitions:
+def _partitioned_defs(log: list[str], fail_dim: bool = False) -> dg.Definitions:
     daily = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-01-10")
 
     @dg.asset(key=["rt", "dim"])
     def dim() -> dg.MaterializeResult:
         log.append("dim")
+        if fail_dim:
+            raise RuntimeError("dim failed")
         return dg.MaterializeResult()
 
     @dg.asset(key=["rt", "facts"], deps=[dim], partitions_def=daily)
@@ -303,3 +305,19 @@ def test_cleanup_leaves_live_and_foreign_runs_alone(instance: dg.DagsterInstance
     assert runner.cleanup_dead_runs(instance, local_instance=True) == []
     assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
     assert instance.get_run_by_id(foreign.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_groups_downstream_of_a_failure_are_skipped(instance: dg.DagsterInstance) -> None:
+    log: list[str] = []
+    lines: list[str] = []
+    summary = runner.run(
+        defs=_partitioned_defs(log, fail_dim=True),
+        instance=instance,
+        partition="2025-01-03",
+        out=lines.append,
+    )
+    assert log == ["dim"]  # the partitioned group never ran on a failed upstream
+    assert summary.exit_code == 1
+    assert len(summary.run_ids) == 1
+    assert summary.not_materialized == ["rt/dim", "rt/facts", "rt/report"]
+    assert any(line.startswith("skipped rt/facts, rt/report [2025-01-03]: upstream rt/dim") for line in lines)

@@ -67,6 +67,7 @@ class Outcome:
     rejected: list[dlq.Rejected]
     rows_in: int
     corrections_applied: int = 0
+    positions: list[int] = field(default_factory=list)  # input position of each rejected row
 
     @property
     def rows_out(self) -> int:
@@ -185,4 +186,4 @@ def apply(
                     identity=identities[failure.position] if identities is not None else None,
                 )
             )
-    return Outcome(result.frame, rejected, rows_in, applied)
+    return Outcome(result.frame, rejected, rows_in, applied, [f.position for f in failures])

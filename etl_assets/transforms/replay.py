@@ -96,9 +96,7 @@ def replay(
             for shape in by_shape.values():
                 frame = dlq.frame_from_payloads([x.payload for x in shape], shape[0].payload_types)
                 outcome = capture.apply(transform, frame, identities=[x.row_hash for x in shape])
-                failed_positions = {}
-                for rejected, letter_pos in zip(outcome.rejected, _positions(outcome, shape), strict=True):
-                    failed_positions[letter_pos] = rejected
+                failed_positions = dict(zip(outcome.positions, outcome.rejected, strict=True))
                 again = [
                     dlq.FailedAgain(shape[pos].id, "replay:" + r.stage, r.error_class, r.error_message,
                                     r.error_trace)
@@ -121,12 +119,6 @@ def replay(
                 for r in outcome.rejected:
                     report.by_class[r.error_class] = report.by_class.get(r.error_class, 0) + 1
     return reports
-
-
-def _positions(outcome: capture.Outcome, shape: list[dlq.DeadLetter]) -> list[int]:
-    """The input position of each rejected row (rejections carry the identity of their input row)."""
-    index = {letter.row_hash: pos for pos, letter in enumerate(shape)}
-    return [index[r.row_hash] for r in outcome.rejected]
 
 
 class ReplayConfig(dg.Config):

@@ -40,6 +40,7 @@ def leftovers(conn: psycopg.Connection) -> list[str]:
     return [
         r[0]
         for r in conn.execute(
-            "SELECT relname FROM pg_class WHERE relname LIKE 'etl\\_stage\\_%' OR relname LIKE '%\\_\\_etl\\_new\\_%'"
+            "SELECT relname FROM pg_class "
+            "WHERE relname LIKE 'etl\\_stage\\_%' OR relname LIKE '%\\_\\_etl\\_new\\_%'"
         )
     ]

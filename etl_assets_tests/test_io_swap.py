@@ -42,7 +42,8 @@ def _indexes(conn, t: TableRef) -> list[tuple[str, str]]:
 
 def _constraints(conn, t: TableRef) -> list[tuple[str, str]]:
     return conn.execute(
-        "SELECT conname, contype::text FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype <> 'n' "
+        "SELECT conname, contype::text FROM pg_constraint "
+        "WHERE conrelid = to_regclass(%s) AND contype <> 'n' "
         "ORDER BY 1",
         (t.regclass_text,),
     ).fetchall()

@@ -179,7 +179,7 @@ def test_two_concurrent_writers_never_interleave(warehouse_dsn, fresh_schema):
     def writer(name, df, hooks):
         try:
             with psycopg.connect(warehouse_dsn) as c:
-                write_frame(c, df, t, "truncate_insert", on_commit=hooks + [lambda c: order.append(name)])
+                write_frame(c, df, t, "truncate_insert", on_commit=[*hooks, lambda c: order.append(name)])
         except BaseException as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 
@@ -224,7 +224,8 @@ def test_capitals_spaces_and_quotes_in_names(conn, warehouse_conn, mode):
         cols = [
             r[0]
             for r in conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 ORDER BY attnum",
+                "SELECT attname FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attnum > 0 ORDER BY attnum",
                 (t.regclass_text,),
             )
         ]
@@ -237,8 +238,11 @@ def test_capitals_spaces_and_quotes_in_names(conn, warehouse_conn, mode):
 def test_truncate_of_a_referenced_table_explains_itself(conn, fresh_schema):
     parent = TableRef(fresh_schema, "parent")
     write_frame(conn, pl.DataFrame({"id": [1]}), parent, "truncate_insert", primary_key=["id"])
-    conn.execute(sql.SQL("CREATE TABLE {} (pid bigint REFERENCES {})").format(
-        sql.Identifier(fresh_schema, "child"), parent.ident))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (pid bigint REFERENCES {})").format(
+            sql.Identifier(fresh_schema, "child"), parent.ident
+        )
+    )
     with pytest.raises(SchemaMismatch, match=r"Cannot truncate .*parent.*Use write_mode 'upsert'"):
         write_frame(conn, pl.DataFrame({"id": [2]}), parent, "truncate_insert", primary_key=["id"])
     assert rows(conn, parent) == [(1,)]

@@ -56,7 +56,8 @@ def conn(warehouse_dsn: str):
 def _types(conn, t: TableRef) -> dict[str, str]:
     return dict(
         conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) "
             "AND attnum > 0 AND NOT attisdropped",
             (t.regclass_text,),
         ).fetchall()
@@ -89,7 +90,8 @@ def test_polars_types_map_and_round_trip_exactly(conn, fresh_schema):
     # What PostgreSQL holds, checked in SQL (not only through our reader).
     got = conn.execute(
         sql.SQL(
-            "SELECT txt IS NULL, txt = '', f64::text, f32::text, raw, words, doc, span = interval '-3 days 0.000001 seconds' FROM {} ORDER BY id"
+            "SELECT txt IS NULL, txt = '', f64::text, f32::text, raw, words, doc, "
+            "span = interval '-3 days 0.000001 seconds' FROM {} ORDER BY id"
         ).format(t.ident)
     ).fetchall()
     assert got[0][:4] == (False, True, "NaN", "0.1")

@@ -1,0 +1,72 @@
+"""read_table: columns, partitions, empty results, and the same data through both frame types."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import psycopg
+import pytest
+
+from etl_assets.errors import MissingObject
+from etl_assets.io.reader import read_table
+from etl_assets.io.tables import TableRef
+from etl_assets.io.writer import PartitionWindow, write_frame
+
+UTC = dt.UTC
+
+
+@pytest.fixture
+def conn(warehouse_dsn: str):
+    with psycopg.connect(warehouse_dsn, autocommit=True) as c:
+        yield c
+
+
+def _events(conn, schema: str) -> TableRef:
+    t = TableRef(schema, "Events 'x'")
+    df = pl.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "at": [
+                dt.datetime(2024, 1, 1, 23, tzinfo=UTC),
+                dt.datetime(2024, 1, 2, tzinfo=UTC),
+                dt.datetime(2024, 1, 2, 23, 59, tzinfo=UTC),
+                dt.datetime(2024, 1, 3, tzinfo=UTC),
+            ],
+            "kind": ["a", "b", "b", "c"],
+            "tags": [["x"], [], None, ["y", "z"]],
+        }
+    )
+    write_frame(conn, df, t, "truncate_insert", primary_key=["id"])
+    return t
+
+
+@pytest.mark.parametrize("kind", ["polars", "pandas"])
+def test_partition_window_and_columns(conn, fresh_schema, kind):
+    t = _events(conn, fresh_schema)
+    window = PartitionWindow(
+        "at", start=dt.datetime(2024, 1, 2, tzinfo=UTC), end=dt.datetime(2024, 1, 3, tzinfo=UTC)
+    )
+    got = read_table(conn, t, kind=kind, partition=window, columns=["id", "kind"], order_by=["id"])
+    assert list(got.columns) == ["id", "kind"]
+    as_rows = got.to_dicts() if kind == "polars" else got.to_dict("records")
+    assert as_rows == [{"id": 2, "kind": "b"}, {"id": 3, "kind": "b"}]
+    static = read_table(conn, t, kind=kind, partition=PartitionWindow("kind", values=("c",)), order_by=["id"])
+    ids = static["id"].to_list() if kind == "polars" else static["id"].tolist()
+    assert ids == [4]
+
+
+def test_empty_result_keeps_dtypes_and_missing_things_are_named(conn, fresh_schema):
+    t = _events(conn, fresh_schema)
+    window = PartitionWindow(
+        "at", start=dt.datetime(2030, 1, 1, tzinfo=UTC), end=dt.datetime(2030, 1, 2, tzinfo=UTC)
+    )
+    empty = read_table(conn, t, kind="polars", partition=window)
+    assert empty.height == 0
+    assert empty.schema == pl.Schema(
+        {"id": pl.Int64, "at": pl.Datetime("us", "UTC"), "kind": pl.String, "tags": pl.List(pl.String)}
+    )
+    with pytest.raises(MissingObject, match=r"Column\(s\) \['nope'\]"):
+        read_table(conn, t, columns=["nope"])
+    with pytest.raises(MissingObject, match="does not exist in the warehouse"):
+        read_table(conn, TableRef(fresh_schema, "absent"))

@@ -5,6 +5,7 @@ summary that `etl-assets metrics` prints."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import dagster as dg
 import psycopg
@@ -13,6 +14,7 @@ from dagster._core.events import DagsterEventType
 
 from etl_assets.cli import main
 from etl_assets.db import PostgresResource
+from etl_assets.migrations import migrate
 from etl_assets.quality.defs import _with_hooks
 from etl_assets.quality.metrics import build_run_status_sensors, record_run, summarize
 
@@ -125,6 +127,8 @@ def test_metrics_after_success_failure_retry_and_sensor(warehouse_dsn, conn, fre
 
 def test_metrics_command_prints_success_rate(etl_env, warehouse_dsn, conn, fresh_schema, capsys) -> None:
     asset = f"{fresh_schema}/cli"
+    with psycopg.connect(warehouse_dsn) as admin:
+        migrate(admin)
     conn.execute(
         """INSERT INTO etl.run_metrics (job, run_id, asset, status, started_at, ended_at, duration_seconds,
                                         records_processed, recorded_by)
@@ -137,6 +141,9 @@ def test_metrics_command_prints_success_rate(etl_env, warehouse_dsn, conn, fresh
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith(asset))
     assert line.split() == [asset, "2", "50.0%", "1", "3.00", "3.90", "4.00", "10", "0", "failed"]
+    assert main(["metrics", "--window", "24h", "--asset", asset, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(a["asset"], a["runs"], a["success_rate"]) for a in data["assets"]] == [(asset, 2, 0.5)]
     assert main(["metrics", "--window", "soon"]) == 2
 
 

@@ -22,27 +22,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from etl_assets.db import connect
-    from etl_assets.quality.metrics import parse_window, summarize
+    from etl_assets.quality.metrics import parse_window, run_outcomes, summarize
     from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
 
     window = parse_window(args.window)
     env = ensure_environment()
     with connect(env.warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
         rows = summarize(conn, window, args.asset)
+        runs = run_outcomes(conn, window)
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {**r.__dict__, "last_started": r.last_started.isoformat() if r.last_started else None}
-                    for r in rows
-                ],
-                indent=2,
-            )
-        )
+        assets = [
+            {**r.__dict__, "last_started": r.last_started.isoformat() if r.last_started else None}
+            for r in rows
+        ]
+        print(json.dumps({"window": args.window, "assets": assets, "runs_not_succeeding": runs}, indent=2))
         return 0
     if not rows:
         print(f"No asset runs recorded in the last {args.window}.")
         return 0
+    failed_runs = ", ".join(f"{n} {status}" for status, n in sorted(runs.items())) or "none"
     header = ("asset", "runs", "success", "failures", "avg s", "p95 s", "max s", "records", "failed", "last")
     table = [header] + [
         (
@@ -58,7 +56,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    print(f"Run metrics over the last {args.window}:")
+    print(f"Run metrics over the last {args.window} (runs not succeeding: {failed_runs}):")
     for row in table:
         print(
             "  ".join(

@@ -492,6 +492,18 @@ def summarize(
     ]
 
 
+def run_outcomes(conn: psycopg.Connection, window: _dt.timedelta) -> dict[str, int]:
+    """Failed and canceled runs in the window (their run-level rows), by status."""
+    ensure_migrated(conn)
+    rows = conn.execute(
+        """SELECT status, count(*) FROM etl.run_metrics
+           WHERE asset IS NULL AND coalesce(started_at, recorded_at) >= now() - %s::interval
+           GROUP BY status""",
+        (window,),
+    ).fetchall()
+    return {status: int(n) for status, n in rows}
+
+
 def _secs(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 

@@ -196,3 +196,29 @@ def test_resource_reads_url_from_env_else_snapshot(
     assert online.rates == {"EUR": 0.9, "GBP": 0.8}
     assert online.source == redact_url(url) and "SECRET" not in online.source
     assert online.frame().to_dicts()[0]["currency"] == "EUR"
+
+
+def test_asset_fails_at_once_on_a_permanent_error_and_loads_after_a_transient_one(
+    server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from etl_assets.transforms.assets import fx_rates
+
+    url, script = server
+    monkeypatch.delenv(FX_URL_VAR, raising=False)
+    source = FxRatesSource(url=url, max_wait_seconds=0.0)
+    script.steps = ["404"]
+    failed = dg.materialize([fx_rates], resources={"fx_source": source}, raise_on_error=False)
+    assert not failed.success and script.requests == 1
+    events = [e.event_type_value for e in failed.all_events]
+    assert "STEP_UP_FOR_RETRY" not in events  # Failure(allow_retries=False): the step policy stays out
+    [failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert "HTTP 404" in failure.step_failure_data.error.message
+    assert "SECRET" not in str(failed.all_events)
+
+    script.requests, script.steps = 0, ["503", "ok"]
+    ok = dg.materialize([fx_rates], resources={"fx_source": source}, raise_on_error=False)
+    assert ok.success and script.requests == 2
+    [mat] = ok.asset_materializations_for_node("ref__fx_rates")
+    assert mat.metadata["currencies"].value == 2 and "SECRET" not in mat.metadata["source"].value

@@ -269,6 +269,11 @@ def _run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         )
         case = factory(ctx)
         result.note = case.note
+        import resource
+
+        # Imports may have run helper processes (dagster does); only a larger child started by the
+        # contender's runs is the contender's.
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         measured = 1 if mode in ("memory", "both") else max(1, spec["repeat"])
         if mode == "time":
             warmups = 1 if spec["warmup"] else 0
@@ -287,11 +292,9 @@ def _run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             result.baseline_mb = round(baseline, 1)
             result.peak_reset = was_reset
         result.verified = bool(verified) and all(verified)
-        import resource
-
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        if children:  # a contender that forks workers (dlt's normalize can) shows it here
-            result.children_peak_mb = round(children, 1)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if children > children_before:  # a contender that forks workers shows it here
+            result.children_peak_mb = round(children / 1024, 1)
         result.seconds = round(statistics.median(result.seconds_runs), 4)
         result.peak_mb = round(statistics.median(result.peak_mb_runs), 1)
         if result.seconds > 0:

@@ -215,3 +215,21 @@ def test_status_and_prune_commands(source_conn, etl_env, capsys) -> None:
     assert "removed 4 applied entries" in capsys.readouterr().out
     assert main(["cdc", "status", "no_such.table"]) == 0
     assert main(["cdc", "install", "nodot"]) == 2
+
+
+def test_dry_run_sql_run_by_a_dba_installs_working_capture(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """The --dry-run script is complete: run as-is (as a DBA would with psql), capture works."""
+    ref = make_items(source_conn, 30)
+    statements, planned = capture.install_statements(source_conn, ref)
+    script = capture.render(source_conn, statements)
+    assert capture.get_capture(source_conn, ref) is None
+    source_conn.execute(script)  # one multi-statement script: BEGIN; ...; COMMIT;
+    cap = capture.get_capture(source_conn, ref)
+    assert cap is not None and cap.log_id == planned.log_id and capture.health(source_conn, cap).intact
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL("UPDATE {} SET id = id + 100 WHERE id <= 3").format(ref.ident))
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 3}
+    assert_equal(source_conn, warehouse_conn, spec)

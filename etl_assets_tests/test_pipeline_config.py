@@ -89,7 +89,8 @@ BASE = "tables:\n  - name: shop.orders\n"
         ("    extract: full\n    target: etl.orders\n", ["'target'", "schema etl"]),
         # cdc needs a key and applies changes, so only load: upsert
         ("    extract: cdc\n", ["'primary_key'", "extract: cdc"]),
-        ("    extract: cdc\n    primary_key: [id]\n    load: swap\n", ["'load'", "cdc cannot use load: swap"]),
+        ("    extract: cdc\n    primary_key: [id]\n    load: swap\n",
+         ["'load'", "cdc cannot use load: swap"]),
     ],
 )
 def test_each_mistake_names_table_key_and_allowed(body: str, expected: list[str]) -> None:

@@ -175,7 +175,8 @@ def apply_quality(defs: dg.Definitions) -> dg.Definitions:
 
     with warnings.catch_warnings():  # map_asset_specs is "preview", the schema-change checks "beta"
         warnings.simplefilter("ignore", category=Warning)
-        defs = defs.map_asset_specs(func=policies)
+        # The permissive variant leaves SourceAssets and cacheable assets alone instead of refusing them.
+        defs = defs.permissive_map_resolved_asset_specs(func=policies, selection=None)
     targets: dict[dg.AssetKey, Any] = {}  # asset -> its "target" metadata (where the IO manager writes it)
     for item in defs.assets or []:
         if isinstance(item, dg.AssetsDefinition):

@@ -9,11 +9,15 @@ smaller id can draw a *larger* position than a still-running one with a larger i
 The rule used here (a "horizon"): at time t0 read the sequence's ``last_value`` L (every position
 <= L has been handed out by t0), then draw a fresh transaction id N (every transaction that drew a
 position <= L had its id before t0 — the trigger takes its id before drawing a position — so its id
-is < N). Once a snapshot has ``pg_snapshot_xmin > N``, every transaction that could hold a position
-<= L has ended, so in that snapshot the entries with position <= L are final: committed ones are
-visible and no other will ever appear. The range ``(applied, L]`` is then read in position order,
-which for any one row is the order its changes happened (row locks serialise writers of a row, and
-the sequence has CACHE 1). When an old transaction is still running the run waits a little, then
+is < N). Once a snapshot has ``pg_snapshot_xmin > N`` — or every transaction <= N still running
+belongs to another database of the server (``pg_snapshot_xip`` matched against ``pg_stat_activity``
+and ``pg_prepared_xacts``; such transactions cannot write this database's logs) — every transaction
+that could hold a position <= L has ended, so in that snapshot the entries with position <= L are
+final: committed ones are visible and no other will ever appear. The range ``(applied, L]`` is then
+read in position order, which for any one row is the order its changes happened (row locks and
+unique-index waits serialise writers of a key, the AFTER ROW trigger runs before the commit, the
+sequence has CACHE 1, and keys must be non-deferrable, so the rows of one statement are logged in an
+order that can be replayed). When an old transaction is still running the run waits a little, then
 applies up to the newest earlier horizon that is final, and reports what holds it back.
 
 After the initial snapshot a range also skips the entries the snapshot already contains:

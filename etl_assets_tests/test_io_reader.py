@@ -70,3 +70,14 @@ def test_empty_result_keeps_dtypes_and_missing_things_are_named(conn, fresh_sche
         read_table(conn, t, columns=["nope"])
     with pytest.raises(MissingObject, match="does not exist in the warehouse"):
         read_table(conn, TableRef(fresh_schema, "absent"))
+
+
+def test_pandas_keeps_integers_and_booleans_with_nulls_exact(conn, fresh_schema):
+    t = TableRef(fresh_schema, "nullable")
+    big = 2**62 + 1  # not representable as float64
+    write_frame(conn, pl.DataFrame({"id": [1, 2], "n": [big, None], "ok": [True, None]}), t, "insert")
+    got = read_table(conn, t, kind="pandas", order_by=["id"])
+    assert str(got["n"].dtype) == "Int64" and str(got["ok"].dtype) == "boolean"
+    assert got["n"][0] == big and got["n"].isna().tolist() == [False, True]
+    assert got["ok"].tolist()[0] is True and got["ok"].isna().tolist() == [False, True]
+    assert str(got["id"].dtype) == "int64"

@@ -217,5 +217,11 @@ def _pandas(names: list[str], values: list[list[Any]], types: dict[str, PgType])
                 vals = values[i]
             data[n] = pd.Series(vals, dtype=object, name=n)
         else:
-            data[n] = _series(n, values[i], pg).to_pandas()
+            series = _series(n, values[i], pg)
+            if series.null_count() and (series.dtype.is_integer() or series.dtype == pl.Boolean):
+                # numpy ints/bools cannot hold NULL (pandas would turn them into float/object)
+                nullable = "boolean" if series.dtype == pl.Boolean else str(series.dtype).capitalize()
+                data[n] = pd.Series(pd.array(values[i], dtype=nullable), name=n)
+            else:
+                data[n] = series.to_pandas()
     return pd.DataFrame(data, columns=names)

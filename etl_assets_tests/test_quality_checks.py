@@ -202,3 +202,52 @@ def test_rules_for_uses_the_assets_target_table(fresh_schema, warehouse_dsn, war
         got = evaluations(result)["ids_present"]
     assert got.metadata["table"].value == f"{fresh_schema}.real_table"
     assert (got.passed, got.metadata["failing_rows"].value) == (False, 1)
+
+
+def test_error_rule_can_route_failing_rows_to_the_dead_letter_table(
+    fresh_schema, warehouse_dsn, warehouse, warehouse_conn
+) -> None:
+    src, down, src_key, down_key = graph(fresh_schema, warehouse_dsn)
+    rules = RuleSet(
+        src_key,
+        (
+            Rule(name="no_null_ids", kind="not_null", columns=["id"], on_fail="dead_letter"),
+            Rule(name="valid_emails", kind="pattern", columns=["email"], regex="@", severity="warning"),
+        ),
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)], resources={"warehouse": warehouse}, instance=instance
+        )
+        got = evaluations(result)
+    assert result.success and materialized_keys(result) == {src_key, down_key}  # not blocked
+    check = got["no_null_ids"]
+    assert check.passed is True
+    assert (check.metadata["failing_rows"].value, check.metadata["observed_dead_lettered"].value) == (1, 1)
+    assert check.metadata["rule"].value["on_fail"] == "dead_letter"
+    remaining = warehouse_conn.execute(
+        sql.SQL("SELECT k FROM {} ORDER BY k").format(sql.Identifier(fresh_schema, "src"))
+    ).fetchall()
+    assert remaining == [(1,), (3,)]
+    letters = warehouse_conn.execute(
+        "SELECT stage, error_class, payload, status, target FROM etl.dead_letters WHERE asset_key = %s",
+        (src_key.to_user_string(),),
+    ).fetchall()
+    assert letters == [
+        (
+            "quality:no_null_ids",
+            "QualityRuleFailed",
+            {"k": 2, "id": None, "email": "b@x.io"},
+            "pending",
+            f"{fresh_schema}.src",
+        )
+    ]
+
+
+def test_dead_letter_routing_needs_an_error_rule() -> None:
+    from etl_assets.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="on_fail: dead_letter needs severity error"):
+        Rule(name="x", kind="not_null", columns=["id"], severity="warning", on_fail="dead_letter")
+    with pytest.raises(ConfigError, match="on_fail: dead_letter needs severity error"):
+        Rule(name="x", kind="row_count", min=1, on_fail="dead_letter")

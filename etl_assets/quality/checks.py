@@ -140,6 +140,11 @@ def _verdict_text(result: RuleResult) -> str:
         return f"could not run: {result.error}"
     if rule.kind == "row_count":
         return f"{result.total_rows:,} rows; {rule.describe()}"
+    if "dead_lettered" in result.observed:
+        return (
+            f"{result.observed['dead_lettered']:,} of {result.total_rows:,} rows failed and were moved to "
+            f"the dead-letter table: {rule.describe()}"
+        )
     return (
         f"{result.failing_rows:,} of {result.total_rows:,} rows ({result.failing_percent:.2f}%) fail: "
         f"{rule.describe()}"
@@ -156,6 +161,32 @@ def run_rule(conn: psycopg.Connection, rule_set: RuleSet, rule: Rule) -> RuleRes
             conn.rollback()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return RuleResult(rule, target, 0, 0, False, error=f"{type(exc).__name__}: {message}")
+
+
+def _route(context: Any, warehouse: Any, rule_set: RuleSet, result: RuleResult) -> RuleResult:
+    """``on_fail: dead_letter``: move the failing rows to the dead-letter table; the rule then holds."""
+    from etl_assets import dlq
+    from etl_assets.quality.routing import route_failing_rows
+
+    step = getattr(getattr(context, "op_execution_context", context), "step_key", None)
+    origin = dlq.Origin(
+        asset_key=rule_set.asset_key.to_user_string(),
+        run_id=context.run.run_id,
+        step=step,
+        target=str(result.table),
+    )
+    try:
+        with warehouse.connect() as conn:
+            moved = route_failing_rows(conn, result.rule, result.table, origin)
+    except (EtlError, psycopg.Error) as exc:
+        result.error = f"routing to the dead-letter table failed: {type(exc).__name__}: {exc}"
+        return result
+    context.log.warning(
+        f"check {result.rule.name}: moved {moved} failing row(s) of {result.table} to etl.dead_letters"
+    )
+    result.observed["dead_lettered"] = moved
+    result.passed = True
+    return result
 
 
 def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
@@ -189,6 +220,8 @@ def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
                 if name not in selected:
                     continue
                 result = run_rule(conn, rule_set, rule)
+                if rule.on_fail == "dead_letter" and not result.passed and not result.error:
+                    result = _route(context, warehouse, rule_set, result)
                 if result.error:
                     context.log.warning(
                         f"check {name} on {key.to_user_string()} could not run: {result.error}"

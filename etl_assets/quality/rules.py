@@ -68,6 +68,10 @@ KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "polars": (frozenset({"expression"}), frozenset()),
 }
 _SINGLE_COLUMN_KINDS = {"accepted_values", "range", "pattern", "not_in_future"}
+# Kinds whose failing rows can be moved to the dead-letter table (a SQL condition on one row).
+ROUTABLE_KINDS = frozenset(
+    {"not_null", "unique", "accepted_values", "range", "pattern", "not_in_future", "references", "sql"}
+)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a polars Expr has no boolean equality
@@ -99,6 +103,7 @@ class Rule:
     expression: Any = None
     query: str | None = None
     sample_size: int = DEFAULT_SAMPLE_SIZE
+    on_fail: str = "block"  # "block" | "dead_letter" (error rules on row-level kinds only)
 
     def __post_init__(self) -> None:
         # Normalise list-ish fields so Rule(columns=["id"]) and Rule(columns="id") both work.
@@ -131,6 +136,15 @@ class Rule:
             or not 0 <= self.max_failing_percent <= 100
         ):
             return "max_failing_percent must be a number between 0 and 100"
+        if self.on_fail not in ("block", "dead_letter"):
+            return f"unknown on_fail {self.on_fail!r}; allowed: block, dead_letter"
+        if self.on_fail == "dead_letter" and (
+            self.severity != "error" or self.kind not in ROUTABLE_KINDS or self.query is not None
+        ):
+            return (
+                "on_fail: dead_letter needs severity error and a row-level kind "
+                f"({', '.join(sorted(ROUTABLE_KINDS))}; kind sql with an expression)"
+            )
         if not isinstance(self.sample_size, int) or not 0 <= self.sample_size <= 100:
             return "sample_size must be a whole number between 0 and 100"
         if any(not isinstance(c, str) or not c for c in self.columns + self.to_columns):
@@ -209,6 +223,8 @@ class Rule:
             out["values"] = MASK if masked else [_jsonable(v) for v in self.values]
         if self.to_columns:
             out["to_columns"] = list(self.to_columns)
+        if self.on_fail != "block":
+            out["on_fail"] = self.on_fail
         if self.expression is not None:
             out["expression"] = self.expression if isinstance(self.expression, str) else str(self.expression)
         if self.kind in ("range",) and hidden & set(self.columns):
@@ -431,12 +447,11 @@ def _predicate(rule: Rule) -> tuple[sql.Composable, list[Any]] | None:
     return None
 
 
-def _failing_relation(rule: Rule, table: TableRef) -> tuple[sql.Composable, list[Any]]:
-    """A SELECT yielding the failing rows (all the table's columns, alias-free)."""
+def failing_condition(rule: Rule, table: TableRef) -> tuple[sql.Composable, list[Any]]:
+    """A condition over alias ``t`` of ``table`` that is TRUE for a failing row (row-level kinds)."""
     pred = _predicate(rule)
     if pred is not None:
-        cond, params = pred
-        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(tbl=table.ident, cond=cond), params
+        return pred
     if rule.kind == "unique":
         not_null = sql.SQL(" AND ").join(
             sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in rule.columns
@@ -444,12 +459,19 @@ def _failing_relation(rule: Rule, table: TableRef) -> tuple[sql.Composable, list
         dup = sql.SQL("SELECT {c} FROM {tbl} WHERE {nn} GROUP BY {c} HAVING count(*) > 1").format(
             c=sql.SQL(", ").join(map(sql.Identifier, rule.columns)), tbl=table.ident, nn=not_null
         )
-        return (
-            sql.SQL("SELECT t.* FROM {tbl} t WHERE {row} IN ({dup})").format(
-                tbl=table.ident, row=_row(rule.columns), dup=dup
-            ),
-            [],
-        )
+        return sql.SQL("{row} IN ({dup})").format(row=_row(rule.columns), dup=dup), []
+    raise ConfigError(f"Check {rule.name!r}: kind {rule.kind} has no row-level condition")
+
+
+def _failing_relation(rule: Rule, table: TableRef) -> tuple[sql.Composable, list[Any]]:
+    """A SELECT yielding the failing rows (all the table's columns, alias-free)."""
+    pred = _predicate(rule)
+    if pred is not None:
+        cond, params = pred
+        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(tbl=table.ident, cond=cond), params
+    if rule.kind == "unique":
+        cond, params = failing_condition(rule, table)
+        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(tbl=table.ident, cond=cond), params
     if rule.kind == "sql" and rule.query is not None:
         return sql.SQL(rule.query.strip().rstrip(";")), []  # type: ignore[arg-type]
     raise AssertionError(f"no failing relation for kind {rule.kind}")  # pragma: no cover

@@ -17,16 +17,11 @@ OFFSET), so each chunk costs one index range scan and at most ``chunk_size`` row
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
 from typing import Any
 
 import polars as pl
-import psycopg
 from psycopg import sql
 
-from etl_assets.errors import ConfigError
-from etl_assets.io import catalog
 from etl_assets.io.bulk import copy_frame
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target, write_frame
@@ -36,6 +31,7 @@ from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
+    build_and_swap,
     count_rows,
     migrated,
     note_schema_changes,
@@ -143,40 +139,3 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
             save_state(wh, target, KIND, {"after": None, "last_pass_rows": report.rows_read,
                                           "chunks": report.chunks}, run_id)
     return report.finish()
-
-
-def build_and_swap(conn: psycopg.Connection, target: TableRef, fill: Callable[[TableRef], int],
-                   run_id: str | None) -> tuple[int, int]:
-    """Build a new table beside ``target`` with ``fill(new_table) -> rows``, then swap it in.
-
-    The same steps as the IO layer's frame swap (:func:`etl_assets.io.swap.swap_write`): indexes
-    built after the load under temporary names, owner, grants, dependent views recreated, the old
-    table kept for ``etl-assets rollback``; only the filling differs (chunks or a COPY stream).
-    Returns (rows, rows the replaced table had). Runs inside the caller's transaction.
-    """
-    from etl_assets.io import swap as sw
-
-    oid = catalog.table_oid(conn, target)
-    if oid is None:  # prepare_target creates it; kept for callers that do not
-        raise ConfigError(f"{target} must exist before a swap build.")
-    plan = sw.inspect(conn, target, oid)
-    token = secrets.token_hex(4)
-    new = target.sibling(f"__etl_new_{token}")
-    conn.execute(sql.SQL(
-        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
-        "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
-    ).format(new.ident, target.ident))
-    rows = fill(new)
-    pairs = sw._build_indexes(conn, new, plan, token)
-    sw._set_owner_comment(conn, new, plan.owner, plan.comment)
-    sw._apply_grants(conn, new, plan.grants)
-    previous = sw.previous_table(target)
-    replaced = count_rows(conn, target)
-
-    def step() -> dict[str, str]:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(previous.ident))
-        return sw._exchange(conn, target, new, plan, pairs, previous)
-
-    kept = sw._with_lock_retries(conn, target, step, sw.LOCK_TIMEOUT, sw.ATTEMPTS)
-    sw._record(conn, target, previous, kept, "swap", run_id, rows)
-    return rows, replaced

@@ -32,6 +32,7 @@ from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
+    build_and_swap,
     count_rows,
     migrated,
     note_schema_changes,
@@ -146,8 +147,6 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
         elif spec.load == "insert":
             report.rows_read = stream_copy(src, wh, query, params, target.ident, columns, binary)
         elif spec.load == "swap":
-            from .chunked import build_and_swap
-
             def fill(into: TableRef) -> int:
                 return stream_copy(src, wh, query, params, into.ident, columns, binary)
 

@@ -8,47 +8,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import polars as pl
 from psycopg import sql
 
-from etl_assets.io.writer import write_frame
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
+    load_frames,
     migrated,
     note_schema_changes,
     prepare_target,
     snapshot,
-    target_key,
 )
-from .source import copy_query_to_frame, describe, prepare_session, select_list
-from .state import saver
+from .source import describe, iter_copy_frames, prepare_session, select_list
 
 
 def extract_full(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
                  ) -> ExtractReport:
+    """Stream one snapshot of the table into the target (pieces of about 32 MB of CSV each), all in
+    one warehouse transaction with the state: memory stays bounded whatever the table size."""
     report = ExtractReport(spec.target, spec.extract, spec.load)
-    with source(autocommit=True) as src:
+    with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
+        migrated(wh)
         prepare_session(src)
         with snapshot(src):
             table = describe(src, spec)
             taken_at = src.execute("SELECT now()::text").fetchone()[0]
+            info = prepare_target(wh, spec, table)
+            note_schema_changes(report, spec, info)
             query = sql.SQL("SELECT {} FROM {}").format(select_list(table), table.ref.ident)
-            frame = copy_query_to_frame(src, query, (), table.names)
-    report.rows_read = frame.height
-    if spec.load == "insert":
-        frame = frame.with_columns(pl.lit(taken_at, dtype=pl.String).alias(LOADED_AT))
-    state = {"snapshot_at": taken_at, "rows": frame.height}
-    with warehouse(autocommit=True) as wh:
-        migrated(wh)
-        info = prepare_target(wh, spec, table)
-        note_schema_changes(report, spec, info)
-        result = write_frame(wh, frame, spec.target, spec.load, primary_key=target_key(spec),
-                             on_commit=[saver(spec.target, "full", state, run_id)], run_id=run_id)
-    report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
-    report.deleted, report.table_rows = result.deleted, result.table_rows
-    return report.finish()
 
+            def frames() -> Iterator[pl.DataFrame]:
+                for frame in iter_copy_frames(src, query, (), table.names):
+                    report.rows_read += frame.height
+                    if spec.load == "insert":
+                        frame = frame.with_columns(pl.lit(taken_at, dtype=pl.String).alias(LOADED_AT))
+                    yield frame
+
+            load_frames(wh, spec, frames(), info, report,
+                        lambda: ("full", {"snapshot_at": taken_at, "rows": report.rows_read}), run_id)
+    return report.finish()

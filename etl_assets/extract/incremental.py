@@ -23,25 +23,34 @@ The stored state (``etl.state``) commits in the same transaction as the upserted
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from etl_assets.io.writer import write_frame
 from etl_assets.pipeline_config import TableSpec
 
-from .common import Connector, ExtractReport, migrated, note_schema_changes, prepare_target, snapshot
+from .common import (
+    Connector,
+    ExtractReport,
+    load_frames,
+    migrated,
+    note_schema_changes,
+    prepare_target,
+    snapshot,
+)
 from .source import (
     SourceTable,
     copy_query_to_frame,
     cursor_index_warning,
     describe,
+    iter_copy_frames,
     prepare_session,
     select_list,
 )
-from .state import load_state, saver
+from .state import load_state
 
 KIND = "incremental"
 TIME_BASES = ("timestamptz", "timestamp", "date")
@@ -204,25 +213,33 @@ def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str,
 
 def extract_incremental(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
                         ) -> ExtractReport:
+    """Stream the increment (bounded memory) into one upsert transaction that ends with the state."""
     report = ExtractReport(spec.target, spec.extract, spec.load)
-    with warehouse(autocommit=True) as wh:
+    with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
         migrated(wh)
         previous = load_state(wh, spec.target, KIND)
-        with source(autocommit=True) as src:
-            read = read_increment(spec, src, previous, report)
-        frame = read.frame
-        report.rows_read = frame.height
-        report.null_cursor_rows = frame.get_column(spec.cursor).null_count()
-        if report.null_cursor_rows:
-            report.warnings.append(
-                f"{report.null_cursor_rows} row(s) of {spec.source} have a NULL {spec.cursor!r}; they are "
-                "read and upserted on every run (never dropped): give them a cursor value to stop that."
-            )
+        read = read_increment(spec, src, previous, report, to_frame=False)
         info = prepare_target(wh, spec, read.table)
         note_schema_changes(report, spec, info)
-        read.state["rows_read"] = frame.height
-        result = write_frame(wh, frame, spec.target, "upsert", primary_key=spec.primary_key,
-                             on_commit=[saver(spec.target, KIND, read.state, run_id)], run_id=run_id)
-    report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
-    report.table_rows = result.table_rows
+        _, query, params = extract_queries(read.table, spec, read.lower, read.upper)
+
+        def frames() -> Iterator[Any]:
+            for frame in iter_copy_frames(src, query, params, read.table.names):
+                report.rows_read += frame.height
+                report.null_cursor_rows += frame.get_column(spec.cursor or "").null_count()
+                yield frame
+
+        def state() -> tuple[str, dict[str, Any]]:
+            read.state["rows_read"] = report.rows_read
+            return KIND, read.state
+
+        # A snapshot bounded by the same upper value as the bounds above: rows committed since are
+        # read at most once more (they lie at or past the next lower bound anyway).
+        with snapshot(src):
+            load_frames(wh, spec, frames(), info, report, state, run_id)
+    if report.null_cursor_rows:
+        report.warnings.append(
+            f"{report.null_cursor_rows} row(s) of {spec.source} have a NULL {spec.cursor!r}; they are "
+            "read and upserted on every run (never dropped): give them a cursor value to stop that."
+        )
     return report.finish()

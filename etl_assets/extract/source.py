@@ -123,6 +123,47 @@ def copy_query_to_frame(conn: psycopg.Connection, query: sql.Composable, params:
     return csv_to_frame(buffer.getvalue(), columns)
 
 
+PIECE_BYTES = 32 * 1024 * 1024  # CSV bytes per frame when streaming a COPY (bounds memory)
+
+
+def _record_boundary(buffer: bytearray) -> int:
+    """Length of the longest prefix of ``buffer`` made of whole CSV records (0 if none).
+
+    A newline ends a record only outside quotes, i.e. where the number of '"' before it is even
+    (PostgreSQL quotes fields containing newlines and doubles quotes inside them).
+    """
+    total = buffer.count(b'"')
+    end = len(buffer)
+    while True:
+        nl = buffer.rfind(b"\n", 0, end)
+        if nl < 0:
+            return 0
+        if (total - buffer.count(b'"', nl + 1)) % 2 == 0:
+            return nl + 1
+        end = nl
+
+
+def iter_copy_frames(conn: psycopg.Connection, query: sql.Composable, params: Sequence[object] = (),
+                     columns: Sequence[str] = (), piece_bytes: int = PIECE_BYTES) -> Iterator[pl.DataFrame]:
+    """Stream ``COPY (query) TO STDOUT`` as frames of about ``piece_bytes`` of CSV each (at least one
+    frame, possibly empty), so that a whole table never has to fit in memory at once."""
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER false)").format(query)
+    buffer = bytearray()
+    produced = False
+    with conn.cursor() as cur, cur.copy(copy_sql, params or None) as copy:
+        for block in copy:
+            buffer += block
+            if len(buffer) >= piece_bytes:
+                cut = _record_boundary(buffer)
+                if cut:
+                    frame = csv_to_frame(bytes(buffer[:cut]), columns)
+                    del buffer[:cut]
+                    produced = True
+                    yield frame
+    if buffer or not produced:
+        yield csv_to_frame(bytes(buffer), columns)
+
+
 def csv_to_frame(data: bytes, columns: Sequence[str]) -> pl.DataFrame:
     if not data:
         return pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns})

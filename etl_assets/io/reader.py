@@ -8,6 +8,7 @@ pandas code passes back in; lists load as lists.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -43,14 +44,18 @@ def read_table(
     unknown = [n for n in names if n not in types]
     if unknown:
         raise MissingObject(f"Column(s) {unknown} requested from {table} do not exist; it has {list(types)}.")
-    select = []
-    for n in names:
-        t = types[n]
-        if (t.base in ("json", "jsonb") and kind == "polars") or (t.base == "uuid" and kind == "polars"):
-            select.append(sql.SQL("{}::text").format(sql.Identifier(n)))
-        else:
-            select.append(sql.Identifier(n))
-    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(select), table.ident)
+    if kind not in ("pandas", "polars"):
+        raise ConfigError(f"Unknown frame kind {kind!r}; use 'pandas' or 'polars'.")
+    if all(_copyable(types[n]) for n in names):
+        frame = _read_copy(conn, names, types, table, partition, order_by)
+    else:
+        frame = _read_rows(conn, names, types, table, partition, order_by)
+    return frame if kind == "polars" else _to_pandas(frame, types)
+
+
+def _where(
+    query: sql.Composable, types: dict[str, PgType], partition: Any, order_by: Sequence[str] | None
+) -> tuple[sql.Composable, tuple]:
     params: tuple = ()
     if partition is not None:
         from etl_assets.io.writer import partition_condition
@@ -59,22 +64,37 @@ def read_table(
         query += sql.SQL(" WHERE ") + cond
     if order_by:
         query += sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in order_by))
-    if kind == "polars" and all(_copyable(types[n]) for n in names):
-        return _read_copy(conn, names, types, table, partition, order_by)
+    return query, params
+
+
+def _read_rows(
+    conn: psycopg.Connection,
+    names: list[str],
+    types: dict[str, PgType],
+    table: TableRef,
+    partition: Any,
+    order_by: Sequence[str] | None,
+) -> pl.DataFrame:
+    """The fallback route: psycopg's row loaders (types the COPY route does not render)."""
+    select = [
+        sql.SQL("{}::text").format(sql.Identifier(n))
+        if types[n].base in ("json", "jsonb", "uuid")
+        else sql.Identifier(n)
+        for n in names
+    ]
+    query, params = _where(
+        sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(select), table.ident),
+        types,
+        partition,
+        order_by,
+    )
     values: list[list[Any]] = [[] for _ in names]
     with conn.cursor() as cur:
         cur.execute(query, params)
-        while True:
-            rows = cur.fetchmany(FETCH_ROWS)
-            if not rows:
-                break
+        while rows := cur.fetchmany(FETCH_ROWS):
             for i, col in enumerate(zip(*rows, strict=True)):
                 values[i].extend(col)
-    if kind == "polars":
-        return pl.DataFrame([_series(n, values[i], types[n]) for i, n in enumerate(names)])
-    if kind == "pandas":
-        return _pandas(names, values, types)
-    raise ConfigError(f"Unknown frame kind {kind!r}; use 'pandas' or 'polars'.")
+    return pl.DataFrame([_series(n, values[i], types[n]) for i, n in enumerate(names)])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,20 +179,16 @@ def _read_copy(
     partition: Any,
     order_by: Sequence[str] | None,
 ) -> pl.DataFrame:
-    import io
-
-    query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(_copy_select(n, types[n]) for n in names), table.ident
-    )
-    params: tuple = ()
-    if partition is not None:
-        from etl_assets.io.writer import partition_condition
-
-        cond, params = partition_condition(partition, types)
-        query += sql.SQL(" WHERE ") + cond
-    if order_by:
-        query += sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in order_by))
+    """The COPY route: one ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed by polars."""
     buf = io.BytesIO()
+    query, params = _where(
+        sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(_copy_select(n, types[n]) for n in names), table.ident
+        ),
+        types,
+        partition,
+        order_by,
+    )
     # COPY takes no parameters: bind the partition bounds client-side (psycopg quotes them).
     bound = psycopg.ClientCursor(conn).mogrify(query, params) if params else query
     stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(
@@ -202,26 +218,30 @@ def _series(name: str, values: list[Any], pg: PgType) -> pl.Series:
     return pl.Series(name, values, dtype=dtype, strict=False)
 
 
-def _pandas(names: list[str], values: list[list[Any]], types: dict[str, PgType]) -> Any:
+def _to_pandas(frame: pl.DataFrame, types: dict[str, PgType]) -> Any:
+    """pandas as pandas code writes it: Python objects where pandas has no dtype (dates, decimals,
+    uuid, JSON, bytes, lists), nullable dtypes for integers/booleans with NULLs, numpy otherwise."""
+    import uuid
+
     import pandas as pd
 
     data: dict[str, Any] = {}
-    for i, n in enumerate(names):
-        pg = types[n]
-        if pg.dims or pg.base in ("json", "jsonb", "uuid", "date", "time", "timetz", "bytea", "numeric"):
-            if pg.base == "json":
-                vals = [
-                    None if v is None else (json.loads(v) if isinstance(v, str) else v) for v in values[i]
-                ]
-            else:
-                vals = values[i]
-            data[n] = pd.Series(vals, dtype=object, name=n)
+    for name in frame.columns:
+        pg = types[name]
+        series = frame.get_column(name)
+        if pg.base in ("json", "jsonb") and not pg.dims:
+            vals: list[Any] = [None if v is None else json.loads(v) for v in series.to_list()]
+            data[name] = pd.Series(vals, dtype=object, name=name)
+        elif pg.base == "uuid" and not pg.dims:
+            data[name] = pd.Series(
+                [None if v is None else uuid.UUID(v) for v in series.to_list()], dtype=object, name=name
+            )
+        elif pg.dims or pg.base in ("date", "time", "timetz", "bytea", "numeric"):
+            data[name] = pd.Series(series.to_list(), dtype=object, name=name)
+        elif series.null_count() and (series.dtype.is_integer() or series.dtype == pl.Boolean):
+            # numpy ints/bools cannot hold NULL (pandas would turn them into float/object)
+            nullable = "boolean" if series.dtype == pl.Boolean else str(series.dtype).capitalize()
+            data[name] = pd.Series(pd.array(series.to_list(), dtype=nullable), name=name)
         else:
-            series = _series(n, values[i], pg)
-            if series.null_count() and (series.dtype.is_integer() or series.dtype == pl.Boolean):
-                # numpy ints/bools cannot hold NULL (pandas would turn them into float/object)
-                nullable = "boolean" if series.dtype == pl.Boolean else str(series.dtype).capitalize()
-                data[n] = pd.Series(pd.array(values[i], dtype=nullable), name=n)
-            else:
-                data[n] = series.to_pandas()
-    return pd.DataFrame(data, columns=names)
+            data[name] = series.to_pandas()
+    return pd.DataFrame(data, columns=list(frame.columns))

@@ -5,7 +5,8 @@
 shape through each route and prints the median seconds. Routes:
 
 * ``csv-polars``: what :func:`etl_assets.io.bulk.copy_frame` does (polars ``write_csv`` per piece,
-  streamed into ``COPY ... FROM STDIN (FORMAT csv)`` on the caller's connection);
+  streamed into ``COPY ... FROM STDIN (FORMAT csv)`` on the caller's connection, sent by a worker
+  thread while the next piece renders), and the same without that overlap;
 * ``csv-pyarrow``: the same with ``pyarrow.csv.write_csv`` per record batch;
 * ``binary-write_row``: psycopg binary COPY fed row by row (per-row Python), on a 10 % sample scaled;
 * ``adbc``: ``adbc_ingest`` (binary COPY in C++), the fastest, but on its own connection, so it
@@ -32,11 +33,11 @@ from etl_assets.bench.data import make_frame, recreate_table
 SCHEMA = "etl_bench_routes"
 
 
-def _csv_polars(conn: psycopg.Connection, table: sql.Identifier, frame: pl.DataFrame) -> None:
+def _csv_polars(conn: psycopg.Connection, table: sql.Identifier, frame: object, overlap: bool = True) -> None:
     from etl_assets.io.bulk import copy_frame
     from etl_assets.io.tables import TableRef
 
-    copy_frame(conn, frame, TableRef(SCHEMA, "t"))
+    copy_frame(conn, frame, TableRef(SCHEMA, "t"), overlap=overlap)
 
 
 def _csv_pyarrow(conn: psycopg.Connection, table: sql.Identifier, frame: pl.DataFrame) -> None:
@@ -102,6 +103,10 @@ def measure(dsn: str, rows: int, repeat: int, log: Callable[[str], None] = print
             return run
 
         routes["csv-polars (ours)"] = (in_tx(lambda: _csv_polars(conn, ident, frame)), 1.0)
+        routes["csv-polars, send then render (no overlap)"] = (
+            in_tx(lambda: _csv_polars(conn, ident, frame, overlap=False)),
+            1.0,
+        )
         routes["csv-polars from pandas (ours)"] = (in_tx(lambda: _csv_polars(conn, ident, pandas_frame)), 1.0)
         routes["csv-pyarrow"] = (in_tx(lambda: _csv_pyarrow(conn, ident, frame)), 1.0)
         routes["binary write_row (x10 of 10% sample)"] = (

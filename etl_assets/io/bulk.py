@@ -77,11 +77,13 @@ def copy_frame(
     columns: Sequence[str] | None = None,
     targets: Mapping[str, PgType] | None = None,
     piece_rows: int | None = None,
+    overlap: bool = True,
 ) -> int:
     """COPY every row of ``frame`` (pandas or polars) into the existing ``table``; returns the row count.
 
     ``columns`` defaults to the frame's columns (the table may have more; they get their defaults).
     ``targets`` gives the table's column types where rendering depends on them (lists into jsonb).
+    ``overlap=False`` sends each piece before rendering the next (for measuring the difference).
     Runs on ``conn`` in whatever transaction is open; a value PostgreSQL rejects raises
     :class:`SchemaMismatch` naming the table, column and line.
     """
@@ -96,7 +98,7 @@ def copy_frame(
         table.ident, sql.SQL(", ").join(sql.Identifier(c) for c in names)
     )
     try:
-        with conn.cursor() as cur, cur.copy(stmt, writer=_writer(cur)) as cp:
+        with conn.cursor() as cur, cur.copy(stmt, writer=_writer(cur) if overlap else None) as cp:
             for chunk in iter_csv_pieces(frame, targets, piece_rows):
                 cp.write(chunk)
     except psycopg.errors.DataError as exc:

@@ -19,8 +19,10 @@ import importlib
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -481,6 +483,9 @@ def run(args: argparse.Namespace, log=print) -> int:
     from etl_assets.settings import ensure_environment
 
     env = ensure_environment(seed_demo=False)
+    if threading.current_thread() is threading.main_thread():
+        # `kill` of a long run still drops its tables (and the running contender's process).
+        signal.signal(signal.SIGTERM, _interrupt)
     sizes: tuple[int, ...] = tuple(args.rows or ((QUICK_SIZE,) if args.quick else DEFAULT_SIZES))
     if args.large and LARGE_SIZE not in sizes:
         sizes = (*sizes, LARGE_SIZE)
@@ -488,6 +493,9 @@ def run(args: argparse.Namespace, log=print) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    machine_info = machine()
+    json_path = out / "bench.json"
+    partial_path = out / "bench.partial.json"
     with tempfile.TemporaryDirectory(prefix="etl-bench-data-") as tmp:
         plan = Plan(
             sizes=sizes,
@@ -503,10 +511,14 @@ def run(args: argparse.Namespace, log=print) -> int:
         contenders = collect_contenders(plan)
         if args.only:
             contenders = [c for c in contenders if any(t in c.group or t in c.name for t in args.only)]
+        # Every contender of the smallest size first: a run stopped early still has whole sizes.
+        contenders.sort(key=lambda c: c.rows)
         results: list[Result] = []
 
         def report(r: Result) -> None:
             results.append(r)
+            partial = _report_dict(started, machine_info, plan, results, [])
+            partial_path.write_text(json.dumps({**partial, "complete": False}, indent=2))
             status = (
                 "verified"
                 if r.verified
@@ -545,19 +557,9 @@ def run(args: argparse.Namespace, log=print) -> int:
     log("")
     log("Targets (ratios from this run):")
     log(format_ratios(ratios) or "  (none computable: see gaps)")
-    report = {
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "machine": machine(),
-        "server_version": _server_version(plan.warehouse_dsn),
-        "sizes": list(sizes),
-        "repeat": plan.repeat,
-        "quick": plan.quick,
-        "results": [r.as_dict() for r in results],
-        "ratios": [asdict(r) for r in ratios],
-    }
-    json_path = out / "bench.json"
+    report = {**_report_dict(started, machine_info, plan, results, ratios), "complete": True}
     json_path.write_text(json.dumps(report, indent=2))
+    partial_path.unlink(missing_ok=True)
     png = out / "bench.png"
     try:
         drew = draw_chart(results, png)
@@ -567,6 +569,29 @@ def run(args: argparse.Namespace, log=print) -> int:
     log(f"\nresults: {json_path}" + (f"; chart: {png}" if drew else " (no chart: pip install -e '.[bench]')"))
     ran = [r for r in results if not r.gap]
     return 0 if ran and all(r.verified for r in ran) else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _report_dict(
+    started: float, machine_info: dict[str, Any], plan: Plan, results: list[Result], ratios: list[Ratio]
+) -> dict[str, Any]:
+    info = dict(machine_info)
+    with contextlib.suppress(OSError):
+        info["load_average_now"] = os.getloadavg()
+    return {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "machine": info,
+        "server_version": _server_version(plan.warehouse_dsn),
+        "sizes": list(plan.sizes),
+        "repeat": plan.repeat,
+        "quick": plan.quick,
+        "results": [r.as_dict() for r in results],
+        "ratios": [asdict(r) for r in ratios],
+    }
 
 
 def _server_version(dsn: str) -> str:

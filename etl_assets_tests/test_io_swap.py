@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from etl_assets.errors import MissingObject, SchemaMismatch
+from etl_assets.errors import EtlError, MissingObject, SchemaMismatch
 from etl_assets.io.swap import previous_table, rollback
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import write_frame
@@ -162,7 +162,8 @@ def test_swap_waits_for_a_reader_and_retries(warehouse_dsn, conn, fresh_schema, 
         for _ in range(6000):
             waiting = conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE relation = to_regclass(%s) AND NOT granted "
-                "AND mode = 'AccessExclusiveLock'",
+                "AND mode = 'AccessExclusiveLock' "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 (t.regclass_text,),
             ).fetchone()[0]
             if waiting:
@@ -187,5 +188,26 @@ def test_swap_refuses_materialized_view_before_touching_anything(conn, fresh_sch
     conn.execute(sql.SQL("CREATE MATERIALIZED VIEW {} AS SELECT * FROM {}").format(mv.ident, t.ident))
     with pytest.raises(SchemaMismatch, match=rf"materialized view {fresh_schema}\.Snap Shot"):
         write_frame(conn, pl.DataFrame({"id": [2]}), t, "swap")
+    assert rows(conn, t) == [(1,)]
+    assert leftovers(conn) == []
+
+
+def test_swap_gives_up_after_its_attempts_naming_the_holder(warehouse_dsn, conn, fresh_schema):
+    t = TableRef(fresh_schema, "busy")
+    write_frame(conn, pl.DataFrame({"id": [1]}), t, "swap", primary_key=["id"])
+    with psycopg.connect(warehouse_dsn) as reader:
+        reader.execute("SET application_name = 'long report'")
+        assert rows(reader, t) == [(1,)]  # holds ACCESS SHARE until commit
+        with pytest.raises(EtlError, match=r"Could not swap .*busy.*2 attempts of 50ms.*long report"):
+            write_frame(
+                conn,
+                pl.DataFrame({"id": [2]}),
+                t,
+                "swap",
+                primary_key=["id"],
+                swap_lock_timeout="50ms",
+                swap_attempts=2,
+            )
+        reader.commit()
     assert rows(conn, t) == [(1,)]
     assert leftovers(conn) == []

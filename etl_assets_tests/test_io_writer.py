@@ -191,7 +191,8 @@ def test_two_concurrent_writers_never_interleave(warehouse_dsn, fresh_schema):
     with psycopg.connect(warehouse_dsn, autocommit=True) as watch:
         for _ in range(3000):  # poll the lock table, no sleeping on a guess
             waiting = watch.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ).fetchone()[0]
             if waiting:
                 break

@@ -408,7 +408,8 @@ def _with_lock_retries(conn: psycopg.Connection, target: TableRef, step, lock_ti
             """SELECT string_agg(DISTINCT format('pid %%s (%%s, %%s)', l.pid, a.application_name, l.mode),
                                  '; ')
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-               WHERE l.relation = to_regclass(%s) AND l.pid <> pg_backend_pid()""",
+               WHERE l.relation = to_regclass(%s) AND l.pid <> pg_backend_pid()
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
             (target.regclass_text,),
         ).fetchone()[0]
         raise EtlError(

@@ -21,7 +21,7 @@ from etl_assets_tests.extract_helpers import assert_equal, checksum, execute, sc
 
 pytestmark = pytest.mark.drill
 
-ROWS = 100_000
+ROWS = 60_000
 
 
 def _source(dbs: dict[str, str]) -> None:

@@ -167,6 +167,7 @@ def test_out_of_order_commit_is_applied(
         # A reader of "position > last" would have taken both visible entries and moved past the
         # early one; this reader stops below the open transaction and says so.
         assert held.changes == 0 and held.held_back_by is not None
+        assert str(early.info.backend_pid) in held.held_back_by  # names the transaction holding it back
         assert held.position_after == held.position_before
         early.commit()
     report = _run(spec, source_dsn, warehouse_dsn)
@@ -262,3 +263,47 @@ def test_hostile_identifiers(source_conn, warehouse_conn, source_dsn, warehouse_
     assert src == dst and len(dst) == 15
     capture.uninstall(source_conn, ref)
     source_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ref.schema_ident))
+
+
+def test_long_transaction_of_another_database_does_not_hold_back(
+    items, source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """pg_snapshot_xmin is server-wide; a writer open in another database (here the warehouse)
+    cannot write this source's logs, so it must not stop the apply."""
+    spec = spec_for(items, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    with psycopg.connect(warehouse_dsn) as other:
+        other.execute("SELECT pg_current_xact_id()")  # an open transaction with an id, elsewhere
+        source_conn.execute(sql.SQL("UPDATE {} SET name = 'z' WHERE id <= 3").format(items.ident))
+        report = _run(spec, source_dsn, warehouse_dsn, wait=3)  # waits out brief ones (autoanalyze)
+        assert report.held_back_by is None and report.applied == {"update": 3}
+        other.rollback()
+    assert_equal(source_conn, warehouse_conn, spec)
+
+
+def test_source_columns_added_and_dropped(
+    items, source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    spec = spec_for(items, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    t = items.ident
+    source_conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note varchar(20)").format(t))
+    source_conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN blob").format(t))
+    source_conn.execute(sql.SQL("UPDATE {} SET note = 'n' || id WHERE id <= 4").format(t))
+    source_conn.execute(sql.SQL("INSERT INTO {} (id, name, note) VALUES (999, 'new', 'x')").format(t))
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert any("columns added: note" in n for n in report.notes)
+    assert any("no longer in the source" in n and "blob" in n for n in report.notes)
+    typ = warehouse_conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
+        "AND attname = 'note'",
+        (spec.target.regclass_text,),
+    ).fetchone()[0]
+    assert typ == "character varying(20)"
+    rows = warehouse_conn.execute(
+        sql.SQL("SELECT id, note, blob IS NULL FROM {} WHERE id IN (1, 4, 5, 999) ORDER BY id").format(
+            spec.target.ident
+        )
+    ).fetchall()
+    # Rows written after the drop have NULL in the dropped column; untouched rows keep their value.
+    assert rows == [(1, "n1", True), (4, "n4", True), (5, None, False), (999, "x", True)]

@@ -74,31 +74,40 @@ def begin_snapshot(conn: psycopg.Connection) -> None:
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
-# Is every transaction with an id <= N that could write this database's logs over, in the current
-# snapshot? Either the snapshot's xmin is past N, or every still-running id <= N is proven to be a
-# transaction of another database (a session in pg_stat_activity, or a prepared transaction, whose
-# database is not this one): those cannot write our logs. An id not found (it ended after the
-# snapshot, or the role may not see other users' sessions) counts as ours: wait rather than guess.
-_FINAL = """
-SELECT pg_snapshot_xmin(q.s) > %(n)s::text::xid8 OR NOT EXISTS (
-    SELECT 1 FROM pg_snapshot_xip(q.s) AS x(xid)
-     WHERE x.xid <= %(n)s::text::xid8
-       AND NOT EXISTS (
-           SELECT 1 FROM pg_stat_activity a
-            WHERE a.backend_xid IS NOT NULL
-              AND a.backend_xid::text::bigint = x.xid::text::bigint %% 4294967296
-              AND a.datid IS DISTINCT FROM (SELECT oid FROM pg_database WHERE datname = current_database()))
-       AND NOT EXISTS (
-           SELECT 1 FROM pg_prepared_xacts p
-            WHERE p.transaction::text::bigint = x.xid::text::bigint %% 4294967296
-              AND p.database <> current_database()))
-  FROM (SELECT pg_current_snapshot() AS s) q
+# The transactions that keep a horizon from being final in the current snapshot: ids <= N still
+# running, except those proven unable to write this database's logs — sessions of another database
+# of the server, autovacuum workers (they never fire triggers), prepared transactions of another
+# database. An id not found (it ended after the snapshot, or the role may not see other users'
+# sessions) counts as a blocker: wait rather than guess.
+_BLOCKERS = """
+SELECT x.xid::text
+  FROM (SELECT pg_current_snapshot() AS s) q, pg_snapshot_xip(q.s) AS x(xid)
+ WHERE pg_snapshot_xmin(q.s) <= %(n)s::text::xid8
+   AND x.xid <= %(n)s::text::xid8
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_stat_activity a
+        WHERE a.backend_xid IS NOT NULL
+          AND a.backend_xid::text::bigint = x.xid::text::bigint %% 4294967296
+          AND (a.datid IS DISTINCT FROM (SELECT oid FROM pg_database WHERE datname = current_database())
+               OR a.backend_type = 'autovacuum worker'))
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_prepared_xacts p
+        WHERE p.transaction::text::bigint = x.xid::text::bigint %% 4294967296
+          AND p.database <> current_database())
+ ORDER BY x.xid
+ LIMIT 1
 """
+
+
+def blocker(conn: psycopg.Connection, horizon: Horizon) -> int | None:
+    """The oldest transaction keeping ``horizon`` from being final in the current snapshot, or None."""
+    row = conn.execute(_BLOCKERS, {"n": str(horizon.xid)}).fetchone()
+    return int(row[0]) if row else None
 
 
 def horizon_final(conn: psycopg.Connection, horizon: Horizon) -> bool:
     """Whether every position <= ``horizon.position`` is final in the current snapshot."""
-    return bool(conn.execute(_FINAL, {"n": str(horizon.xid)}).fetchone()[0])
+    return blocker(conn, horizon) is None
 
 
 def safe_bound(conn: psycopg.Connection, applied: int, horizons: list[Horizon]) -> int:
@@ -121,23 +130,29 @@ def keep_horizons(horizons: list[Horizon], bound: int) -> list[Horizon]:
     return left
 
 
-def oldest_running(conn: psycopg.Connection) -> str:
-    """A description of the oldest transaction with an id (what holds the reader back), for reports."""
+def describe_transaction(conn: psycopg.Connection, xid: int | None) -> str:
+    """Who runs transaction ``xid`` (pid, user, database, state, age), for reports and warnings."""
+    if xid is None:
+        return "an older transaction"
     try:
         row = conn.execute(
-            """SELECT pid, coalesce(datname, '?'), coalesce(usename, '?'),
-                      extract(epoch FROM clock_timestamp() - xact_start)::float8, state
+            """SELECT pid, coalesce(datname, '?'), coalesce(usename, '?'), backend_type, coalesce(state, '?'),
+                      extract(epoch FROM clock_timestamp() - xact_start)::float8
                  FROM pg_stat_activity
-                WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
-                ORDER BY age(backend_xid) DESC LIMIT 1"""
+                WHERE backend_xid IS NOT NULL AND backend_xid::text::bigint = %s %% 4294967296""",
+            (xid,),
         ).fetchone()
     except psycopg.Error:
-        return "an older transaction"
+        row = None
     if row is None:
-        return "an older transaction"
-    pid, db, user, seconds, state = row
+        return (
+            f"transaction {xid} (ended meanwhile, prepared, or a session this role may not see: "
+            "grant it pg_read_all_stats)"
+        )
+    pid, db, user, kind, state, seconds = row
     return (
-        f"pid {pid} (user {user}, database {db}, {state or 'unknown state'}, open for {seconds or 0:.0f} s)"
+        f"transaction {xid}: pid {pid} ({kind}, user {user}, database {db}, {state}, "
+        f"open {seconds or 0:.0f} s)"
     )
 
 

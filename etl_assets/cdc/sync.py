@@ -270,7 +270,7 @@ def _apply_window(
         candidates = [*horizons, now]
         bound = reader.safe_bound(src, applied, candidates)
         if bound < now.position:
-            report.held_back_by = reader.oldest_running(src)
+            report.held_back_by = reader.describe_transaction(src, reader.blocker(src, now))
         while True:
             end = min(bound, reader.batch_end(src, fresh, applied, bound, batch_changes()))
             state = _apply_batch(src, wh, fresh, table, spec, state, end, candidates, run_id, report)

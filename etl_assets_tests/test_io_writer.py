@@ -208,7 +208,7 @@ def test_two_concurrent_writers_never_interleave(warehouse_dsn, fresh_schema):
 
 @pytest.mark.parametrize("mode", ["insert", "truncate_insert", "upsert", "swap"])
 def test_capitals_spaces_and_quotes_in_names(conn, warehouse_conn, mode):
-    schema = 'My "Odd" Schema'
+    schema = 'My "Odd" 100%s Schema'
     warehouse_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     t = TableRef(schema, 'Order "Lines"; DROP TABLE x')
     df = pl.DataFrame({"Key Col": [1, 2], 'say "hi"': ["a", None], "UPPER": [1.5, 2.5]})
@@ -231,6 +231,11 @@ def test_capitals_spaces_and_quotes_in_names(conn, warehouse_conn, mode):
             )
         ]
         assert cols == ["Key Col", 'say "hi"', "UPPER"]
+        if mode != "swap":  # a partition replace (or partition upsert) with the same hostile names
+            part = PartitionWindow("Key Col", values=(2,))
+            one = pl.DataFrame({"Key Col": [2], 'say "hi"': ["p%s"], "UPPER": [9.0]})
+            write_frame(conn, one, t, mode, primary_key=pk, partition=part)
+            assert [r for r in rows(conn, t, "Key Col") if r[0] == 2] == [(2, "p%s", 9.0)]
     finally:
         conn.rollback()
         warehouse_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

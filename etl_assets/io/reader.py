@@ -90,7 +90,7 @@ def _read_rows(
     )
     values: list[list[Any]] = [[] for _ in names]
     with conn.cursor() as cur:
-        cur.execute(query, params)
+        cur.execute(query, params or None)
         while rows := cur.fetchmany(FETCH_ROWS):
             for i, col in enumerate(zip(*rows, strict=True)):
                 values[i].extend(col)

@@ -292,12 +292,29 @@ def partition_condition(
         )
     typ = types[partition.column]
     col = sql.Identifier(partition.column)
+    # Values are rendered as quoted literals cast to the column's type, not bound as parameters: a
+    # table or column name containing '%' would otherwise be taken for a placeholder.
+    cast = sql.SQL(typ.element.sql())
     if partition.values is not None:
-        return sql.SQL("{} = ANY(%s)").format(col), ([_bound(v, typ) for v in partition.values],)
-    return sql.SQL("{} >= %s AND {} < %s").format(col, col), (
-        _bound(partition.start, typ),
-        _bound(partition.end, typ),
-    )
+        items = sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(_literal(_bound(v, typ))), cast) for v in partition.values
+        )
+        return sql.SQL("{} IN ({})").format(col, items), ()
+    return sql.SQL("{} >= {}::{} AND {} < {}::{}").format(
+        col,
+        sql.Literal(_literal(_bound(partition.start, typ))),
+        cast,
+        col,
+        sql.Literal(_literal(_bound(partition.end, typ))),
+        cast,
+    ), ()
+
+
+def _literal(value: Any) -> Any:
+    """Dates and times as ISO text (cast by the caller), so their literal carries no competing type."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return str(value) if not isinstance(value, str) else value
 
 
 def _check_frame_in_window(
@@ -322,13 +339,16 @@ def _check_frame_in_window(
     if partition.values is not None:
         return
     lo, hi = col.min(), col.max()
-    cond, params = partition_condition(partition, types)
+    cond, _ = partition_condition(partition, types)
     typ = types[partition.column].sql()
     ok = conn.execute(
-        sql.SQL("SELECT bool_and({}) FROM (VALUES (%s::{t}), (%s::{t})) v({})").format(
-            cond, sql.Identifier(partition.column), t=sql.SQL(typ)
-        ),
-        (*params, lo, hi),
+        sql.SQL("SELECT bool_and({}) FROM (VALUES ({}::{t}), ({}::{t})) v({})").format(
+            cond,
+            sql.Literal(_literal(lo)),
+            sql.Literal(_literal(hi)),
+            sql.Identifier(partition.column),
+            t=sql.SQL(typ),
+        )
     ).fetchone()[0]
     if not ok:
         raise SchemaMismatch(
@@ -411,7 +431,9 @@ def write_frame(
             else:
                 if partition is not None:
                     cond, params = partition_condition(partition, shape.types)
-                    cur = conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(target.ident) + cond, params)
+                    cur = conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE ").format(target.ident) + cond, params or None
+                    )
                     result.deleted = cur.rowcount
                 elif mode == "truncate_insert":
                     result.deleted = conn.execute(
@@ -424,7 +446,7 @@ def write_frame(
                 if partition is not None:
                     cond, params = partition_condition(partition, shape.types)
                     result.table_rows = conn.execute(
-                        sql.SQL("SELECT count(*) FROM {} WHERE ").format(target.ident) + cond, params
+                        sql.SQL("SELECT count(*) FROM {} WHERE ").format(target.ident) + cond, params or None
                     ).fetchone()[0]
                 elif mode == "truncate_insert":
                     result.table_rows = df.height

@@ -1,1 +1,1 @@
-"""The demo: an OLTP source schema ``shop`` (generator and change simulator) and the first asset graph."""
+"""The demo source: an OLTP schema ``shop`` (generator and change simulator)."""

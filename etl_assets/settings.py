@@ -73,10 +73,7 @@ class Environment:
 def dagster_home() -> Path:
     """``DAGSTER_HOME`` when set, else ``$ETL_HOME/dagster``, holding a copy of the repo's dagster.yaml."""
     raw = os.environ.get("DAGSTER_HOME")
-    if raw:
-        home = Path(raw).expanduser().resolve()
-    else:
-        home = etl_home() / "dagster"
+    home = Path(raw).expanduser().resolve() if raw else etl_home() / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     shipped = PROJECT_ROOT / "dagster.yaml"

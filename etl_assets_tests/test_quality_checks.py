@@ -251,3 +251,47 @@ def test_dead_letter_routing_needs_an_error_rule() -> None:
         Rule(name="x", kind="not_null", columns=["id"], severity="warning", on_fail="dead_letter")
     with pytest.raises(ConfigError, match="on_fail: dead_letter needs severity error"):
         Rule(name="x", kind="row_count", min=1, on_fail="dead_letter")
+
+
+def test_rules_on_a_partitioned_asset_look_at_its_partition(fresh_schema, warehouse_dsn, warehouse) -> None:
+    """A bad row on day 1 fails day 1's check only; day 2's run checks day 2's rows."""
+    table = sql.Identifier(fresh_schema, "daily")
+    with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, day date, amount int)").format(table))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} VALUES (1, '2026-01-01', -5), (2, '2026-01-01', 5), (3, '2026-01-02', 7)"
+            ).format(table)
+        )
+    key = dg.AssetKey([fresh_schema, "daily"])
+
+    @dg.asset(
+        key=key, partitions_def=dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-01-03")
+    )
+    def daily() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    rules = RuleSet(
+        key,
+        (Rule(name="positive", kind="range", columns=["amount"], min=0),),
+        keys=("id",),
+        partition_expr="day",
+    )
+    with dg.instance_for_test() as instance:
+        outcome = {}
+        for day in ("2026-01-01", "2026-01-02"):
+            result = dg.materialize(
+                [daily, build_asset_checks(rules)],
+                resources={"warehouse": warehouse},
+                instance=instance,
+                partition_key=day,
+                raise_on_error=False,
+            )
+            check = evaluations(result)["positive"]
+            outcome[day] = (
+                check.passed,
+                check.metadata["total_rows"].value,
+                check.metadata["failing_rows"].value,
+                check.metadata["partition"].value,
+            )
+    assert outcome == {"2026-01-01": (False, 2, 1, "2026-01-01"), "2026-01-02": (True, 1, 0, "2026-01-02")}

@@ -32,10 +32,11 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+from psycopg import sql
 
 from etl_assets.errors import EtlError
 from etl_assets.io.tables import TableRef
-from etl_assets.quality.rules import Rule, RuleResult, evaluate
+from etl_assets.quality.rules import Rule, RuleResult, evaluate, partition_scope
 
 WAREHOUSE_KEY = "warehouse"
 
@@ -49,6 +50,7 @@ class RuleSet:
     table: TableRef | None = None
     keys: tuple[str, ...] | None = None
     sensitive: tuple[str, ...] = ()
+    partition_expr: str | None = None  # a partitioned asset's partition column: rules see one partition
 
     def target(self) -> TableRef:
         return self.table or TableRef.for_asset_key(self.asset_key)
@@ -119,6 +121,8 @@ def to_check_result(
     for name, value in result.observed.items():
         if isinstance(value, int) and not isinstance(value, bool):
             metadata[f"observed_{name}"] = dg.MetadataValue.int(value)
+        elif name == "partition":
+            metadata["partition"] = dg.MetadataValue.text(str(value))
     if result.error:
         metadata["error"] = dg.MetadataValue.text(result.error)
     passed = True if rule.severity == "info" else result.passed
@@ -151,11 +155,13 @@ def _verdict_text(result: RuleResult) -> str:
     )
 
 
-def run_rule(conn: psycopg.Connection, rule_set: RuleSet, rule: Rule) -> RuleResult:
+def run_rule(
+    conn: psycopg.Connection, rule_set: RuleSet, rule: Rule, scope: sql.Composable | None = None
+) -> RuleResult:
     """Evaluate one rule; an evaluation failure becomes a failed result naming the reason."""
     target = rule_set.target()
     try:
-        return evaluate(conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive)
+        return evaluate(conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive, scope=scope)
     except (EtlError, psycopg.Error) as exc:
         if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
@@ -163,7 +169,29 @@ def run_rule(conn: psycopg.Connection, rule_set: RuleSet, rule: Rule) -> RuleRes
         return RuleResult(rule, target, 0, 0, False, error=f"{type(exc).__name__}: {message}")
 
 
-def _route(context: Any, warehouse: Any, rule_set: RuleSet, result: RuleResult) -> RuleResult:
+def partition_of(context: Any, rule_set: RuleSet) -> tuple[str | None, sql.Composable | None]:
+    """The partition key of the check's step and the condition selecting its rows, if any.
+
+    A check on a partitioned asset runs in the partition's run; with the asset's ``partition_expr``
+    known, its rules look only at that partition's rows (so a bad day does not fail every later day).
+    """
+    op_context = getattr(context, "op_execution_context", context)
+    try:
+        if not rule_set.partition_expr or not op_context.has_partition_key:
+            return None, None
+        key = op_context.partition_key
+    except Exception:
+        return None, None
+    try:
+        window = op_context.partition_time_window
+    except Exception:  # not time-partitioned: static or dynamic keys
+        return key, partition_scope(rule_set.partition_expr, values=[key])
+    return key, partition_scope(rule_set.partition_expr, start=window.start, end=window.end)
+
+
+def _route(
+    context: Any, warehouse: Any, rule_set: RuleSet, result: RuleResult, scope: Any = None, key: Any = None
+) -> RuleResult:
     """``on_fail: dead_letter``: move the failing rows to the dead-letter table; the rule then holds."""
     from etl_assets import dlq
     from etl_assets.quality.routing import route_failing_rows
@@ -173,11 +201,12 @@ def _route(context: Any, warehouse: Any, rule_set: RuleSet, result: RuleResult) 
         asset_key=rule_set.asset_key.to_user_string(),
         run_id=context.run.run_id,
         step=step,
+        partition_key=key,
         target=str(result.table),
     )
     try:
         with warehouse.connect() as conn:
-            moved = route_failing_rows(conn, result.rule, result.table, origin)
+            moved = route_failing_rows(conn, result.rule, result.table, origin, scope)
     except (EtlError, psycopg.Error) as exc:
         result.error = f"routing to the dead-letter table failed: {type(exc).__name__}: {exc}"
         return result
@@ -215,13 +244,16 @@ def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
     def _quality_checks(context):  # unannotated: string annotations confuse the decorator
         selected = {k.name for k in context.selected_asset_check_keys}
         warehouse = getattr(context.resources, WAREHOUSE_KEY)
+        partition, scope = partition_of(context, rule_set)
         with warehouse.connect(autocommit=True) as conn:
             for name, rule in by_name.items():
                 if name not in selected:
                     continue
-                result = run_rule(conn, rule_set, rule)
+                result = run_rule(conn, rule_set, rule, scope)
+                if partition is not None:
+                    result.observed["partition"] = partition
                 if rule.on_fail == "dead_letter" and not result.passed and not result.error:
-                    result = _route(context, warehouse, rule_set, result)
+                    result = _route(context, warehouse, rule_set, result, scope, partition)
                 if result.error:
                     context.log.warning(
                         f"check {name} on {key.to_user_string()} could not run: {result.error}"

@@ -177,16 +177,23 @@ def apply_quality(defs: dg.Definitions) -> dg.Definitions:
         warnings.simplefilter("ignore", category=Warning)
         # The permissive variant leaves SourceAssets and cacheable assets alone instead of refusing them.
         defs = defs.permissive_map_resolved_asset_specs(func=policies, selection=None)
-    targets: dict[dg.AssetKey, Any] = {}  # asset -> its "target" metadata (where the IO manager writes it)
+    # asset -> its "target" and "partition_expr" metadata (where and how the IO manager writes it)
+    targets: dict[dg.AssetKey, Any] = {}
+    partition_exprs: dict[dg.AssetKey, Any] = {}
     for item in defs.assets or []:
         if isinstance(item, dg.AssetsDefinition):
             for spec in item.specs:
-                raw = (spec.metadata or {}).get("target")
-                targets[spec.key] = getattr(raw, "value", raw)
+                meta = spec.metadata or {}
+                targets[spec.key] = getattr(meta.get("target"), "value", meta.get("target"))
+                expr = getattr(meta.get("partition_expr"), "value", meta.get("partition_expr"))
+                if spec.partitions_def is not None and isinstance(expr, str):
+                    partition_exprs[spec.key] = expr
     python_sets = []
     for rule_set in merge_rule_sets([s for s in registered() if s.asset_key in targets]):
         if rule_set.table is None and targets.get(rule_set.asset_key):
             rule_set = dataclasses.replace(rule_set, table=TableRef.parse(str(targets[rule_set.asset_key])))
+        if rule_set.partition_expr is None and rule_set.asset_key in partition_exprs:
+            rule_set = dataclasses.replace(rule_set, partition_expr=partition_exprs[rule_set.asset_key])
         python_sets.append(rule_set)
     python_checks = [build_asset_checks(rule_set) for rule_set in python_sets]
     table_assets = [

@@ -32,11 +32,18 @@ ERROR_CLASS = "QualityRuleFailed"
 
 
 def route_failing_rows(
-    conn: psycopg.Connection, rule: Rule, table: TableRef, origin: dlq.Origin
+    conn: psycopg.Connection,
+    rule: Rule,
+    table: TableRef,
+    origin: dlq.Origin,
+    scope: sql.Composable | None = None,
 ) -> int:
-    """Move the rows failing ``rule`` from ``table`` into the dead-letter table; returns how many."""
+    """Move the rows failing ``rule`` from ``table`` (within ``scope``, a partition) into the
+    dead-letter table; returns how many."""
     ensure_migrated(conn)  # the dead-letter table's migration
-    cond, params = failing_condition(rule, table)
+    cond, params = failing_condition(rule, table, scope)
+    if scope is not None:
+        cond = sql.SQL("({}) AND {}").format(scope, cond)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(table),))
         cur = conn.execute(

@@ -447,7 +447,31 @@ def _predicate(rule: Rule) -> tuple[sql.Composable, list[Any]] | None:
     return None
 
 
-def failing_condition(rule: Rule, table: TableRef) -> tuple[sql.Composable, list[Any]]:
+def partition_scope(
+    column: str, *, start: Any = None, end: Any = None, values: Sequence[Any] = ()
+) -> sql.Composable:
+    """The condition selecting one partition's rows: ``column`` in ``[start, end)`` or in ``values``.
+
+    Built with literals (not parameters) so it can be spliced into any of the rule statements.
+    """
+    col = sql.Identifier(column)
+    if values:
+        return sql.SQL("{}::text IN ({})").format(
+            col, sql.SQL(", ").join(sql.Literal(str(v)) for v in values)
+        )
+    return sql.SQL("{c} >= {s} AND {c} < {e}").format(c=col, s=sql.Literal(start), e=sql.Literal(end))
+
+
+def _source(table: TableRef, scope: sql.Composable | None) -> sql.Composable:
+    """The table, or only its rows in ``scope`` (a partition) as a subquery usable in FROM."""
+    if scope is None:
+        return table.ident
+    return sql.SQL("(SELECT * FROM {} WHERE {})").format(table.ident, scope)
+
+
+def failing_condition(
+    rule: Rule, table: TableRef, scope: sql.Composable | None = None
+) -> tuple[sql.Composable, list[Any]]:
     """A condition over alias ``t`` of ``table`` that is TRUE for a failing row (row-level kinds)."""
     pred = _predicate(rule)
     if pred is not None:
@@ -457,21 +481,27 @@ def failing_condition(rule: Rule, table: TableRef) -> tuple[sql.Composable, list
             sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in rule.columns
         )
         dup = sql.SQL("SELECT {c} FROM {tbl} WHERE {nn} GROUP BY {c} HAVING count(*) > 1").format(
-            c=sql.SQL(", ").join(map(sql.Identifier, rule.columns)), tbl=table.ident, nn=not_null
+            c=sql.SQL(", ").join(map(sql.Identifier, rule.columns)), tbl=_source(table, scope), nn=not_null
         )
         return sql.SQL("{row} IN ({dup})").format(row=_row(rule.columns), dup=dup), []
     raise ConfigError(f"Check {rule.name!r}: kind {rule.kind} has no row-level condition")
 
 
-def _failing_relation(rule: Rule, table: TableRef) -> tuple[sql.Composable, list[Any]]:
+def _failing_relation(
+    rule: Rule, table: TableRef, scope: sql.Composable | None = None
+) -> tuple[sql.Composable, list[Any]]:
     """A SELECT yielding the failing rows (all the table's columns, alias-free)."""
     pred = _predicate(rule)
     if pred is not None:
         cond, params = pred
-        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(tbl=table.ident, cond=cond), params
+        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(
+            tbl=_source(table, scope), cond=cond
+        ), params
     if rule.kind == "unique":
-        cond, params = failing_condition(rule, table)
-        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(tbl=table.ident, cond=cond), params
+        cond, params = failing_condition(rule, table, scope)
+        return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(
+            tbl=_source(table, scope), cond=cond
+        ), params
     if rule.kind == "sql" and rule.query is not None:
         return sql.SQL(rule.query.strip().rstrip(";")), []  # type: ignore[arg-type]
     raise AssertionError(f"no failing relation for kind {rule.kind}")  # pragma: no cover
@@ -522,11 +552,14 @@ def evaluate(
     *,
     keys: Sequence[str] | None = None,
     sensitive: Iterable[str] = (),
+    scope: sql.Composable | None = None,
 ) -> RuleResult:
     """Run ``rule`` against ``table`` in the warehouse and return counts, verdict and a masked sample.
 
     ``keys`` are the columns that identify a row in the sample (default: the table's primary key).
-    Runs read-only statements on ``conn``; the caller owns the transaction.
+    ``scope`` (see :func:`partition_scope`) limits the rule to one partition's rows (a custom
+    ``query`` is the user's own and is not limited). Runs read-only statements on ``conn``; the
+    caller owns the transaction.
     """
     sensitive = tuple(sensitive)
     columns = table_columns(conn, table)
@@ -538,7 +571,7 @@ def evaluate(
         )
     key_cols = list(keys) if keys is not None else primary_key(conn, table)
     if rule.kind == "row_count":
-        total = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident)).fetchone()[0]
+        total = conn.execute(sql.SQL("SELECT count(*) FROM {} t").format(_source(table, scope))).fetchone()[0]
         below = rule.min is not None and total < rule.min
         above = rule.max is not None and total > rule.max
         outside = (rule.min - total) if below else (total - rule.max) if above else 0
@@ -551,22 +584,22 @@ def evaluate(
             observed={"row_count": total, "min": rule.min, "max": rule.max},
         )
     if rule.kind == "polars":
-        return _evaluate_polars(conn, rule, table, key_cols, columns, sensitive)
+        return _evaluate_polars(conn, rule, table, key_cols, columns, sensitive, scope)
 
-    relation, params = _failing_relation(rule, table)
+    relation, params = _failing_relation(rule, table, scope)
     pred = _predicate(rule)
     if pred is not None:
         cond, pparams = pred
         total, failing = conn.execute(
             sql.SQL("SELECT count(*), count(*) FILTER (WHERE {cond}) FROM {tbl} t").format(
-                cond=cond, tbl=table.ident
+                cond=cond, tbl=_source(table, scope)
             ),
             pparams,
         ).fetchone()
     else:
         total, failing = conn.execute(
-            sql.SQL("SELECT (SELECT count(*) FROM {tbl}), (SELECT count(*) FROM ({rel}) f)").format(
-                tbl=table.ident, rel=relation
+            sql.SQL("SELECT (SELECT count(*) FROM {tbl} t), (SELECT count(*) FROM ({rel}) f)").format(
+                tbl=_source(table, scope), rel=relation
             ),
             params,
         ).fetchone()
@@ -599,6 +632,7 @@ def _evaluate_polars(
     key_cols: list[str],
     columns: list[str],
     sensitive: tuple[str, ...],
+    scope: sql.Composable | None = None,
 ) -> RuleResult:
     """Stream the needed columns in chunks and evaluate a row-wise polars expression on each chunk."""
     import polars as pl
@@ -617,7 +651,9 @@ def _evaluate_polars(
     order = sql.SQL(" ORDER BY {}").format(_cols(key_cols, "t")) if key_cols else sql.SQL("")
     # A server-side cursor lives in a transaction (a savepoint when the caller already has one).
     with conn.transaction(), conn.cursor(name=f"etl_quality_{uuid.uuid4().hex[:12]}") as cur:
-        cur.execute(sql.SQL("SELECT {c} FROM {tbl} t{o}").format(c=_cols(wanted), tbl=table.ident, o=order))
+        cur.execute(
+            sql.SQL("SELECT {c} FROM {tbl} t{o}").format(c=_cols(wanted), tbl=_source(table, scope), o=order)
+        )
         while True:
             rows = cur.fetchmany(POLARS_CHUNK_ROWS)
             if not rows:

@@ -6,6 +6,7 @@ rows once (twice is a no-op) and survives the next rebuild of a truncate_insert 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import threading
 import time
@@ -497,6 +498,28 @@ def test_a_write_whose_connection_is_dropped_is_retried_whole_and_exact(wh: str)
         assert watcher.execute("SELECT * FROM clean.customers ORDER BY id").fetchall() == expected
         dead = letters(watcher, CLEAN_CUSTOMERS)
         assert sorted(dead) == sorted(BAD_CUSTOMERS) and {x.attempts for x in dead.values()} == {1}
+
+
+def test_concurrent_replays_load_each_row_once(wh: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(wh, [CLEAN_CUSTOMERS], {CLEAN_CUSTOMERS: RELAXED}).success
+    monkeypatch.setattr(customers, "EMAIL", re.compile(r"^(.+)$"))  # a "fix" that accepts every e-mail
+    results: list = []
+
+    def one(tag: str) -> None:
+        with psycopg.connect(wh) as conn:
+            results.extend(replay(conn, run_id=tag, asset_key="clean/customers"))
+            conn.commit()
+
+    threads = [threading.Thread(target=one, args=(f"replay-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(r.replayed for r in results) == 2  # the two malformed e-mails, each by one replay
+    with psycopg.connect(wh, autocommit=True) as conn:
+        dead = letters(conn, CLEAN_CUSTOMERS)
+        assert {i for i, x in dead.items() if x.status == "replayed"} == {11, 14}
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM clean.customers").fetchone() == (17, 17)
 
 
 def test_a_transform_that_loses_rows_is_caught() -> None:

@@ -233,3 +233,21 @@ def test_dry_run_sql_run_by_a_dba_installs_working_capture(
     source_conn.execute(sql.SQL("UPDATE {} SET id = id + 100 WHERE id <= 3").format(ref.ident))
     assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 3}
     assert_equal(source_conn, warehouse_conn, spec)
+
+
+def test_automatic_retention_can_be_turned_off(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema, monkeypatch
+) -> None:
+    ref = make_items(source_conn, 10)
+    cap, _ = capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'k' WHERE id <= 4").format(ref.ident))
+    monkeypatch.setenv(sync.AUTO_PRUNE_VAR, "0")
+    _run(spec, source_dsn, warehouse_dsn)
+    assert len(_log_positions(source_conn, cap)) == 4  # applied, kept
+    monkeypatch.delenv(sync.AUTO_PRUNE_VAR)
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 9").format(ref.ident))
+    _run(spec, source_dsn, warehouse_dsn)
+    assert _log_positions(source_conn, cap) == []  # default: applied entries are pruned after each run
+    assert_equal(source_conn, warehouse_conn, spec)

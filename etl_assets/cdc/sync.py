@@ -35,6 +35,7 @@ from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
 WAIT_VAR = "ETL_CDC_WAIT_SECONDS"
 DEFAULT_WAIT_SECONDS = 5.0
 BATCH_VAR = "ETL_CDC_BATCH_CHANGES"
+AUTO_PRUNE_VAR = "ETL_CDC_AUTO_PRUNE"
 DEFAULT_BATCH_CHANGES = 500_000
 
 
@@ -108,6 +109,12 @@ class CdcReport:
         return text
 
 
+def auto_prune() -> bool:
+    """Whether each run prunes the entries every consumer has applied (``ETL_CDC_AUTO_PRUNE``, default on;
+    set it to 0 to keep applied entries, e.g. as an audit trail, and prune with ``etl-assets cdc prune``)."""
+    return os.environ.get(AUTO_PRUNE_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def wait_seconds() -> float:
     raw = os.environ.get(WAIT_VAR)
     try:
@@ -142,7 +149,7 @@ def sync_table(
     run_id: str | None = None,
     wait: float | None = None,
     auto_install: bool = False,
-    prune_after: bool = True,
+    prune_after: bool | None = None,
 ) -> CdcReport:
     """Bring ``spec.target`` up to date with ``spec.source`` through its change log.
 
@@ -195,7 +202,7 @@ def sync_table(
         report.notes = notes + report.notes
         report.column_schema = table_schema(wh, target)
         wh.commit()
-        if prune_after:
+        if auto_prune() if prune_after is None else prune_after:
             try:
                 result, _ = capture.prune(src, spec.source)
                 if result.removed:

@@ -354,10 +354,7 @@ def run(
     if partition is not None and all(g.partitions_def is None for g in groups):
         raise ConfigError("--partition was given but none of the selected assets is partitioned.")
     plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
-    jobs = [
-        dg.define_asset_job(f"{JOB_PREFIX}_{i}", selection=g.keys, partitions_def=g.partitions_def)
-        for i, g in enumerate(groups)
-    ]
+    jobs = [dg.define_asset_job(f"{JOB_PREFIX}_{i}", selection=g.keys) for i, g in enumerate(groups)]
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
     run_tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), SOURCE_TAG: "etl-assets run"}
     run_tags.update(tags or {})

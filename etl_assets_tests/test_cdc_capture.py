@@ -251,3 +251,15 @@ def test_automatic_retention_can_be_turned_off(
     _run(spec, source_dsn, warehouse_dsn)
     assert _log_positions(source_conn, cap) == []  # default: applied entries are pruned after each run
     assert_equal(source_conn, warehouse_conn, spec)
+
+
+def test_declared_key_must_match_the_captured_key(
+    source_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    ref = make_items(source_conn, 5)
+    source_conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT name_u UNIQUE (name)").format(ref.ident))
+    capture.install(source_conn, ref)  # the primary key: id
+    spec = spec_for(ref, fresh_schema)
+    spec = type(spec)(source=ref, extract="cdc", load="upsert", target=spec.target, primary_key=("name",))
+    with pytest.raises(Exception, match=r"logs changes by key \['id'\].*primary_key \['name'\]"):
+        _run(spec, source_dsn, warehouse_dsn)

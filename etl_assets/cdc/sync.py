@@ -24,6 +24,7 @@ import psycopg
 
 from etl_assets.cdc import apply, capture, reader, snapshot
 from etl_assets.db import connect
+from etl_assets.errors import ConfigError
 from etl_assets.extract.common import Connector
 from etl_assets.extract.source import SourceTable, describe
 from etl_assets.extract.state import load_state
@@ -172,6 +173,17 @@ def sync_table(
             cap, _ = capture.install(src, spec.source, spec.primary_key or None)
             notes.append(f"capture installed on {spec.source} (log {cap.log_id})")
         assert cap is not None
+        if spec.primary_key and set(spec.primary_key) != set(cap.key_columns):
+            if not auto_install:
+                raise ConfigError(
+                    f"Capture on {spec.source} logs changes by key {list(cap.key_columns)}, but the "
+                    f"declaration gives primary_key {list(spec.primary_key)}. Correct the declaration, or "
+                    f"reinstall capture with the new key (`etl-assets cdc uninstall {spec.source}` then "
+                    f"`etl-assets cdc install {spec.source}`) and `etl-assets reset {target}`."
+                )
+            capture.uninstall(src, spec.source)
+            cap, _ = capture.install(src, spec.source, spec.primary_key)
+            notes.append(f"capture reinstalled on {spec.source} with key {list(spec.primary_key)}")
         consumer = consumer_name(wh, target)
         if state and state.get("log_id") == cap.log_id:
             try:

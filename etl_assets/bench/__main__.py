@@ -386,6 +386,44 @@ def format_ratios(ratios: list[Ratio]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(report: dict[str, Any]) -> str:
+    """A ``bench.json`` as the Markdown README shows: the machine, every result, the targets."""
+    m = report["machine"]
+    load = m.get("load_average_at_start")
+    lines = [
+        f"Taken {report['started_at']} on {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"PostgreSQL {report['server_version']}, Python {m['python']}"
+        + (f"; load average at start {load[0]:.1f}" if load else "")
+        + f"; median of {report['repeat']} runs after a warm-up"
+        + ("" if report.get("complete", True) else "; PARTIAL (the run was stopped early)")
+        + ".",
+        "",
+        "| group | contender | frame | rows | seconds | rows/s | peak MB | verified |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in report["results"]:
+        if r.get("gap"):
+            status = "not run: " + r["gap"]
+        elif r.get("error"):
+            status = "error: " + r["error"].splitlines()[0][:120]
+        else:
+            status = "yes" if r["verified"] else "**NO**"
+        lines.append(
+            f"| {r['group']} | {r['name']} | {r['frame']} | {r['rows']:,} | "
+            f"{_fmt(r.get('seconds'), '.2f')} | {_fmt(r.get('rows_per_second'), ',.0f')} | "
+            f"{_fmt(r.get('peak_mb'), '.0f')} | {status} |"
+        )
+    if report.get("ratios"):
+        lines += ["", "| target | what | value | goal | met | detail |", "|---|---|---:|---|---|---|"]
+        for r in report["ratios"]:
+            met = "yes" if r["met"] else ("**no**" if r["met"] is False else "n/a")
+            lines.append(
+                f"| {r['target']} | {r['what']} | {_fmt(r['value'], '.2f')} | {r['goal']} | {met} | "
+                f"{r['detail']} |"
+            )
+    return "\n".join(lines)
+
+
 def draw_chart(results: list[Result], path: Path) -> bool:
     """Rows per second and peak memory per contender and size. False if matplotlib is missing."""
     try:
@@ -476,12 +514,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only contenders whose group or name contains TEXT (repeatable)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the etl_bench schemas afterwards")
+    parser.add_argument(
+        "--markdown",
+        metavar="JSON",
+        help="measure nothing: print an earlier bench.json as the Markdown tables README shows",
+    )
 
 
 def run(args: argparse.Namespace, log=print) -> int:
     """Run the benchmark; exit status 0 when every contender that ran was verified, else 1."""
     from etl_assets.settings import ensure_environment
 
+    if getattr(args, "markdown", None):
+        log(format_markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     env = ensure_environment(seed_demo=False)
     if threading.current_thread() is threading.main_thread():
         # `kill` of a long run still drops its tables (and the running contender's process).

@@ -146,3 +146,38 @@ def test_load_batch_hooks_commit_with_the_data(io_manager, conn, fresh_schema):
     assert conn.execute(
         "SELECT to_regclass(%s)", (TableRef(fresh_schema, "failing").regclass_text,)
     ).fetchone() == (None,)
+
+
+def test_multi_partitioned_asset_replaces_only_its_cell(io_manager, conn, fresh_schema):
+    parts = dg.MultiPartitionsDefinition(
+        {
+            "date": dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-03"),
+            "region": dg.StaticPartitionsDefinition(["eu", "us"]),
+        }
+    )
+    version = {"n": 0}
+
+    @dg.asset(
+        key_prefix=[fresh_schema],
+        partitions_def=parts,
+        metadata={"partition_expr": {"date": "day", "region": "region"}},
+    )
+    def sales(context) -> pl.DataFrame:
+        key = context.partition_key.keys_by_dimension
+        day = dt.date.fromisoformat(key["date"])
+        return pl.DataFrame({"day": [day], "region": [key["region"]], "v": [version["n"]]})
+
+    for date in ("2024-01-01", "2024-01-02"):
+        for region in ("eu", "us"):
+            key = dg.MultiPartitionKey({"date": date, "region": region})
+            assert dg.materialize([sales], partition_key=key, resources={"io_manager": io_manager}).success
+    version["n"] = 1
+    key = dg.MultiPartitionKey({"date": "2024-01-02", "region": "eu"})
+    assert dg.materialize([sales], partition_key=key, resources={"io_manager": io_manager}).success
+    d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+    assert rows(conn, TableRef(fresh_schema, "sales"), ["day", "region"]) == [
+        (d1, "eu", 0),
+        (d1, "us", 0),
+        (d2, "eu", 1),
+        (d2, "us", 0),
+    ]

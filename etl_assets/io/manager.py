@@ -63,6 +63,48 @@ def _metadata_value(value: Any) -> Any:
     return getattr(value, "value", value)  # dagster wraps some definition metadata values
 
 
+def partition_for(context: Any, column: Any) -> PartitionWindow | tuple[PartitionWindow, ...]:
+    """The rows of the context's partition(s): a time window, static keys, or one window per
+    dimension of a multi-partitioned asset (``partition_expr`` then maps dimension -> column)."""
+    definition = context.asset_partitions_def
+    keys = list(context.asset_partition_keys)
+    if isinstance(definition, dg.MultiPartitionsDefinition):
+        if not isinstance(column, Mapping):
+            raise ConfigError(
+                f"Asset {context.asset_key.to_user_string()} has multi-dimensional partitions: its "
+                "'partition_expr' must map each dimension to its column, "
+                "e.g. {'date': 'day', 'region': 'region'}."
+            )
+        windows = []
+        for dim in definition.partitions_defs:
+            if dim.name not in column:
+                raise ConfigError(
+                    f"'partition_expr' of {context.asset_key.to_user_string()} has no column for "
+                    f"partition dimension {dim.name!r}."
+                )
+            dim_keys = sorted({_by_dimension(definition, k)[dim.name] for k in keys})
+            windows.append(_window(dim.partitions_def, str(column[dim.name]), dim_keys))
+        return tuple(windows)
+    if isinstance(column, Mapping):
+        raise ConfigError(
+            f"'partition_expr' of {context.asset_key.to_user_string()} must be one column name."
+        )
+    return _window(definition, str(column), keys)
+
+
+def _by_dimension(definition: Any, key: str) -> Mapping[str, str]:
+    if isinstance(key, dg.MultiPartitionKey):
+        return key.keys_by_dimension
+    return definition.get_partition_key_from_str(key).keys_by_dimension
+
+
+def _window(definition: Any, column: str, keys: list[str]) -> PartitionWindow:
+    if isinstance(definition, dg.TimeWindowPartitionsDefinition):
+        windows = [definition.time_window_for_partition_key(k) for k in keys]
+        return PartitionWindow(column, start=min(w.start for w in windows), end=max(w.end for w in windows))
+    return PartitionWindow(column, values=tuple(keys))
+
+
 class PostgresIOManager(dg.ConfigurableIOManager):
     """Stores asset outputs (pandas/polars frames) in warehouse tables and loads them back."""
 
@@ -92,7 +134,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         return ref
 
     @staticmethod
-    def _partition(context: Any, meta: Mapping[str, Any]) -> PartitionWindow | None:
+    def _partition(context: Any, meta: Mapping[str, Any]) -> Any:
         if not context.has_asset_partitions:
             return None
         column = meta.get("partition_expr")
@@ -101,15 +143,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 f"Asset {context.asset_key.to_user_string()} is partitioned but has no 'partition_expr' "
                 "metadata naming the column that holds its partition."
             )
-        if isinstance(column, Mapping):
-            raise ConfigError(
-                "Multi-dimensional partitions are not supported by the PostgreSQL IO manager yet."
-            )
-        try:
-            window = context.asset_partitions_time_window
-        except Exception:  # not time-partitioned: static or dynamic partition keys
-            return PartitionWindow(str(column), values=tuple(context.asset_partition_keys))
-        return PartitionWindow(str(column), start=window.start, end=window.end)
+        return partition_for(context, column)
 
     # -- storing -----------------------------------------------------------------------------------
 
@@ -164,12 +198,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 break
         partition = None
         if context.has_asset_partitions and upstream_meta.get("partition_expr"):
-            column = str(upstream_meta["partition_expr"])
-            try:
-                window = context.asset_partitions_time_window
-                partition = PartitionWindow(column, start=window.start, end=window.end)
-            except Exception:
-                partition = PartitionWindow(column, values=tuple(context.asset_partition_keys))
+            partition = partition_for(context, upstream_meta["partition_expr"])
         columns = input_meta.get("columns")
         with self.warehouse.connect() as conn:
             frame = read_table(conn, target, columns=columns, partition=partition, kind=kind)

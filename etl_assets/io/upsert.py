@@ -88,14 +88,14 @@ def upsert_frame(
     types: Mapping[str, PgType],
     *,
     run_id: str | None = None,
-    partition: object | None = None,
+    partition: str | None = None,
 ) -> tuple[int, int, int, int]:
     """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped)."""
     require_unique_index(conn, target, keys)
     columns = list(frame.columns)
     rows_in = frame.height
     frame = deduplicate(frame, keys, order_by)
-    label = getattr(partition, "label", None)
+    label = partition  # the partition's label: part of the staging table's name
     name = staging_name(target, run_id, label)
     stage = create_staging(conn, name, types, columns, with_ordinal=False)
     # Temporary tables live in the session's own pg_temp schema, which that name addresses.

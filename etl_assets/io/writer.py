@@ -283,7 +283,29 @@ def _bound(value: Any, typ: PgType) -> Any:
     return value
 
 
-def partition_condition(
+def windows_of(partition: Any) -> tuple[PartitionWindow, ...]:
+    """One window, or several (one per dimension of a multi-partitioned asset) ANDed together."""
+    if partition is None:
+        return ()
+    if isinstance(partition, PartitionWindow):
+        return (partition,)
+    return tuple(partition)
+
+
+def partition_label(partition: Any) -> str | None:
+    ws = windows_of(partition)
+    return " & ".join(f"{w.column}={w.label}" if len(ws) > 1 else w.label for w in ws) if ws else None
+
+
+def partition_condition(partition: Any, types: Mapping[str, PgType]) -> tuple[sql.Composable, tuple]:
+    """SQL selecting the rows of ``partition`` (a window or a sequence of windows, ANDed)."""
+    ws = windows_of(partition)
+    if len(ws) != 1:
+        return sql.SQL(" AND ").join(sql.SQL("({})").format(_window_condition(w, types)[0]) for w in ws), ()
+    return _window_condition(ws[0], types)
+
+
+def _window_condition(
     partition: PartitionWindow, types: Mapping[str, PgType]
 ) -> tuple[sql.Composable, tuple]:
     if partition.column not in types:
@@ -339,7 +361,7 @@ def _check_frame_in_window(
     if partition.values is not None:
         return
     lo, hi = col.min(), col.max()
-    cond, _ = partition_condition(partition, types)
+    cond, _ = _window_condition(partition, types)
     typ = types[partition.column].sql()
     ok = conn.execute(
         sql.SQL("SELECT bool_and({}) FROM (VALUES ({}::{t}), ({}::{t})) v({})").format(
@@ -370,7 +392,7 @@ def write_frame(
     *,
     primary_key: Sequence[str] = (),
     order_by: str | None = None,
-    partition: PartitionWindow | None = None,
+    partition: PartitionWindow | Sequence[PartitionWindow] | None = None,
     on_commit: Iterable[CommitHook] = (),
     run_id: str | None = None,
     count_rows: bool = True,
@@ -419,13 +441,21 @@ def write_frame(
                 widened_columns=shape.widened,
             )
             if partition is not None:
-                result.partition = partition.label
-                _check_frame_in_window(conn, df, target, partition, shape.types)
+                result.partition = partition_label(partition)
+                for window in windows_of(partition):
+                    _check_frame_in_window(conn, df, target, window, shape.types)
             if mode == "upsert":
                 from etl_assets.io.upsert import upsert_frame
 
                 counts = upsert_frame(
-                    conn, df, target, primary_key, order_by, shape.types, run_id=run_id, partition=partition
+                    conn,
+                    df,
+                    target,
+                    primary_key,
+                    order_by,
+                    shape.types,
+                    run_id=run_id,
+                    partition=partition_label(partition),
                 )
                 result.inserted, result.updated, result.unchanged, result.duplicates = counts
             else:

@@ -7,7 +7,8 @@ its definition metadata:
 * ``write_mode``: ``insert`` | ``upsert`` | ``truncate_insert`` (default) | ``swap``
 * ``primary_key``: list of columns (created as the primary key; required for ``upsert``)
 * ``order_by``: the column that decides which duplicate-key row wins in an upsert
-* ``partition_expr``: the column holding a partitioned asset's partition (time window or key)
+* ``partition_expr``: the column holding a partitioned asset's partition (time window or key);
+  for multi-dimensional partitions a mapping ``{dimension: column}``
 * ``target``: ``"schema.table"`` (default: from the asset key, see ``TableRef.for_asset_key``)
 
 An asset may return a :class:`~etl_assets.io.batch.LoadBatch` to run hooks (cursor, dead letters) in

@@ -12,6 +12,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "etl_assets.extract.assets",
     "etl_assets.transforms",
     "etl_assets.quality.defs",
+    "etl_assets.housekeeping",
 )
 
 

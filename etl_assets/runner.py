@@ -315,11 +315,22 @@ class _Progress:
             self._line(f"done       {event.step_key}")
 
 
-def _local_instance() -> bool:
-    """True when the Dagster storage is this machine's embedded server (a unix-socket URL)."""
+def local_instance() -> bool:
+    """True when the Dagster storage is on this machine: the embedded server, or any server reached
+    through a unix socket. Only then does a run worker's pid mean something here."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
     from etl_assets.settings import DAGSTER_URL_VAR
 
-    return DAGSTER_URL_VAR in os.environ.get("ETL_EMBEDDED", "").split(",")
+    if DAGSTER_URL_VAR in os.environ.get("ETL_EMBEDDED", "").split(","):
+        return True
+    url = os.environ.get(DAGSTER_URL_VAR, "")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    hosts = parse_qs(parts.query).get("host", []) + ([unquote(parts.hostname)] if parts.hostname else [])
+    return bool(hosts) and all(h.startswith("/") for h in hosts)
 
 
 def run(
@@ -343,7 +354,7 @@ def run(
         ensure_environment()
         instance = dg.DagsterInstance.get()
     summary = RunSummary()
-    summary.cleaned_runs = cleanup_dead_runs(instance, local_instance=_local_instance())
+    summary.cleaned_runs = cleanup_dead_runs(instance, local_instance=local_instance())
     for run_id in summary.cleaned_runs:
         out(f"marked run {run_id} failed: its process is gone (pool slots freed)")
         from etl_assets.quality.metrics import record_run_by_id  # run metrics of the dead run (issue 7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -347,3 +348,37 @@ def test_cleanup_judges_ui_runs_by_their_worker_pid_on_a_local_instance(instance
     assert run.run_id not in runner.cleanup_dead_runs(instance, local_instance=False)
     assert run.run_id in runner.cleanup_dead_runs(instance, local_instance=True)
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_daemon_sensor_cleans_up_dead_runs(instance: dg.DagsterInstance) -> None:
+    from etl_assets.housekeeping import dead_run_cleanup
+
+    @dg.asset(key=["rt", "sensor_victim"])
+    def victim() -> None:
+        return None
+
+    job = dg.Definitions(assets=[victim], jobs=[dg.define_asset_job("victim_job")]).resolve_job_def(
+        "victim_job"
+    )
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run = instance.create_run_for_job(
+        job, tags={runner.PID_TAG: str(gone.pid), runner.HOST_TAG: socket.gethostname()}
+    )
+    instance.report_dagster_event(
+        dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name, message="started"),
+        run_id=run.run_id,
+    )
+    result = dead_run_cleanup(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and "dead run(s) failed" in result.skip_message
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_local_instance_means_a_unix_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ETL_EMBEDDED", raising=False)
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://postgres@/dagster?host=/srv/pg&port=5432")
+    assert runner.local_instance()
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://dagster:pw@db.example.com:5432/dagster")
+    assert not runner.local_instance()
+    monkeypatch.setenv("ETL_EMBEDDED", "ETL_SOURCE_DSN,DAGSTER_PG_URL")
+    assert runner.local_instance()

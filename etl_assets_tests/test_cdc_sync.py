@@ -307,3 +307,29 @@ def test_source_columns_added_and_dropped(
     ).fetchall()
     # Rows written after the drop have NULL in the dropped column; untouched rows keep their value.
     assert rows == [(1, "n1", True), (4, "n4", True), (5, None, False), (999, "x", True)]
+
+
+def test_timestamptz_key_written_from_different_time_zones(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    from etl_assets.io.tables import TableRef
+
+    ref = TableRef(f"tz_{fresh_schema}", "events")
+    source_conn.execute(sql.SQL("CREATE SCHEMA {}").format(ref.schema_ident))
+    source_conn.execute(sql.SQL("CREATE TABLE {} (at timestamptz PRIMARY KEY, v int)").format(ref.ident))
+    source_conn.execute(sql.SQL("INSERT INTO {} VALUES ('2025-01-01 10:00+00', 1)").format(ref.ident))
+    capture.install(source_conn, ref)
+    spec = type(spec_for(ref, fresh_schema))(
+        source=ref, extract="cdc", load="upsert", target=TableRef(fresh_schema, "events"), primary_key=("at",)
+    )
+    _run(spec, source_dsn, warehouse_dsn)
+    with source_conn.transaction():
+        source_conn.execute("SET LOCAL TimeZone = 'Asia/Tokyo'")
+        source_conn.execute(sql.SQL("UPDATE {} SET v = 2").format(ref.ident))
+    with source_conn.transaction():
+        source_conn.execute("SET LOCAL TimeZone = 'America/New_York'")
+        source_conn.execute(sql.SQL("DELETE FROM {}").format(ref.ident))
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.applied == {"update": 1, "delete": 1}
+    assert rows_of(warehouse_conn, spec.target, "at") == [] == rows_of(source_conn, ref, "at")
+    source_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ref.schema_ident))

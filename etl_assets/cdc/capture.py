@@ -313,7 +313,9 @@ END
     ).format(log=log_ident, old_pairs=pairs("OLD"), new_pairs=pairs("NEW"))
     return sql.SQL(
         "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
-        "SET search_path = pg_catalog, pg_temp AS " + _DOLLAR + "{body}" + _DOLLAR
+        # TimeZone pinned: a timestamptz key logged from sessions in different time zones must give
+        # the same jsonb, or one row would look like two keys.
+        "SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS " + _DOLLAR + "{body}" + _DOLLAR
     ).format(fn=fn_ident, body=body)
 
 

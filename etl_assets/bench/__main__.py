@@ -77,7 +77,8 @@ class Plan:
     def slow(self, rows: int, *, seconds_per_million: float) -> dict[str, Any]:
         """``repeat`` and ``warmup`` for a contender that takes ``seconds_per_million``."""
         repeat = self.repeat_for(rows, seconds_per_million=seconds_per_million)
-        return {"repeat": repeat, "warmup": repeat > 1 or self.repeat == 1}
+        slow = repeat == 1 and self.repeat > 1
+        return {"repeat": repeat, "warmup": repeat > 1 or self.repeat == 1, "slow": slow}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,8 +558,9 @@ def run(args: argparse.Namespace, log=print) -> int:
         contenders = collect_contenders(plan)
         if args.only:
             contenders = [c for c in contenders if any(t in c.group or t in c.name for t in args.only)]
-        # Every contender of the smallest size first: a run stopped early still has whole sizes.
-        contenders.sort(key=lambda c: c.rows)
+        # Every contender of the smallest size first, the slow baselines last within a size: a run
+        # stopped early still has whole sizes, and the most of the next one.
+        contenders.sort(key=lambda c: (c.rows, c.slow))
         results: list[Result] = []
 
         def report(r: Result) -> None:

@@ -112,6 +112,7 @@ class Contender:
     gap: str | None = None  # set when the contender cannot run here (missing piece), with the reason
     timeout: float = 1800.0
     memory_warmup: bool = False  # warm up in the memory process too (heavy lazy set-up on first run)
+    slow: bool = False  # expected > 20 s per run: runs after the other contenders of its size
     tags: dict[str, Any] = field(default_factory=dict)  # for the ratios: op, scenario, paging, ...
 
 

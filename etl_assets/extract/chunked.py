@@ -24,7 +24,7 @@ from psycopg import sql
 
 from etl_assets.io.bulk import copy_frame
 from etl_assets.io.tables import TableRef
-from etl_assets.io.writer import lock_target, write_frame
+from etl_assets.io.writer import lock_target
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
@@ -33,14 +33,15 @@ from .common import (
     ExtractReport,
     build_and_swap,
     count_rows,
+    finish_target,
     migrated,
     note_schema_changes,
     prepare_target,
     snapshot,
-    target_key,
+    write_piece,
 )
 from .source import describe, iter_keyset_chunks, key_tuple, prepare_session, require_unique_key
-from .state import load_state, save_state, saver
+from .state import load_state, save_state
 
 KIND = "chunked"
 
@@ -64,7 +65,8 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
         previous = load_state(wh, spec.target, KIND)
         prepare_session(src)
         table = describe(src, spec)
-        note_schema_changes(report, spec, prepare_target(wh, spec, table))
+        info = prepare_target(wh, spec, table)
+        note_schema_changes(report, spec, info)
         after = previous.get("after")
         if after is not None:
             report.resumed_after = after
@@ -85,12 +87,10 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
                 _mark_finished(state)
             if spec.load == "insert":
                 frame = frame.with_columns(pl.lit(state["loaded_at"], dtype=pl.String).alias(LOADED_AT))
-            result = write_frame(wh, frame, spec.target, spec.load, primary_key=target_key(spec),
-                                 on_commit=[saver(spec.target, KIND, state, run_id)], run_id=run_id,
-                                 count_rows=False)
-            report.inserted += result.inserted
-            report.updated += result.updated
-            report.unchanged += result.unchanged
+            with wh.transaction():
+                lock_target(wh, spec.target)
+                write_piece(wh, spec, frame, info, spec.load, report, run_id)
+                save_state(wh, spec.target, KIND, state, run_id)
             del frame
         if not finished:  # the last chunk was exactly full (or the table is empty): close the pass
             state["after"] = None
@@ -98,7 +98,7 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
             with wh.transaction():
                 lock_target(wh, spec.target)
                 save_state(wh, spec.target, KIND, state, run_id)
-        report.table_rows = count_rows(wh, spec.target)
+        finish_target(wh, report)
     return report.finish()
 
 
@@ -135,7 +135,7 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
             else:
                 _, report.deleted = build_and_swap(wh, target, fill, run_id)
             report.inserted = report.rows_read
-            report.table_rows = report.rows_read
             save_state(wh, target, KIND, {"after": None, "last_pass_rows": report.rows_read,
                                           "chunks": report.chunks}, run_id)
+        finish_target(wh, report)
     return report.finish()

@@ -54,6 +54,7 @@ class ExtractReport:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     columns_added: list[str] = field(default_factory=list)
+    column_schema: Any = None
     started: float = field(default_factory=time.perf_counter)
 
     def finish(self) -> ExtractReport:
@@ -80,6 +81,8 @@ class ExtractReport:
         }
         if self.table_rows is not None:
             meta["dagster/row_count"] = self.table_rows
+        if self.column_schema is not None:
+            meta["dagster/column_schema"] = self.column_schema
         if self.extract == "incremental":
             meta["cursor_before"] = self.cursor_before or "(none: first run)"
             meta["cursor_after"] = self.cursor_after or "(none)"
@@ -234,18 +237,46 @@ def build_and_swap(conn: psycopg.Connection, target: TableRef, fill: Callable[[T
     return rows, replaced
 
 
+def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: TargetInfo, mode: str,
+                report: ExtractReport, run_id: str | None) -> None:
+    """Write one frame into the target with the IO layer's bulk pieces, inside the caller's
+    transaction (which holds the target's lock).
+
+    The writer's own ``write_frame`` would evolve the target from the frame's dtypes, and our frames
+    are text (PostgreSQL's own rendering of every value); ``prepare_target`` has already shaped the
+    target from the SOURCE's types, so the rows go straight in with those types (a ``varchar(20)``
+    stays ``varchar(20)``).
+    """
+    from etl_assets.io.bulk import copy_frame
+    from etl_assets.io.upsert import upsert_frame
+
+    target = spec.target
+    if mode == "upsert":
+        inserted, updated, unchanged, _dups = upsert_frame(
+            wh, frame, target, target_key(spec), None, info.types, run_id=run_id)
+        report.inserted += inserted
+        report.updated += updated
+        report.unchanged += unchanged
+        return
+    if mode == "truncate_insert":
+        report.deleted = count_rows(wh, target)
+        wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+    report.inserted += copy_frame(wh, frame, target, targets=info.types)
+
+
 def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], info: TargetInfo,
                 report: ExtractReport, state: Callable[[], tuple[str, dict[str, Any]]], run_id: str | None
                 ) -> None:
     """Write a stream of frames into the target in ONE transaction that ends with the state.
 
-    Each frame is one ``write_frame`` (a savepoint inside this transaction) in the declared mode
-    (``truncate_insert``: the first frame truncates, the others append); ``swap`` fills a new table
-    frame by frame and swaps it in. ``state()`` is called after the last frame, so it can include
-    counts, and is saved inside the same transaction: data and state commit together or not at all.
+    Each frame is written in the declared mode (``truncate_insert``: the first frame truncates, the
+    others append); ``swap`` fills a new table frame by frame and swaps it in. ``state()`` is called
+    after the last frame, so it can include counts, and is saved inside the same transaction: data
+    and state commit together or not at all.
     """
     from etl_assets.io.bulk import copy_frame
-    from etl_assets.io.writer import write_frame
+
+    from .state import save_state
 
     target = spec.target
     with wh.transaction():
@@ -262,16 +293,17 @@ def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], 
             first = True
             for frame in frames:
                 mode = "insert" if spec.load == "truncate_insert" and not first else spec.load
-                result = write_frame(wh, frame, target, mode, primary_key=target_key(spec), run_id=run_id,
-                                     count_rows=False)
-                report.inserted += result.inserted
-                report.updated += result.updated
-                report.unchanged += result.unchanged
-                if first:
-                    report.deleted = result.deleted
+                write_piece(wh, spec, frame, info, mode, report, run_id)
                 first = False
-        from .state import save_state
-
         kind, value = state()
         save_state(wh, target, kind, value, run_id)
-    report.table_rows = count_rows(wh, target)
+    finish_target(wh, report)
+
+
+def finish_target(wh: psycopg.Connection, report: ExtractReport) -> None:
+    """Row count and column schema of the target for the materialization (the schema lets
+    Dagster's column-schema change checks see the extracted table)."""
+    from etl_assets.io.writer import table_schema
+
+    report.table_rows = count_rows(wh, report.target)
+    report.column_schema = table_schema(wh, report.target)

@@ -34,6 +34,7 @@ from .common import (
     ExtractReport,
     build_and_swap,
     count_rows,
+    finish_target,
     migrated,
     note_schema_changes,
     prepare_target,
@@ -122,7 +123,7 @@ def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_i
             _chunks(spec, src, wh, table, binary, report, run_id)
         else:
             _whole(spec, src, wh, table, binary, report, run_id)
-        report.table_rows = count_rows(wh, spec.target)
+        finish_target(wh, report)
     return report.finish()
 
 

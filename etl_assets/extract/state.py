@@ -1,9 +1,9 @@
 """Cursors and chunk checkpoints of extracts, in ``etl.state`` of the warehouse.
 
-The state row of a target is written only by a hook that runs inside the transaction that writes
-the data it describes (``write_frame(..., on_commit=[...])`` or the chunk's own transaction), so the
-warehouse can never hold a cursor past rows it does not have, nor rows whose cursor was not saved.
-Dagster metadata shows the same values to people but is never read back.
+The state row of a target is written only inside the transaction that writes the data it describes
+(the run's single load transaction, or the chunk's own transaction), so the warehouse can never
+hold a cursor past rows it does not have, nor rows whose cursor was not saved. Dagster metadata
+shows the same values to people but is never read back.
 """
 
 from __future__ import annotations

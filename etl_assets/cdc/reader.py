@@ -74,49 +74,63 @@ def begin_snapshot(conn: psycopg.Connection) -> None:
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
-# The transactions that keep a horizon from being final in the current snapshot: ids <= N still
-# running, except those proven unable to write this database's logs — sessions of another database
-# of the server, autovacuum workers (they never fire triggers), prepared transactions of another
-# database. An id not found (it ended after the snapshot, or the role may not see other users'
-# sessions) counts as a blocker: wait rather than guess.
-_BLOCKERS = """
+# Transactions that cannot write this database's change logs: sessions of another database of the
+# server, autovacuum workers (they never fire triggers), prepared transactions of another database.
+# Read in its own statement *before* the snapshot it is used with: a transaction that is running in
+# that snapshot and has an id <= N (assigned before this read) was running during this read too, so
+# it is listed here if it is foreign. (Reading it after the snapshot would race with transactions
+# that end in between.) 32-bit ids, as pg_stat_activity shows them.
+_FOREIGN = """
+SELECT coalesce(array_agg(x), '{}') FROM (
+    SELECT backend_xid::text::bigint AS x FROM pg_stat_activity
+     WHERE backend_xid IS NOT NULL
+       AND (datid IS DISTINCT FROM (SELECT oid FROM pg_database WHERE datname = current_database())
+            OR backend_type = 'autovacuum worker')
+    UNION ALL
+    SELECT transaction::text::bigint FROM pg_prepared_xacts WHERE database <> current_database()
+) f
+"""
+
+# The oldest transaction keeping a horizon from being final in the current snapshot: an id <= N
+# still running that is not known to be foreign. One the role may not see (other users' sessions
+# without pg_read_all_stats) counts as a blocker: wait rather than guess.
+_BLOCKER = """
 SELECT x.xid::text
   FROM (SELECT pg_current_snapshot() AS s) q, pg_snapshot_xip(q.s) AS x(xid)
  WHERE pg_snapshot_xmin(q.s) <= %(n)s::text::xid8
    AND x.xid <= %(n)s::text::xid8
-   AND NOT EXISTS (
-       SELECT 1 FROM pg_stat_activity a
-        WHERE a.backend_xid IS NOT NULL
-          AND a.backend_xid::text::bigint = x.xid::text::bigint %% 4294967296
-          AND (a.datid IS DISTINCT FROM (SELECT oid FROM pg_database WHERE datname = current_database())
-               OR a.backend_type = 'autovacuum worker'))
-   AND NOT EXISTS (
-       SELECT 1 FROM pg_prepared_xacts p
-        WHERE p.transaction::text::bigint = x.xid::text::bigint %% 4294967296
-          AND p.database <> current_database())
+   AND NOT (x.xid::text::bigint %% 4294967296) = ANY(%(foreign)s::bigint[])
  ORDER BY x.xid
  LIMIT 1
 """
 
 
-def blocker(conn: psycopg.Connection, horizon: Horizon) -> int | None:
+def foreign_xids(conn: psycopg.Connection) -> list[int]:
+    """Running transactions that cannot write this database's logs; call outside a transaction,
+    just before the snapshot the result is used with."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise ValueError("foreign_xids must run before the read transaction's snapshot")
+    return list(conn.execute(_FOREIGN).fetchone()[0])
+
+
+def blocker(conn: psycopg.Connection, horizon: Horizon, foreign: list[int]) -> int | None:
     """The oldest transaction keeping ``horizon`` from being final in the current snapshot, or None."""
-    row = conn.execute(_BLOCKERS, {"n": str(horizon.xid)}).fetchone()
+    row = conn.execute(_BLOCKER, {"n": str(horizon.xid), "foreign": foreign}).fetchone()
     return int(row[0]) if row else None
 
 
-def horizon_final(conn: psycopg.Connection, horizon: Horizon) -> bool:
+def horizon_final(conn: psycopg.Connection, horizon: Horizon, foreign: list[int]) -> bool:
     """Whether every position <= ``horizon.position`` is final in the current snapshot."""
-    return blocker(conn, horizon) is None
+    return blocker(conn, horizon, foreign) is None
 
 
-def safe_bound(conn: psycopg.Connection, applied: int, horizons: list[Horizon]) -> int:
+def safe_bound(conn: psycopg.Connection, applied: int, horizons: list[Horizon], foreign: list[int]) -> int:
     """The highest position whose range ``(applied, bound]`` is final in the current snapshot."""
     bound = applied
     for h in sorted(horizons, key=lambda h: h.position, reverse=True):
         if h.position <= bound:
             break
-        if horizon_final(conn, h):
+        if horizon_final(conn, h, foreign):
             bound = h.position
             break
     return bound
@@ -284,12 +298,12 @@ def pending_after(conn: psycopg.Connection, capture: Capture, position: int) -> 
 
 
 def wait_for_horizon(conn: psycopg.Connection, horizon: Horizon, wait_seconds: float) -> bool:
-    """Poll (one cheap query per try, growing pauses) until the horizon is final, for at most
+    """Poll (two cheap statements per try, growing pauses) until the horizon is final, for at most
     ``wait_seconds``; True if it became final."""
     deadline = time.monotonic() + wait_seconds
     pause = 0.02
     while True:
-        if horizon_final(conn, horizon):
+        if horizon_final(conn, horizon, foreign_xids(conn)):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -63,9 +63,10 @@ def take_snapshot(
     # this consumer will need (see capture.register_consumer).
     capture.register_consumer(src, cap, consumer, str(target))
     horizon = reader.take_horizon(src, cap)
+    foreign = reader.foreign_xids(src)  # before the snapshot (see reader)
     with src.transaction():
         reader.begin_snapshot(src)
-        final = reader.horizon_final(src, horizon)
+        final = reader.horizon_final(src, horizon, foreign)
         snap, top = src.execute(
             sql.SQL("SELECT pg_current_snapshot()::text, (SELECT max(position) FROM {})").format(
                 cap.log_ident

@@ -279,6 +279,7 @@ def _apply_window(
     now = reader.take_horizon(src, cap)
     reader.wait_for_horizon(src, now, wait)
     report = CdcReport(str(spec.source), str(target), "apply", position_before=applied)
+    foreign = reader.foreign_xids(src)  # before the read transaction's snapshot (see reader)
     with src.transaction():
         reader.begin_snapshot(src)
         fresh = capture.get_capture(src, spec.source)
@@ -287,9 +288,9 @@ def _apply_window(
         assert fresh is not None
         reader.check_continuity(src, fresh, state["log_id"], applied, str(target))
         candidates = [*horizons, now]
-        bound = reader.safe_bound(src, applied, candidates)
+        bound = reader.safe_bound(src, applied, candidates, foreign)
         if bound < now.position:
-            report.held_back_by = reader.describe_transaction(src, reader.blocker(src, now))
+            report.held_back_by = reader.describe_transaction(src, reader.blocker(src, now, foreign))
         while True:
             end = min(bound, reader.batch_end(src, fresh, applied, bound, batch_changes()))
             state = _apply_batch(src, wh, fresh, table, spec, state, end, candidates, run_id, report)

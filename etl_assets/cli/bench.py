@@ -32,6 +32,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from etl_assets.bench.write_modes import format_mode_table, mode_ratios
 
     status = run(args)
+    if getattr(args, "markdown", None):  # printed an earlier result file; nothing was measured
+        return status
     report = Path(args.out).resolve() / "bench.json"
     if report.exists():
         ratios = mode_ratios(json.loads(report.read_text())["results"])

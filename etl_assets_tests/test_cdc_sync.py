@@ -333,3 +333,26 @@ def test_timestamptz_key_written_from_different_time_zones(
     assert report.applied == {"update": 1, "delete": 1}
     assert rows_of(warehouse_conn, spec.target, "at") == [] == rows_of(source_conn, ref, "at")
     source_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ref.schema_ident))
+
+
+def test_snapshot_into_an_existing_wider_target(
+    items, source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """A target created earlier with wider types (numeric for bigint, text for numeric) is loaded
+    through text COPY, then kept up to date."""
+    spec = spec_for(items, fresh_schema)
+    warehouse_conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id numeric PRIMARY KEY, name text, amount text, tags text[], doc jsonb, "
+            "seen_at timestamptz, blob bytea)"
+        ).format(spec.target.ident)
+    )
+    assert _run(spec, source_dsn, warehouse_dsn).rows_snapshot == 300
+    source_conn.execute(sql.SQL("UPDATE {} SET amount = 7.5 WHERE id = 1").format(items.ident))
+    _run(spec, source_dsn, warehouse_dsn)
+    got = warehouse_conn.execute(
+        sql.SQL("SELECT count(*), sum(id), max(amount) FILTER (WHERE id = 1) FROM {}").format(
+            spec.target.ident
+        )
+    ).fetchone()
+    assert got == (300, 45150, "7.50")

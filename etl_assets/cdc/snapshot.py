@@ -24,7 +24,9 @@ from psycopg import sql
 
 from etl_assets.cdc import apply, capture, reader
 from etl_assets.extract.source import SourceTable
+from etl_assets.io import catalog
 from etl_assets.io.tables import TableRef
+from etl_assets.io.typemap import PgType
 
 
 @dataclass
@@ -35,6 +37,15 @@ class SnapshotResult:
     snapshot: str
     snapshot_max: int | None
     state: dict[str, Any]
+
+
+_TEXT_SETTINGS = (
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL IntervalStyle = 'postgres'",
+    "SET LOCAL extra_float_digits = 3",
+    "SET LOCAL bytea_output = 'hex'",
+)
 
 
 def _select_list(table: SourceTable) -> sql.Composable:
@@ -76,8 +87,7 @@ def take_snapshot(
         if fresh is None or fresh.log_id != cap.log_id:
             raise capture.CaptureMissing(
                 f"Change capture on {cap.source} was removed or reinstalled while {target} was being "
-                "snapshotted; "
-                "run again."
+                "snapshotted; run again."
             )
         # Every position <= horizon.position is final in this snapshot when older transactions ended.
         start = horizon.position if final else fresh.pruned_through
@@ -86,18 +96,24 @@ def take_snapshot(
             shape = apply.ensure_target(wh, target, table, key)
             replaced = wh.execute(sql.SQL("DELETE FROM {}").format(target.ident)).rowcount
             cols = sql.SQL(", ").join(map(sql.Identifier, table.names))
-            # Binary COPY: user-defined columns are cast to text in the SELECT, the rest keep their type.
+            # Binary COPY when every column has the source's type in the target (user-defined ones are
+            # cast to text in the SELECT); text COPY when an existing target differs (a wider type).
+            have = {c.name: str(c.type) for c in catalog.columns(wh, target)}
+            same = all(have.get(c.name) == str(PgType.parse(c.target_type_sql)) for c in table.columns)
+            fmt = sql.SQL("(FORMAT binary)" if same else "(FORMAT text)")
+            if not same:  # text must be written and read with the same settings on both sides
+                for conn in (src, wh):
+                    for setting in _TEXT_SETTINGS:
+                        conn.execute(setting)
             rows = 0
             with src.cursor() as scur, wh.cursor() as wcur:
                 with (
                     scur.copy(
-                        sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
-                            _select_list(table), cap.source.ident
+                        sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT {}").format(
+                            _select_list(table), cap.source.ident, fmt
                         )
                     ) as out,
-                    wcur.copy(
-                        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target.ident, cols)
-                    ) as into,
+                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN {}").format(target.ident, cols, fmt)) as into,
                 ):
                     for chunk in out:
                         into.write(chunk)

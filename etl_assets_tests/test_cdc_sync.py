@@ -356,3 +356,16 @@ def test_snapshot_into_an_existing_wider_target(
         )
     ).fetchone()
     assert got == (300, 45150, "7.50")
+
+
+def test_only_the_shipped_demo_declaration_installs_capture_itself(tmp_path, monkeypatch) -> None:
+    from etl_assets.cdc.asset import is_shipped_demo
+    from etl_assets.pipeline_config import load_pipelines, pipelines_path
+
+    monkeypatch.delenv("ETL_PIPELINES", raising=False)
+    shipped = load_pipelines(pipelines_path())
+    assert is_shipped_demo(shipped.path)
+    assert [str(t.source) for t in shipped.tables if t.extract == "cdc"] == ["shop.customers"]
+    copy = tmp_path / "mine.yaml"
+    copy.write_text(pipelines_path().read_text())
+    assert not is_shipped_demo(str(copy))

@@ -50,7 +50,11 @@ def empty_home() -> Iterator[tuple[Path, dict[str, str]]]:
     yield home, env
     stopped = subprocess.run(
         [sys.executable, "-m", "etl_assets.cli", "server", "stop"],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert embedded.status(home) is None
@@ -108,6 +112,8 @@ def test_run_from_an_empty_home_twice_and_shared_by_dagster(empty_home: tuple[Pa
             "etl_assets.definitions",
             "--select",
             "raw/categories",
+            "--config-json",  # steps in the command's own process: quicker, same server either way
+            '{"execution": {"config": {"in_process": {}}}}',
         ],
         env=dagster_env,
         cwd=PROJECT_ROOT,

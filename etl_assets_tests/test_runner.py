@@ -293,9 +293,8 @@ def test_cleanup_leaves_live_and_foreign_runs_alone(instance: dg.DagsterInstance
         return None
 
     job = dg.Definitions(assets=[noop], jobs=[dg.define_asset_job("noop_job")]).resolve_job_def("noop_job")
-    alive = instance.create_run_for_job(
-        job, tags={runner.PID_TAG: str(os.getppid()), runner.HOST_TAG: os.uname()[1]}
-    )
+    here = {runner.PID_TAG: str(os.getppid()), runner.HOST_TAG: socket.gethostname()}
+    alive = instance.create_run_for_job(job, tags=here)
     foreign = instance.create_run_for_job(
         job, tags={runner.PID_TAG: "999999999", runner.HOST_TAG: "elsewhere"}
     )
@@ -304,8 +303,15 @@ def test_cleanup_leaves_live_and_foreign_runs_alone(instance: dg.DagsterInstance
             dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name, message="started"),
             run_id=run.run_id,
         )
+    # Our parent process, but tagged with another start time: its pid was reused, the run is dead.
+    reused = instance.create_run_for_job(job, tags={**here, runner.PID_START_TAG: "12345.00"})
+    instance.report_dagster_event(
+        dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=reused.job_name, message="started"),
+        run_id=reused.run_id,
+    )
     cleaned = runner.cleanup_dead_runs(instance, local_instance=True)
     assert alive.run_id not in cleaned and foreign.run_id not in cleaned
+    assert reused.run_id in cleaned
     assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
     assert instance.get_run_by_id(foreign.run_id).status == dg.DagsterRunStatus.STARTED
 

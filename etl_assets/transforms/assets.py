@@ -123,6 +123,7 @@ def capture_output(
     key=FX_RATES,
     group_name="transforms",
     kinds={"postgres", "polars"},
+    pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
     description="Exchange rates from ETL_FX_URL (or the resource's url), else the shipped snapshot.",
     metadata={"write_mode": "truncate_insert", "primary_key": ["base", "currency"]},

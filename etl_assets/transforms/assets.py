@@ -23,7 +23,7 @@ from pydantic import Field
 from etl_assets import dlq
 from etl_assets.db import PostgresResource
 from etl_assets.errors import EtlError
-from etl_assets.http_source import FxRatesSource
+from etl_assets.http_source import FX_URL_VAR, FxRatesSource
 from etl_assets.io import catalog
 from etl_assets.io.batch import LoadBatch
 from etl_assets.io.tables import TableRef
@@ -134,7 +134,12 @@ def fx_rates(context: dg.AssetExecutionContext, fx_source: FxRatesSource) -> dg.
     except Exception as exc:
         if is_transient(exc):
             raise  # the step's RetryPolicy tries again later
-        raise _fail(exc) from exc
+        raise _fail(
+            EtlError(
+                f"Exchange rates could not be read: {exc} Check {FX_URL_VAR} (or the fx_source resource's "
+                "url); unset it to use the snapshot shipped in etl_assets/data/fx_rates.json."
+            )
+        ) from exc
     frame = rates.frame()
     return dg.Output(
         frame,

@@ -64,9 +64,12 @@ def test_env_prints_exports_that_a_shell_can_eval(etl_env: dict[str, str]) -> No
 
 
 def test_seed_and_simulate_commands(etl_env: dict[str, str], source_dsn: str) -> None:
-    result = etl("seed", "--rows", "600", "--seed", "5")
+    result = etl("seed", "--rows", "600", "--seed", "5", "--until", "2025-07-01")
     assert result.returncode == 0, result.stderr
-    assert "seeded 60 customers, 12 categories, 600 orders" in result.stdout
+    assert (
+        "seeded 60 customers, 12 categories, 600 orders (created in the year before 2025-07-01)"
+        in result.stdout
+    )
     with psycopg.connect(source_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 600
     result = etl("simulate", "--changes", "100", "--seed", "2")

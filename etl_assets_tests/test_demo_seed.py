@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -81,15 +82,25 @@ def test_seed_creates_schema_with_keys_and_indexes(seed_dsn: str) -> None:
             )
             == 0
         )
-    assert demo.seed_info(seed_dsn) == {"seed": 1, "rows": 2000, "customers": 200, "dirty_share": 0.02}
+    assert demo.seed_info(seed_dsn) == {
+        "seed": 1,
+        "rows": 2000,
+        "customers": 200,
+        "dirty_share": 0.02,
+        "until": result.until.isoformat(),
+    }
+    assert result.until == demo.today().date()  # by default the demo ends today: it always looks recent
 
 
 def test_seed_is_deterministic_for_a_seed(seed_dsn: str) -> None:
-    demo.seed(seed_dsn, rows=1500, seed=7)
+    demo.seed(seed_dsn, rows=1500, seed=7, until=demo.END)
     first = _checksums(seed_dsn)
-    demo.seed(seed_dsn, rows=1500, seed=7)
+    demo.seed(seed_dsn, rows=1500, seed=7, until=demo.END)
     assert _checksums(seed_dsn) == first
-    demo.seed(seed_dsn, rows=1500, seed=8)
+    demo.seed(seed_dsn, rows=1500, seed=7, until=demo.END + timedelta(days=1))
+    shifted = _checksums(seed_dsn)
+    assert shifted["orders"] != first["orders"]  # the same rows, one day later
+    demo.seed(seed_dsn, rows=1500, seed=8, until=demo.END)
     other = _checksums(seed_dsn)
     assert other["orders"] != first["orders"]
     assert other["customers"] != first["customers"]
@@ -98,7 +109,7 @@ def test_seed_is_deterministic_for_a_seed(seed_dsn: str) -> None:
 
 def test_seed_golden_rows_are_stable_across_servers(seed_dsn: str) -> None:
     """The hash is PostgreSQL's hash-partitioning hash: the same on every version and platform."""
-    demo.seed(seed_dsn, rows=5, seed=3)
+    demo.seed(seed_dsn, rows=5, seed=3, until=demo.END)
     with psycopg.connect(seed_dsn) as conn:
         rows = conn.execute(
             "SELECT id, user_id, category_id, amount::text, status,"
@@ -159,7 +170,7 @@ def test_seed_rejects_bad_arguments(seed_dsn: str) -> None:
 def test_simulate_inserts_updates_and_deletes(seed_dsn: str) -> None:
     with pytest.raises(MissingObject, match="etl-assets seed"):
         demo.simulate(seed_dsn, changes=10)
-    demo.seed(seed_dsn, rows=1000, seed=2, dirty_share=0.0)
+    demo.seed(seed_dsn, rows=1000, seed=2, dirty_share=0.0, until=demo.END)
     before = _checksums(seed_dsn)
     result = demo.simulate(seed_dsn, changes=200, seed=11)
     assert result.inserted == {"customers": 10, "orders": 100}
@@ -179,7 +190,7 @@ def test_simulate_inserts_updates_and_deletes(seed_dsn: str) -> None:
 def test_simulate_picks_the_same_rows_for_the_same_seed(seed_dsn: str) -> None:
     picked = []
     for _ in range(2):
-        demo.seed(seed_dsn, rows=500, seed=4)
+        demo.seed(seed_dsn, rows=500, seed=4, until=demo.END)
         result = demo.simulate(seed_dsn, changes=100, seed=9)
         with psycopg.connect(seed_dsn) as conn:
             ids = conn.execute("SELECT array_agg(id ORDER BY id) FROM shop.orders").fetchone()[0]

@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=None, help="random seed: the same seed gives the same rows (default 42)"
     )
     p.add_argument("--dirty-share", type=float, default=None, help="share of dirty rows, 0..1 (default 0.02)")
+    p.add_argument(
+        "--until",
+        type=_iso_date,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="orders are created in the 365 days before this date (default: today, UTC)",
+    )
     p.set_defaults(handler=cmd_seed)
 
     p = sub.add_parser("simulate", help="apply a batch of inserts, updates and deletes to the demo source")
@@ -71,6 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("env", help="print export lines for the databases and DAGSTER_HOME (eval them)")
     p.set_defaults(handler=cmd_env)
+
+
+def _iso_date(text: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -135,10 +151,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
         seed=seed_value,
         dirty_share=share,
         progress=lambda s: print(f"  {s}", flush=True),
+        until=args.until,
     )
     print(
         f"seeded {result.customers:,} customers, {result.categories} categories, {result.orders:,} orders "
-        f"in {result.seconds:.1f}s"
+        f"(created in the year before {result.until}) in {result.seconds:.1f}s"
     )
     return 0
 

@@ -5,8 +5,10 @@ of :data:`BATCH_ROWS`), never by Python: nothing crosses the wire, the client ho
 server streams each batch, so tens of millions of rows cost time but no memory. Randomness is a pure
 function of (row number, seed, column): ``hashint8extended`` is the hash PostgreSQL uses for hash
 partitioning and therefore stable across versions and platforms, so a given seed produces the same
-rows on PostgreSQL 15 and 18 alike. Timestamps are anchored to a fixed year (:data:`START`,
-:data:`END`), not to ``now()``, for the same reason; only :func:`simulate` uses the clock, as a real
+rows on PostgreSQL 15 and 18 alike. Timestamps are anchored to a date, ``until`` (by default the
+start of today, UTC): clean rows are created in the 365 days before it, so the demo always looks
+recent and daily partitions up to yesterday have data; the same seed and the same ``until`` give the
+same rows (:data:`END` is the fixed anchor tests use). Only :func:`simulate` reads the clock, as a real
 application would.
 
 A configurable share of rows is dirty, in exactly the ways data-quality rules look for: malformed
@@ -19,7 +21,7 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
@@ -32,10 +34,10 @@ DEFAULT_SEED = 42
 DEMO_ROWS_VAR = "ETL_DEMO_ROWS"  # overrides DEFAULT_ROWS for the automatic seeding (tests use it)
 DEFAULT_DIRTY_SHARE = 0.02
 BATCH_ROWS = 1_000_000  # rows per INSERT … SELECT statement
-START = datetime(2025, 1, 1, tzinfo=UTC)  # created_at of clean rows lies in [START, END)
-END = datetime(2026, 1, 1, tzinfo=UTC)
+SPAN = timedelta(days=365)  # created_at of clean rows lies in [until - SPAN, until)
+END = datetime(2026, 1, 1, tzinfo=UTC)  # a fixed anchor for reproducible tests (the golden rows)
 HUGE_AMOUNT = 1_000_000  # dirty "huge" amounts are at least this
-FUTURE_AFTER_DAYS = 3650  # dirty future dates lie 10-11 years after END
+FUTURE_AFTER_DAYS = 3650  # dirty future dates lie 10-11 years after the anchor
 
 # An arbitrary fixed advisory-lock key ("shopseed"): seeding and simulating never interleave.
 _LOCK_KEY = 0x73686F7073656564 & 0x7FFFFFFFFFFFFFFF
@@ -244,15 +246,30 @@ class SeedResult:
     seed: int
     dirty_share: float
     seconds: float
+    until: date
 
 
-def _base_params(seed_value: int, dirty_share: float) -> dict[str, object]:
+def today() -> datetime:
+    """The default anchor: the start of the current day, UTC."""
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def _anchor(until: date | datetime | None) -> datetime:
+    if until is None:
+        return today()
+    if isinstance(until, datetime):
+        return until if until.tzinfo else until.replace(tzinfo=UTC)
+    return datetime(until.year, until.month, until.day, tzinfo=UTC)
+
+
+def _base_params(seed_value: int, dirty_share: float, until: datetime = END) -> dict[str, object]:
     return {
         "seed": seed_value,
         "dirty_share": dirty_share,
-        "start": START,
-        "end": END,
-        "span": int((END - START).total_seconds()),
+        "start": until - SPAN,
+        "end": until,
+        "span": int(SPAN.total_seconds()),
         "future_days": FUTURE_AFTER_DAYS,
         "huge": HUGE_AMOUNT,
         "n_categories": len(CATEGORIES),
@@ -277,11 +294,12 @@ def _seed_in(
     dirty_share: float,
     customers: int | None,
     progress=None,
+    until: datetime = END,
 ) -> SeedResult:
     """(Re)create the schema inside the caller's transaction."""
     began = time.perf_counter()
     n_customers = _check_args(rows, customers, dirty_share)
-    params = _base_params(seed_value, dirty_share)
+    params = _base_params(seed_value, dirty_share, until)
     conn.execute("SET LOCAL synchronous_commit = off")
     conn.execute("DROP SCHEMA IF EXISTS shop CASCADE")
     conn.execute(DDL)
@@ -300,7 +318,13 @@ def _seed_in(
             if progress:
                 progress(f"shop.{table}: {hi:,} of {total:,} rows")
     conn.execute(INDEXES)
-    info = {"seed": seed_value, "rows": rows, "customers": n_customers, "dirty_share": dirty_share}
+    info = {
+        "seed": seed_value,
+        "rows": rows,
+        "customers": n_customers,
+        "dirty_share": dirty_share,
+        "until": until.date().isoformat(),
+    }
     conn.execute(f"COMMENT ON SCHEMA shop IS '{json.dumps(info)}'")  # numbers only: safe to inline
     conn.execute("ANALYZE shop.customers, shop.orders, shop.categories")
     return SeedResult(
@@ -310,6 +334,7 @@ def _seed_in(
         seed=seed_value,
         dirty_share=dirty_share,
         seconds=time.perf_counter() - began,
+        until=until.date(),
     )
 
 
@@ -321,14 +346,17 @@ def seed(
     *,
     customers: int | None = None,
     progress=None,
+    until: date | datetime | None = None,
 ) -> SeedResult:
-    """Drop and recreate schema ``shop`` with ``rows`` orders (and ``rows // 10`` customers).
+    """Drop and recreate schema ``shop`` with ``rows`` orders (and ``rows // 10`` customers), created
+    in the 365 days before ``until`` (default: today, UTC).
 
     One transaction: readers see the old demo or the new one, never a half-built one.
     """
+    anchor = _anchor(until)
     with connect(dsn, role="source", env_var=SOURCE_DSN_VAR) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        return _seed_in(conn, rows, seed, dirty_share, customers, progress)
+        return _seed_in(conn, rows, seed, dirty_share, customers, progress, anchor)
 
 
 def is_seeded(conn: psycopg.Connection) -> bool:
@@ -375,7 +403,8 @@ def ensure_seeded(dsn: str, rows: int | None = None) -> bool:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             if is_seeded(conn):
                 return False
-            _seed_in(conn, default_rows() if rows is None else rows, DEFAULT_SEED, DEFAULT_DIRTY_SHARE, None)
+            rows = default_rows() if rows is None else rows
+            _seed_in(conn, rows, DEFAULT_SEED, DEFAULT_DIRTY_SHARE, None, until=today())
             return True
 
 
@@ -447,7 +476,7 @@ def simulate(
         ).fetchone()
         params = _base_params(seed_value, share)
         # New rows: the seeding SQL with a one-hour window ending now, ids after the current maximum.
-        params.update({"start": now - (END - START) / 8760, "span": 3600, "end": now})
+        params.update({"start": now - timedelta(hours=1), "span": 3600, "end": now})
         n_new_customers = n_insert // 10
         if n_new_customers:
             conn.execute(

@@ -157,6 +157,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         f"seeded {result.customers:,} customers, {result.categories} categories, {result.orders:,} orders "
         f"(created in the year before {result.until}) in {result.seconds:.1f}s"
     )
+    print("incremental extracts keep their cursors: run `etl-assets reset` for a full reload of the new demo")
     return 0
 
 

@@ -285,8 +285,8 @@ def chunked_read(ctx: BenchContext) -> Case:
     """Read the table in ``chunk`` rows at a time, by OFFSET (the seed's) or by keyset on the key.
 
     Both variants read each chunk the same way (COPY of the chunk's query into polars text columns)
-    and digest it before dropping it, so the difference is the pagination alone: OFFSET re-reads and discards every
-    earlier row for each chunk (quadratic), keyset starts each chunk at an index lookup.
+    and digest it before dropping it, so the difference is the pagination alone: OFFSET re-reads and
+    discards every earlier row for each chunk (quadratic), keyset starts each chunk at an index lookup.
     """
     import polars as pl
 

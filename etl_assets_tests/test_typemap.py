@@ -226,3 +226,16 @@ def test_pg_type_parse_and_render():
         "numeric",
     ]:
         assert PgType.parse(text).sql() == text
+
+
+def test_numbers_go_into_wider_number_columns_unchanged(conn, fresh_schema):
+    t = TableRef(fresh_schema, "numbers")
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint, price numeric(8,3), ratio double precision)").format(t.ident)
+    )
+    write_frame(conn, pl.DataFrame({"id": [1], "price": [1.25], "ratio": [3]}), t, "insert")
+    assert _types(conn, t) == {"id": "bigint", "price": "numeric(8,3)", "ratio": "double precision"}
+    assert conn.execute(sql.SQL("SELECT price, ratio FROM {}").format(t.ident)).fetchone() == (
+        Decimal("1.250"),
+        3.0,
+    )

@@ -495,8 +495,10 @@ def _reconcile_scalar(e: PgType, i: PgType) -> PgType | None:
             return PgType("numeric")
         digits, scale = max(_INT_DIGITS[e.base], inc[0]), inc[1]
         return PgType("numeric", digits + scale, scale)
-    if e.base == "double precision" and (i.base in ("real", "smallint", "integer")):
-        return _FITS
+    if e.base == "double precision" and (i.base in ("real", "smallint", "integer", "bigint")):
+        return _FITS  # whole numbers computed as integers go into a float column as they are
+    if e.base == "numeric" and i.base in ("real", "double precision"):
+        return _FITS  # PostgreSQL parses the float's shortest exact text into the numeric
     if e.base == "real" and i.base == "double precision":
         return PgType("double precision")
     if e.base == "real" and i.base == "smallint":

@@ -239,3 +239,20 @@ def test_numbers_go_into_wider_number_columns_unchanged(conn, fresh_schema):
         Decimal("1.250"),
         3.0,
     )
+
+
+def test_unsigned_and_128_bit_integers_go_to_numeric(conn, fresh_schema):
+    t = TableRef(fresh_schema, "wide_ints")
+    df = pl.DataFrame(
+        {
+            "u64": pl.Series([2**64 - 1, 0], dtype=pl.UInt64),
+            "i128": pl.Series([-(2**100), 2**100], dtype=pl.Int128),
+            "u32": pl.Series([2**32 - 1, 0], dtype=pl.UInt32),
+        }
+    )
+    write_frame(conn, df, t, "insert")
+    assert _types(conn, t) == {"u64": "numeric(20,0)", "i128": "numeric(39,0)", "u32": "bigint"}
+    assert conn.execute(sql.SQL("SELECT u64, i128, u32 FROM {} ORDER BY u32").format(t.ident)).fetchall() == [
+        (Decimal(0), Decimal(2**100), 0),
+        (Decimal(2**64 - 1), Decimal(-(2**100)), 2**32 - 1),
+    ]

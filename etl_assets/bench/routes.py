@@ -4,9 +4,10 @@
 (:func:`etl_assets.bench.data.make_frame`, 8 columns plus key) into an empty table of the benchmark
 shape through each route and prints the median seconds. Routes:
 
-* ``csv-polars``: what :func:`etl_assets.io.bulk.copy_frame` does (polars ``write_csv`` per piece,
-  streamed into ``COPY ... FROM STDIN (FORMAT csv)`` on the caller's connection, sent by a worker
-  thread while the next piece renders), and the same without that overlap;
+* ``binary``: what :func:`etl_assets.io.bulk.copy_frame` does when the frame's dtypes match the
+  table's types (numpy-encoded binary COPY pieces, sent by a worker thread), from polars and pandas;
+* ``csv-polars``: its fallback (polars ``write_csv`` per piece into ``COPY ... (FORMAT csv)``), and
+  the same without the sending thread;
 * ``csv-pyarrow``: the same with ``pyarrow.csv.write_csv`` per record batch;
 * ``binary-write_row``: psycopg binary COPY fed row by row (per-row Python), on a 10 % sample scaled;
 * ``adbc``: ``adbc_ingest`` (binary COPY in C++), the fastest, but on its own connection, so it
@@ -33,11 +34,20 @@ from etl_assets.bench.data import make_frame, recreate_table
 SCHEMA = "etl_bench_routes"
 
 
-def _csv_polars(conn: psycopg.Connection, table: sql.Identifier, frame: object, overlap: bool = True) -> None:
+def _ours(conn: psycopg.Connection, frame: object, *, overlap: bool = True, route: str = "auto") -> None:
     from etl_assets.io.bulk import copy_frame
+    from etl_assets.io.catalog import columns
     from etl_assets.io.tables import TableRef
 
-    copy_frame(conn, frame, TableRef(SCHEMA, "t"), overlap=overlap)
+    table = TableRef(SCHEMA, "t")
+    copy_frame(
+        conn,
+        frame,
+        table,
+        targets={c.name: c.type for c in columns(conn, table)},
+        overlap=overlap,
+        route=route,
+    )
 
 
 def _csv_pyarrow(conn: psycopg.Connection, table: sql.Identifier, frame: pl.DataFrame) -> None:
@@ -102,12 +112,13 @@ def measure(dsn: str, rows: int, repeat: int, log: Callable[[str], None] = print
 
             return run
 
-        routes["csv-polars (ours)"] = (in_tx(lambda: _csv_polars(conn, ident, frame)), 1.0)
-        routes["csv-polars, send then render (no overlap)"] = (
-            in_tx(lambda: _csv_polars(conn, ident, frame, overlap=False)),
+        routes["binary COPY, numpy-encoded (ours)"] = (in_tx(lambda: _ours(conn, frame)), 1.0)
+        routes["binary COPY from pandas (ours)"] = (in_tx(lambda: _ours(conn, pandas_frame)), 1.0)
+        routes["csv-polars (ours when types differ)"] = (in_tx(lambda: _ours(conn, frame, route="csv")), 1.0)
+        routes["csv-polars, send then render"] = (
+            in_tx(lambda: _ours(conn, frame, route="csv", overlap=False)),
             1.0,
         )
-        routes["csv-polars from pandas (ours)"] = (in_tx(lambda: _csv_polars(conn, ident, pandas_frame)), 1.0)
         routes["csv-pyarrow"] = (in_tx(lambda: _csv_pyarrow(conn, ident, frame)), 1.0)
         routes["binary write_row (x10 of 10% sample)"] = (
             in_tx(lambda: _binary_rows(conn, ident, sample)),

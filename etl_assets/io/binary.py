@@ -46,10 +46,13 @@ def _column_ok(dtype: pl.DataType, pg: PgType) -> bool:
         return dtype == pl.Boolean
     if base == "date":
         return dtype == pl.Date
-    if base == "timestamp":
-        return isinstance(dtype, pl.Datetime) and dtype.time_zone is None
-    if base == "timestamptz":
-        return isinstance(dtype, pl.Datetime) and dtype.time_zone is not None
+    if base in ("timestamp", "timestamptz"):
+        # nanoseconds go through CSV, where PostgreSQL rounds them to microseconds (binary would truncate)
+        return (
+            isinstance(dtype, pl.Datetime)
+            and dtype.time_unit in ("us", "ms")
+            and (dtype.time_zone is None) == (base == "timestamp")
+        )
     if base == "numeric":
         if not isinstance(dtype, pl.Decimal):
             return False

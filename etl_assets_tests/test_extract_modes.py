@@ -114,3 +114,47 @@ def test_report_counts_and_cursor(dbs: dict[str, str]) -> None:
     with psycopg.connect(dbs["warehouse"]) as conn:
         (state,) = conn.execute("SELECT state FROM etl.state WHERE target = 'raw.orders_report'").fetchone()
     assert state["cursor"] == second.cursor_after
+
+
+def _swap_names_used(path: str) -> set[str]:
+    """Names of ``etl_assets.io.swap`` that a module imports or reaches through a module alias."""
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    aliases: set[str] = set()
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "etl_assets.io.swap":
+            used |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "etl_assets.io":
+            aliases |= {a.asname or a.name for a in node.names if a.name == "swap"}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.name == "etl_assets.io.swap" and a.asname}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            used.add(node.attr)
+    return used
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
+def test_swap_extract_goes_through_public_io_swap(dbs: dict[str, str], fast: bool) -> None:
+    """Extract swaps use only ``etl_assets.io.swap.build_and_swap`` (no private swap steps), and the
+    swap it does is the IO layer's: recorded in etl.swap_history with the run id and the rows."""
+    from pathlib import Path
+
+    import etl_assets.extract as extract_pkg
+
+    for path in sorted(Path(extract_pkg.__file__).parent.glob("*.py")):
+        assert _swap_names_used(str(path)) <= {"build_and_swap"}, path.name
+    demo.seed(dbs["source"], rows=500, seed=5)
+    spec = _spec("full", "swap", fast)
+    run(spec, dbs, run_id="swap-1")
+    run(spec, dbs, run_id="swap-2")
+    assert_equal(dbs, spec)
+    with psycopg.connect(dbs["warehouse"]) as conn:
+        history = conn.execute(
+            "SELECT action, run_id, rows FROM etl.swap_history WHERE target_schema = %s AND target_name = %s "
+            "ORDER BY id", (spec.target.schema, spec.target.name)).fetchall()
+    assert history[-1] == ("swap", "swap-2", 500)
+    assert scalar(dbs["warehouse"], sql.SQL("SELECT count(*) FROM {}").format(
+        TableRef(spec.target.schema, spec.target.name + "__etl_prev").ident)) == 500

@@ -23,6 +23,7 @@ import polars as pl
 from psycopg import sql
 
 from etl_assets.io.bulk import copy_frame
+from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target
 from etl_assets.pipeline_config import TableSpec
@@ -31,7 +32,6 @@ from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
-    build_and_swap,
     count_rows,
     finish_target,
     migrated,
@@ -133,7 +133,7 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
                 wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
                 fill(target)
             else:
-                _, report.deleted = build_and_swap(wh, target, fill, run_id)
+                _, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
             report.inserted = report.rows_read
             save_state(wh, target, KIND, {"after": None, "last_pass_rows": report.rows_read,
                                           "chunks": report.chunks}, run_id)

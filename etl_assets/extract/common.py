@@ -7,7 +7,6 @@ source columns and keep columns the source dropped (their new rows get NULL, and
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from etl_assets.errors import ConfigError
 from etl_assets.io import catalog
+from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType, reconcile
 from etl_assets.io.writer import lock_target
@@ -200,43 +199,6 @@ def count_rows(conn: psycopg.Connection, ref: TableRef) -> int:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ref.ident)).fetchone()[0]
 
 
-def build_and_swap(conn: psycopg.Connection, target: TableRef, fill: Callable[[TableRef], int],
-                   run_id: str | None) -> tuple[int, int]:
-    """Build a new table beside ``target`` with ``fill(new_table) -> rows``, then swap it in.
-
-    The same steps as the IO layer's frame swap (:func:`etl_assets.io.swap.swap_write`): indexes
-    built after the load under temporary names, owner, grants, dependent views recreated, the old
-    table kept for ``etl-assets rollback``; only the filling differs (chunks or a COPY stream).
-    Returns (rows, rows the replaced table had). Runs inside the caller's transaction.
-    """
-    from etl_assets.io import swap as sw
-
-    oid = catalog.table_oid(conn, target)
-    if oid is None:  # prepare_target creates it; kept for callers that do not
-        raise ConfigError(f"{target} must exist before a swap build.")
-    plan = sw.inspect(conn, target, oid)
-    token = secrets.token_hex(4)
-    new = target.sibling(f"__etl_new_{token}")
-    conn.execute(sql.SQL(
-        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
-        "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
-    ).format(new.ident, target.ident))
-    rows = fill(new)
-    pairs = sw._build_indexes(conn, new, plan, token)
-    sw._set_owner_comment(conn, new, plan.owner, plan.comment)
-    sw._apply_grants(conn, new, plan.grants)
-    previous = sw.previous_table(target)
-    replaced = count_rows(conn, target)
-
-    def step() -> dict[str, str]:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(previous.ident))
-        return sw._exchange(conn, target, new, plan, pairs, previous)
-
-    kept = sw._with_lock_retries(conn, target, step, sw.LOCK_TIMEOUT, sw.ATTEMPTS)
-    sw._record(conn, target, previous, kept, "swap", run_id, rows)
-    return rows, replaced
-
-
 def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: TargetInfo, mode: str,
                 report: ExtractReport, run_id: str | None) -> None:
     """Write one frame into the target with the IO layer's bulk pieces, inside the caller's
@@ -288,7 +250,7 @@ def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], 
                     rows += copy_frame(wh, frame, new, targets=info.types)
                 return rows
 
-            report.inserted, report.deleted = build_and_swap(wh, target, fill, run_id)
+            report.inserted, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
         else:
             first = True
             for frame in frames:

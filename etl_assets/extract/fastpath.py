@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.io import catalog
+from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target
 from etl_assets.pipeline_config import TableSpec
@@ -32,7 +33,6 @@ from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
-    build_and_swap,
     count_rows,
     finish_target,
     migrated,
@@ -151,7 +151,7 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
             def fill(into: TableRef) -> int:
                 return stream_copy(src, wh, query, params, into.ident, columns, binary)
 
-            report.rows_read, report.deleted = build_and_swap(wh, target, fill, run_id)
+            report.rows_read, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
         else:  # upsert
             stage = _stage(wh, target)
             report.rows_read = stream_copy(src, wh, query, params, stage, columns, binary)

@@ -252,3 +252,28 @@ def test_truncate_of_a_referenced_table_explains_itself(conn, fresh_schema):
     with pytest.raises(SchemaMismatch, match=r"Cannot truncate .*parent.*Use write_mode 'upsert'"):
         write_frame(conn, pl.DataFrame({"id": [2]}), parent, "truncate_insert", primary_key=["id"])
     assert rows(conn, parent) == [(1,)]
+
+
+def test_upsert_from_staging_is_the_one_merge(conn, fresh_schema):
+    """io.upsert.upsert_from_staging merges a staging table (used by write_frame's upsert and the
+    extract COPY fast path): exact inserted/updated counts, unchanged rows untouched, bad values
+    refused naming the table."""
+    from etl_assets.io.upsert import upsert_from_staging
+
+    t = TableRef(fresh_schema, "orders")
+    stage = TableRef(fresh_schema, "orders_stage")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text, n smallint)").format(t.ident))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)").format(t.ident))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, v text, n int)").format(stage.ident))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a', 1), (2, 'B', 2), (4, 'd', 4)").format(stage.ident))
+    xmin_of_1 = sql.SQL("SELECT xmin::text FROM {} WHERE id = 1").format(t.ident)
+    xmin_1 = conn.execute(xmin_of_1).fetchone()[0]
+    with conn.transaction():
+        counts = upsert_from_staging(conn, stage.ident, t, ["id", "v", "n"], ["id"])
+    assert counts == (1, 1)  # inserted 4, updated 2; 1 unchanged
+    assert rows(conn, t) == [(1, "a", 1), (2, "B", 2), (3, "c", 3), (4, "d", 4)]
+    assert conn.execute(xmin_of_1).fetchone()[0] == xmin_1
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (5, 'e', 100000)").format(stage.ident))
+    with pytest.raises(SchemaMismatch, match=f"{fresh_schema}.orders"), conn.transaction():
+        upsert_from_staging(conn, stage.ident, t, ["id", "v", "n"], ["id"])
+    assert rows(conn, t) == [(1, "a", 1), (2, "B", 2), (3, "c", 3), (4, "d", 4)]

@@ -26,6 +26,7 @@ from psycopg import sql
 from etl_assets.io import catalog
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
+from etl_assets.io.upsert import upsert_from_staging
 from etl_assets.io.writer import lock_target
 from etl_assets.pipeline_config import TableSpec
 
@@ -83,29 +84,6 @@ def _stage(wh: psycopg.Connection, target: TableRef) -> sql.Identifier:
     return ident
 
 
-def upsert_from_stage(wh: psycopg.Connection, stage: sql.Identifier, target: TableRef, columns: Sequence[str],
-                      keys: Sequence[str]) -> tuple[int, int, int]:
-    """(inserted, updated, unchanged) of merging the staged rows (unique by key: one source table)."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    key_cols = sql.SQL(", ").join(map(sql.Identifier, keys))
-    non_keys = [c for c in columns if c not in keys]
-    if non_keys:
-        sets = sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-                                  for c in non_keys)
-        old = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in non_keys)
-        new = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_keys)
-        action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(sets, old, new)
-    else:
-        action = sql.SQL("DO NOTHING")
-    staged, inserted, updated = wh.execute(sql.SQL(
-        """WITH ins AS (INSERT INTO {t} AS t ({c}) SELECT {c} FROM {s} ON CONFLICT ({k}) {a}
-                        RETURNING (t.xmax = 0) AS inserted)
-           SELECT (SELECT count(*) FROM {s}), count(*) FILTER (WHERE inserted),
-                  count(*) FILTER (WHERE NOT inserted) FROM ins"""
-    ).format(t=target.ident, c=cols, s=stage, k=key_cols, a=action)).fetchone()
-    return inserted, updated, staged - inserted - updated
-
-
 def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
                  ) -> ExtractReport:
     report = ExtractReport(spec.target, spec.extract, spec.load, path="copy")
@@ -155,8 +133,9 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
         else:  # upsert
             stage = _stage(wh, target)
             report.rows_read = stream_copy(src, wh, query, params, stage, columns, binary)
-            report.inserted, report.updated, report.unchanged = upsert_from_stage(
+            report.inserted, report.updated = upsert_from_staging(
                 wh, stage, target, columns, spec.primary_key)
+            report.unchanged = report.rows_read - report.inserted - report.updated
         if spec.load != "upsert":
             report.inserted = report.rows_read
         state = {"snapshot_at": taken_at, "rows": report.rows_read, "path": "copy"}
@@ -178,8 +157,9 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
         report.rows_read = stream_copy(src, wh, query, params, stage, table.names, binary)
         report.null_cursor_rows = wh.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
             stage, sql.Identifier(spec.cursor or ""))).fetchone()[0]
-        report.inserted, report.updated, report.unchanged = upsert_from_stage(
+        report.inserted, report.updated = upsert_from_staging(
             wh, stage, spec.target, table.names, spec.primary_key)
+        report.unchanged = report.rows_read - report.inserted - report.updated
         read.state["rows_read"] = report.rows_read
         save_state(wh, spec.target, KIND, read.state, run_id)
 
@@ -225,7 +205,8 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
                     key_text, stage, sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k))
                                                         for k in key))).fetchone()
                 if spec.load == "upsert":
-                    i, u, n = upsert_from_stage(wh, stage, spec.target, columns, key)
+                    i, u = upsert_from_staging(wh, stage, spec.target, columns, key)
+                    n = copied - i - u
                 else:
                     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
                     i, u, n = wh.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(

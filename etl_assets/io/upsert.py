@@ -80,32 +80,20 @@ def require_unique_index(conn: psycopg.Connection, target: TableRef, keys: Seque
     return name
 
 
-def upsert_frame(
+def upsert_from_staging(
     conn: psycopg.Connection,
-    frame: pl.DataFrame,
+    stage: sql.Composable,
     target: TableRef,
+    columns: Sequence[str],
     keys: Sequence[str],
-    order_by: str | None,
-    types: Mapping[str, PgType],
-    *,
-    run_id: str | None = None,
-    partition: str | None = None,
-) -> tuple[int, int, int, int]:
-    """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped)."""
-    require_unique_index(conn, target, keys)
-    columns = list(frame.columns)
-    rows_in = frame.height
-    frame = deduplicate(frame, keys, order_by)
-    if not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target.ident)).fetchone()[0]:
-        # Nothing to conflict with (and our writers are locked out): the deduplicated rows go
-        # straight in by COPY, as fast as an insert.
-        copy_frame(conn, frame, target, targets=types)
-        return frame.height, 0, 0, rows_in - frame.height
-    label = partition  # the partition's label: part of the staging table's name
-    name = staging_name(target, run_id, label)
-    stage = create_staging(conn, name, types, columns, with_ordinal=False)
-    # Temporary tables live in the session's own pg_temp schema, which that name addresses.
-    copy_frame(conn, frame, TableRef("pg_temp", name), targets=types)
+) -> tuple[int, int]:
+    """Merge the rows of the staging table ``stage`` into ``target``; returns (inserted, updated).
+
+    The one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`` of the project, for
+    every caller that has its rows in a table already (a frame COPYed in by :func:`upsert_frame`, a
+    COPY stream of the extract fast path). The staged rows must be unique by ``keys`` (ON CONFLICT
+    cannot touch one row twice); staged rows neither inserted nor updated were unchanged.
+    """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     key_cols = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
     non_keys = [c for c in columns if c not in keys]
@@ -136,6 +124,36 @@ def upsert_frame(
         from etl_assets.io.bulk import copy_error
 
         raise copy_error(exc, target) from exc
+    return inserted, updated
+
+
+def upsert_frame(
+    conn: psycopg.Connection,
+    frame: pl.DataFrame,
+    target: TableRef,
+    keys: Sequence[str],
+    order_by: str | None,
+    types: Mapping[str, PgType],
+    *,
+    run_id: str | None = None,
+    partition: str | None = None,
+) -> tuple[int, int, int, int]:
+    """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped)."""
+    require_unique_index(conn, target, keys)
+    columns = list(frame.columns)
+    rows_in = frame.height
+    frame = deduplicate(frame, keys, order_by)
+    if not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target.ident)).fetchone()[0]:
+        # Nothing to conflict with (and our writers are locked out): the deduplicated rows go
+        # straight in by COPY, as fast as an insert.
+        copy_frame(conn, frame, target, targets=types)
+        return frame.height, 0, 0, rows_in - frame.height
+    label = partition  # the partition's label: part of the staging table's name
+    name = staging_name(target, run_id, label)
+    stage = create_staging(conn, name, types, columns, with_ordinal=False)
+    # Temporary tables live in the session's own pg_temp schema, which that name addresses.
+    copy_frame(conn, frame, TableRef("pg_temp", name), targets=types)
+    inserted, updated = upsert_from_staging(conn, stage, target, columns, keys)
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
     distinct = frame.height
     return inserted, updated, distinct - inserted - updated, rows_in - distinct

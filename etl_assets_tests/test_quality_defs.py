@@ -71,3 +71,30 @@ def test_demo_run_shows_rule_outcomes_profiles_and_metrics(
         )
         assert {a.key for a in summary.materialized} <= set(got)
         assert set(got.values()) == {"success"}
+
+
+def test_definitions_load_with_a_hostile_named_table(
+    etl_env: dict[str, str], tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A declared target whose asset key Dagster check names cannot hold (a space, a quote) loads:
+    its asset is there, its column-schema change check is left out with a warning, and a plain-named
+    table next to it keeps its check."""
+    file = tmp_path / "hostile.yaml"
+    file.write_text(
+        "tables:\n"
+        "  - schema: app\n    table: Audit Log\n    extract: full\n    primary_key: [id]\n"
+        "    target: 'history.\"audit log\"'\n"
+        "  - name: app.users\n    extract: full\n    primary_key: [id]\n    target: raw.users\n"
+    )
+    monkeypatch.setenv("ETL_PIPELINES", str(file))
+    from etl_assets.definitions import build_definitions
+
+    with caplog.at_level("WARNING", logger="etl_assets.quality.defs"):
+        graph = build_definitions().resolve_asset_graph()
+    hostile, plain = dg.AssetKey(["history", "audit log"]), dg.AssetKey(["raw", "users"])
+    assert {hostile, plain} <= set(graph.get_all_asset_keys())
+    checks = {(k.asset_key, k.name) for k in graph.asset_check_keys}
+    assert (plain, "column_schema_change") in checks
+    assert not [c for c in checks if c[0] == hostile]
+    assert any("history/audit log" in r.getMessage() and "column-schema change" in r.getMessage()
+               for r in caplog.records)

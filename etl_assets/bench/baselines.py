@@ -315,7 +315,7 @@ def chunked_read(ctx: BenchContext) -> Case:
                     break
                 digest.add(frame)
                 offset += frame.height
-                after = int(frame["id"].max())
+                after = int(frame["id"].cast(pl.Int64).max())  # text columns: compare as numbers
                 if frame.height < chunk:
                     break
         return digest.observed()

@@ -277,3 +277,28 @@ def test_upsert_from_staging_is_the_one_merge(conn, fresh_schema):
     with pytest.raises(SchemaMismatch, match=f"{fresh_schema}.orders"), conn.transaction():
         upsert_from_staging(conn, stage.ident, t, ["id", "v", "n"], ["id"])
     assert rows(conn, t) == [(1, "a", 1), (2, "B", 2), (3, "c", 3), (4, "d", 4)]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_empty_frame_clears_exactly_its_time_window(conn, fresh_schema, flavour):
+    """An empty frame for a time-window partition deletes that window's rows (one transaction) and
+    nothing else; the table keeps its columns."""
+    import datetime as dt
+
+    t = TableRef(fresh_schema, "events")
+    d1, d2, d3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+    write_frame(conn, frame(flavour, {"id": [1, 2, 3, 4], "day": [d1, d2, d2, d3]}), t, "insert")
+    window = PartitionWindow(
+        "day", start=dt.datetime(2024, 1, 2, tzinfo=dt.UTC), end=dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
+    )
+    empty = pl.DataFrame(schema={"id": pl.Int64, "day": pl.Date})
+    if flavour == "pandas":  # pandas has no date dtype: dates are objects (none here)
+        import pandas as pd
+
+        empty = pd.DataFrame({"id": pd.Series([], dtype="int64"), "day": pd.Series([], dtype=object)})
+    r = write_frame(conn, empty, t, "insert", partition=window)
+    assert rows(conn, t) == [(1, d1), (4, d3)]
+    assert (r.deleted, r.inserted, r.table_rows) == (2, 0, 0)
+    again = write_frame(conn, empty, t, "insert", partition=window)
+    assert (again.deleted, again.inserted) == (0, 0)
+    assert rows(conn, t) == [(1, d1), (4, d3)]

@@ -339,9 +339,13 @@ def test_a_day_that_loses_its_orders_is_cleared(wh: str) -> None:
     assert run(wh, [DAILY_TOTALS], partition="2025-03-03").success
     with psycopg.connect(wh, autocommit=True) as conn:
         conn.execute("DELETE FROM mart.orders_enriched WHERE order_date = '2025-03-02'")
+        had = conn.execute(
+            "SELECT count(*) FROM mart.daily_category_totals WHERE order_date = '2025-03-02'"
+        ).fetchone()[0]
         empty_day = run(wh, [DAILY_TOTALS], partition="2025-03-02")
         assert empty_day.success
-        assert meta(empty_day, DAILY_TOTALS)["rows_deleted"] >= 3
+        assert had >= 3 and meta(empty_day, DAILY_TOTALS)["rows_deleted"] == had
+        assert meta(empty_day, DAILY_TOTALS)["dagster/row_count"] == 0  # the partition's rows now
         days = conn.execute("SELECT DISTINCT order_date FROM mart.daily_category_totals").fetchall()
         assert days == [(dt.date(2025, 3, 3),)]  # the other day is untouched
     assert run(wh, [DAILY_TOTALS], partition="2026-01-01").success  # a day without any orders at all

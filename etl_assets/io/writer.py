@@ -358,7 +358,8 @@ def _check_frame_in_window(
             f"{col.null_count()} row(s) for {target} have NULL in partition column {partition.column!r}; "
             f"partition {partition.label} must contain only its own rows."
         )
-    if partition.values is not None:
+    if partition.values is not None or frame.height == 0:
+        # An empty frame has no row outside the window: writing it clears the partition's rows.
         return
     lo, hi = col.min(), col.max()
     cond, _ = _window_condition(partition, types)

@@ -17,17 +17,14 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import polars as pl
-from psycopg import sql
 from pydantic import Field
 
 from etl_assets import dlq
 from etl_assets.db import PostgresResource
 from etl_assets.errors import EtlError
 from etl_assets.http_source import FX_URL_VAR, FxRatesSource
-from etl_assets.io import catalog
 from etl_assets.io.batch import LoadBatch
 from etl_assets.io.tables import TableRef
-from etl_assets.io.writer import lock_target
 from etl_assets.migrations import ensure_migrated
 from etl_assets.retry import STEP_RETRY_POLICY, is_transient, with_connection_retry
 from etl_assets.transforms import aggregate, capture
@@ -289,21 +286,8 @@ def daily_category_totals(context: dg.AssetExecutionContext, warehouse: Postgres
         warehouse.connect, TableRef.for_asset_key(ORDERS_ENRICHED), start, end, logger=context.log
     )
     totals = aggregate.daily_category_totals(orders)
-    meta = {"orders": orders.height, "categories": totals.height}
-    if totals.height == 0:
-        # A day without orders: clear the day's rows here (under the IO layer's per-target lock) and
-        # store nothing, because the IO writer refuses an empty frame for a partition window.
-        target = TableRef.for_asset_key(DAILY_TOTALS)
-        with warehouse.connect() as conn, conn.transaction():
-            lock_target(conn, target)
-            if catalog.table_oid(conn, target) is not None:
-                deleted = conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE order_date >= %s AND order_date < %s").format(target.ident),
-                    (start, end),
-                ).rowcount
-                meta["rows_deleted"] = deleted
-        return dg.Output(None, metadata={**meta, "dagster/row_count": 0})
-    return dg.Output(totals, metadata=meta)
+    # A day without orders gives an empty frame: the IO manager then clears the day's rows.
+    return dg.Output(totals, metadata={"orders": orders.height, "categories": totals.height})
 
 
 ASSETS = [fx_rates, clean_customers, clean_orders, clean_orders_pandas_asset, orders_enriched,

@@ -49,6 +49,14 @@ class AssetOutcome:
     key: str
     rows: int | None
     partition: str | None = None
+    table: str | None = None  # "dagster/table_name": None for an asset that stores no table
+
+    @property
+    def rows_text(self) -> str:
+        """Its row count, or what it is instead (an asset without a table has no rows to count)."""
+        if self.rows is not None:
+            return f"{self.rows:,} rows"
+        return "(no table)" if self.table is None else "rows unknown"
 
 
 @dataclass
@@ -320,10 +328,13 @@ class _Progress:
             mat = event.event_specific_data.materialization
             rows_meta = mat.metadata.get("dagster/row_count")
             rows = int(rows_meta.value) if rows_meta is not None else None
+            table_meta = mat.metadata.get("dagster/table_name")
+            table = str(table_meta.value) if table_meta is not None else None
             key = _key_string(mat.asset_key)
             self.done.add(key)
-            self.summary.materialized.append(AssetOutcome(key, rows, mat.partition))
-            shown = f"{rows:,} rows" if rows is not None else "rows unknown"
+            outcome = AssetOutcome(key, rows, mat.partition, table)
+            self.summary.materialized.append(outcome)
+            shown = outcome.rows_text
             self._line(f"stored     {key}{f' [{mat.partition}]' if mat.partition else ''}: {shown}")
         elif et == DagsterEventType.ASSET_CHECK_EVALUATION:
             ev = event.event_specific_data
@@ -461,7 +472,7 @@ def format_summary(summary: RunSummary) -> str:
     lines.append(f"  assets materialized: {len(summary.materialized)}")
     width = max((len(a.key) for a in summary.materialized), default=10)
     for a in summary.materialized:
-        rows = f"{a.rows:>12,} rows" if a.rows is not None else f"{'?':>12} rows"
+        rows = f"{a.rows:>12,} rows" if a.rows is not None else f"{a.rows_text:>17}"
         part = f"  [{a.partition}]" if a.partition else ""
         lines.append(f"    {a.key:<{width}} {rows}{part}")
     if summary.not_materialized:

@@ -79,6 +79,12 @@ def test_run_materializes_the_demo_graph(
             assert any(f"{check.asset}:{check.name}" in w for w in summary.warnings)
     text = "\n".join(lines) + runner.format_summary(summary)
     assert "stored     raw/orders: 2,000 rows" in text
+    # an asset that stores no table says so, in the progress lines and the summary (never "? rows")
+    assert "stored     etl/run_metrics_summary: (no table)" in text
+    [summary_line] = [ln for ln in runner.format_summary(summary).splitlines()
+                      if ln.strip().startswith("etl/run_metrics_summary")]
+    assert summary_line.split() == ["etl/run_metrics_summary", "(no", "table)"]
+    assert "? rows" not in text and "rows unknown" not in text
     assert "result: OK" in text
 
 

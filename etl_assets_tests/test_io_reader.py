@@ -81,3 +81,31 @@ def test_pandas_keeps_integers_and_booleans_with_nulls_exact(conn, fresh_schema)
     assert got["n"][0] == big and got["n"].isna().tolist() == [False, True]
     assert got["ok"].tolist()[0] is True and got["ok"].isna().tolist() == [False, True]
     assert str(got["id"].dtype) == "int64"
+
+
+def test_pandas_read_keeps_numeric_precision_for_the_next_write(conn, fresh_schema):
+    """Decimal objects carry no column precision: the pandas read records numeric(p,s) in
+    ``attrs``, so a frame derived from it is stored as numeric(12,2) like the polars path, not as the
+    smallest precision its values need; values that outgrew the type keep the inferred one."""
+    from decimal import Decimal
+
+    src = TableRef(fresh_schema, "prices")
+    create = "CREATE TABLE {} (id int PRIMARY KEY, amount numeric(12,2))"
+    conn.execute(psycopg.sql.SQL(create).format(src.ident))
+    conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (1, 3.01), (2, 150.5), (3, NULL)").format(src.ident))
+    frame = read_table(conn, src, kind="pandas")
+    kept = frame.loc[frame["id"] < 3].copy()  # an ordinary pandas derivation
+    grown = frame.assign(amount=[Decimal("12345678901234.50"), None, None])
+    write_frame(conn, kept, TableRef(fresh_schema, "kept"), "truncate_insert")
+    write_frame(conn, grown, TableRef(fresh_schema, "grown"), "truncate_insert")
+    polars_copy = read_table(conn, src, kind="polars")
+    write_frame(conn, polars_copy, TableRef(fresh_schema, "via_polars"), "truncate_insert")
+    amount = (
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
+        "AND attname = 'amount'"
+    )
+    typ = {t: conn.execute(amount, (f"{fresh_schema}.{t}",)).fetchone()[0]
+           for t in ("kept", "grown", "via_polars")}
+    assert typ == {"kept": "numeric(12,2)", "grown": "numeric(16,2)", "via_polars": "numeric(12,2)"}
+    assert conn.execute(psycopg.sql.SQL("SELECT id, amount FROM {} ORDER BY id").format(
+        TableRef(fresh_schema, "kept").ident)).fetchall() == [(1, Decimal("3.01")), (2, Decimal("150.50"))]

@@ -244,6 +244,15 @@ def test_dead_letters_are_exactly_the_injected_rows_and_counts_reconcile(wh: str
             conn.execute(names, ("clean.orders",)).fetchall()
             == conn.execute(names, ("clean.orders_pandas",)).fetchall()
         )
+        column_types = (
+            "SELECT column_name, data_type, numeric_precision, numeric_scale, datetime_precision "
+            "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "ORDER BY ordinal_position"
+        )
+        polars_types = conn.execute(column_types, ("clean", "orders")).fetchall()
+        assert polars_types == conn.execute(column_types, ("clean", "orders_pandas")).fetchall()
+        raw_amount = [r for r in conn.execute(column_types, ("raw", "orders")) if r[0] == "amount"]
+        assert raw_amount == [r for r in polars_types if r[0] == "amount"]  # the source's numeric(p,s)
         eur = conn.execute("SELECT amount, amount_eur FROM clean.orders WHERE id = 1").fetchone()
         assert eur == (Decimal("3.01"), round(3.01 * snapshot_rates().rate("EUR"), 2))
 

@@ -20,7 +20,7 @@ from psycopg import sql
 from etl_assets.errors import ConfigError, MissingObject
 from etl_assets.io import catalog
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType, polars_dtype_for
+from etl_assets.io.typemap import PG_TYPES_ATTR, PgType, polars_dtype_for
 
 FrameKind = Literal["pandas", "polars"]
 FETCH_ROWS = 50_000
@@ -244,4 +244,12 @@ def _to_pandas(frame: pl.DataFrame, types: dict[str, PgType]) -> Any:
             data[name] = pd.Series(pd.array(series.to_list(), dtype=nullable), name=name)
         else:
             data[name] = series.to_pandas()
-    return pd.DataFrame(data, columns=list(frame.columns))
+    out = pd.DataFrame(data, columns=list(frame.columns))
+    # numeric(p,s) columns are Decimal objects, which do not carry p and s: keep them beside the
+    # frame so that writing it (or a frame derived from it) gives the column the same type.
+    out.attrs[PG_TYPES_ATTR] = {
+        n: types[n].sql()
+        for n in frame.columns
+        if types[n].base == "numeric" and types[n].precision is not None and not types[n].dims
+    }
+    return out

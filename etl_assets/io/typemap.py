@@ -28,6 +28,10 @@ import polars as pl
 from etl_assets.errors import ConfigError, SchemaMismatch
 
 # Canonical base names (what format_type() prints, shortened where it is long).
+#: ``pandas.DataFrame.attrs`` key: column -> the PostgreSQL type it was read from (set by the reader
+#: for ``numeric(p,s)`` columns, whose Decimal objects do not carry it; read back by :func:`to_polars`).
+PG_TYPES_ATTR = "etl_assets.pg_types"
+
 _FORMAT_ALIASES = {
     "character varying": "varchar",
     "timestamp without time zone": "timestamp",
@@ -149,6 +153,7 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
 
     converted: dict[str, Any] = {}
     decimals: dict[str, pl.Series] = {}
+    declared = frame.attrs.get(PG_TYPES_ATTR) or {}
     for name in frame.columns:
         col = frame[name]
         if col.dtype != object:
@@ -163,7 +168,7 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
             converted[name] = col.map(json.dumps, na_action="ignore")
             hints[name] = PgType("jsonb")
         elif isinstance(value, Decimal):
-            decimals[name] = _decimal_series(name, col)
+            decimals[name] = _declared_decimal(_decimal_series(name, col), declared.get(name))
     if converted:
         frame = frame.assign(**converted)
     try:
@@ -179,6 +184,27 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
     for name in converted:
         out = out.with_columns(pl.col(name).cast(pl.String))
     return out, hints
+
+
+def _declared_decimal(series: pl.Series, declared: str | None) -> pl.Series:
+    """``series`` as the ``numeric(p,s)`` its column was read from, when its values fit that type.
+
+    Decimal objects carry no column precision, so a pandas frame would otherwise be stored with the
+    smallest precision its values need (``numeric(5,2)`` for a ``numeric(12,2)`` source), unlike the
+    same data through polars, whose Decimal dtype keeps it. Values that no longer fit (a transform
+    made them bigger) keep the inferred type.
+    """
+    if declared is None or not isinstance(series.dtype, pl.Decimal):
+        return series
+    pg = PgType.parse(declared)
+    if pg.base != "numeric" or pg.dims or pg.precision is None:
+        return series
+    want_scale = pg.scale or 0
+    have_scale = series.dtype.scale or 0
+    have_int_digits = (series.dtype.precision or 38) - have_scale
+    if have_scale > want_scale or have_int_digits > pg.precision - want_scale:
+        return series
+    return series.cast(pl.Decimal(pg.precision, want_scale))
 
 
 def _decimal_series(name: str, col: Any) -> pl.Series:

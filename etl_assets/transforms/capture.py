@@ -133,7 +133,9 @@ def _substitute(frame: Any, corrections: dict[str, dlq.DeadLetter]) -> tuple[Any
     if isinstance(frame, pd.DataFrame):
         rebuilt_pd = rebuilt.to_pandas()
         rebuilt_pd.index = frame.index
-        return rebuilt_pd.astype(frame.dtypes.to_dict(), errors="ignore"), identities, len(positions)
+        rebuilt_pd = rebuilt_pd.astype(frame.dtypes.to_dict(), errors="ignore")
+        rebuilt_pd.attrs = dict(frame.attrs)  # e.g. the numeric(p,s) the reader recorded
+        return rebuilt_pd, identities, len(positions)
     return rebuilt, identities, len(positions)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+import psycopg
 from psycopg import sql
 
 from etl_assets.io.bulk import copy_frame
@@ -67,16 +68,9 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
         table = describe(src, spec)
         info = prepare_target(wh, spec, table)
         note_schema_changes(report, spec, info)
-        after = previous.get("after")
-        if after is not None:
-            report.resumed_after = after
-            state = dict(previous)
-        else:
-            loaded_at = src.execute("SELECT now()::text").fetchone()[0]
-            state = {"after": None, "loaded_at": loaded_at, "chunks": 0, "rows": 0, "pass_run_id": run_id,
-                     "passes": previous.get("passes", 0)}
+        state = pass_state(previous, src, report, run_id)
         finished = False
-        for frame in iter_keyset_chunks(src, table, key, spec.chunk_size, after):
+        for frame in iter_keyset_chunks(src, table, key, spec.chunk_size, state["after"]):
             report.rows_read += frame.height
             report.chunks += 1
             finished = frame.height < spec.chunk_size
@@ -100,6 +94,19 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
                 save_state(wh, spec.target, KIND, state, run_id)
         finish_target(wh, report)
     return report.finish()
+
+
+def pass_state(previous: dict[str, Any], src: psycopg.Connection, report: ExtractReport, run_id: str | None
+               ) -> dict[str, Any]:
+    """The checkpoint to continue from: the unfinished pass of ``previous`` (resumed after its last
+    committed key), or a new pass stamped with the source's ``now()`` (its ``_loaded_at``)."""
+    after = previous.get("after")
+    if after is not None:
+        report.resumed_after = after
+        return dict(previous)
+    loaded_at = src.execute("SELECT now()::text").fetchone()[0]
+    return {"after": None, "loaded_at": loaded_at, "chunks": 0, "rows": 0, "pass_run_id": run_id,
+            "passes": previous.get("passes", 0)}
 
 
 def _mark_finished(state: dict[str, Any]) -> None:

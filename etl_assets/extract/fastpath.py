@@ -166,17 +166,10 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
 
 def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
             binary: bool, report: ExtractReport, run_id: str | None) -> None:
-    from .chunked import KIND, _mark_finished
+    from .chunked import KIND, _mark_finished, pass_state
 
-    previous = load_state(wh, spec.target, KIND)
     key = spec.primary_key
-    after = previous.get("after")
-    if after is not None:
-        report.resumed_after = after
-        state = dict(previous)
-    else:
-        state = {"after": None, "loaded_at": src.execute("SELECT now()::text").fetchone()[0], "chunks": 0,
-                 "rows": 0, "pass_run_id": run_id, "passes": previous.get("passes", 0)}
+    state = pass_state(load_state(wh, spec.target, KIND), src, report, run_id)
     order = sql.SQL(", ").join(map(sql.Identifier, key))
     # Output names k0, k1, ... so that ORDER BY refers to the typed column, not its text rendering.
     key_text = sql.SQL(", ").join(sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"k{i}"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
@@ -293,19 +293,18 @@ def rows_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: 
     ended = _utc(record.end_time) if record and record.end_time else _dt.datetime.now(_dt.UTC)
     error = _run_error(instance, run.run_id)
     partition = run.tags.get("dagster/partition")
-    rows = [
-        MetricRow(
-            job=run.job_name,
-            run_id=run.run_id,
-            asset=None,
-            partition=partition,
-            status=status,
-            recorded_by=recorded_by,
-            started_at=started,
-            ended_at=ended,
-            error=error,
-        )
-    ]
+    run_row = MetricRow(
+        job=run.job_name,
+        run_id=run.run_id,
+        asset=None,
+        partition=partition,
+        status=status,
+        recorded_by=recorded_by,
+        started_at=started,
+        ended_at=ended,
+        error=error,
+    )
+    rows = [run_row]
     planned: dict[tuple[str, str | None], str] = {}  # (asset, partition) -> status
     for entry in instance.all_logs(run.run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION_PLANNED}):
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
@@ -333,16 +332,13 @@ def rows_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: 
         if mat is not None:
             planned.pop((mat.asset_key.to_user_string(), mat.partition or partition), None)
     for (name, part), asset_status in sorted(planned.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        # the run's row for each asset it did not materialize (same job, times and recorder)
         rows.append(
-            MetricRow(
-                job=run.job_name,
-                run_id=run.run_id,
+            replace(
+                run_row,
                 asset=name,
                 partition=part,
                 status=asset_status,
-                recorded_by=recorded_by,
-                started_at=started,
-                ended_at=ended,
                 error=error if asset_status == "failed" else None,
             )
         )

@@ -119,8 +119,9 @@ def test_report_counts_and_cursor(dbs: dict[str, str]) -> None:
 def _swap_names_used(path: str) -> set[str]:
     """Names of ``etl_assets.io.swap`` that a module imports or reaches through a module alias."""
     import ast
+    from pathlib import Path
 
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     aliases: set[str] = set()
     used: set[str] = set()
     for node in ast.walk(tree):

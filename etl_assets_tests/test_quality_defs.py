@@ -98,3 +98,14 @@ def test_definitions_load_with_a_hostile_named_table(
     assert not [c for c in checks if c[0] == hostile]
     assert any("history/audit log" in r.getMessage() and "column-schema change" in r.getMessage()
                for r in caplog.records)
+    # checks the user declared on such a table cannot exist in Dagster: one clear error naming it
+    from etl_assets.errors import ConfigError
+
+    file.write_text(file.read_text().replace(
+        "    target: 'history.\"audit log\"'\n",
+        "    target: 'history.\"audit log\"'\n"
+        "    checks:\n      - {name: ids, kind: not_null, columns: [id]}\n",
+    ))
+    assert "checks:" in file.read_text()
+    with pytest.raises(ConfigError, match=r"Table app\.Audit Log: its checks cannot be attached"):
+        build_definitions()

@@ -67,6 +67,15 @@ def declared_rule_sets(config: Any = None) -> list[RuleSet]:
     for spec in config.tables:
         sensitive = parse_sensitive(spec.label, list(spec.sensitive))
         rules = parse_rules(spec.label, list(spec.checks))
+        key = dg.AssetKey(spec.asset_key_path)
+        if rules and not all(checkable(key, r.name) for r in rules):
+            from etl_assets.errors import ConfigError
+
+            raise ConfigError(
+                f"Table {spec.label}: its checks cannot be attached to asset {key.to_user_string()!r}, "
+                "because Dagster check names allow only letters, digits and '_' in the asset key and "
+                "check name. Give it a plain target (e.g. history.audit_log) or remove its checks."
+            )
         if rules:
             sets.append(
                 RuleSet(

@@ -31,14 +31,15 @@ from etl_assets.pipeline_config import TableSpec
 
 from .common import (
     LOADED_AT,
+    ROWS_KEY,
     Connector,
     ExtractReport,
-    count_rows,
     finish_target,
     migrated,
     note_schema_changes,
     prepare_target,
     snapshot,
+    target_rows,
     write_piece,
 )
 from .source import describe, iter_keyset_chunks, key_tuple, prepare_session, require_unique_key
@@ -83,7 +84,10 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
                 frame = frame.with_columns(pl.lit(state["loaded_at"], dtype=pl.String).alias(LOADED_AT))
             with wh.transaction():
                 lock_target(wh, spec.target)
-                write_piece(wh, spec, frame, info, spec.load, report, run_id)
+                before = target_rows(wh, spec.target, KIND, created=info.created and report.chunks == 1)
+                inserted = report.inserted
+                write_piece(wh, spec, frame, info, spec.load, report, run_id, before)
+                state[ROWS_KEY] = report.table_rows = before + report.inserted - inserted
                 save_state(wh, spec.target, KIND, state, run_id)
             del frame
         if not finished:  # the last chunk was exactly full (or the table is empty): close the pass
@@ -91,6 +95,8 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
             _mark_finished(state)
             with wh.transaction():
                 lock_target(wh, spec.target)
+                state[ROWS_KEY] = report.table_rows = target_rows(
+                    wh, spec.target, KIND, created=info.created and report.chunks == 0)
                 save_state(wh, spec.target, KIND, state, run_id)
         finish_target(wh, report)
     return report.finish()
@@ -136,13 +142,13 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
                 return report.rows_read
 
             if spec.load == "truncate_insert":
-                report.deleted = count_rows(wh, target)
+                report.deleted = target_rows(wh, target, KIND, created=info.created)
                 wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
                 fill(target)
             else:
                 _, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
-            report.inserted = report.rows_read
+            report.inserted = report.table_rows = report.rows_read
             save_state(wh, target, KIND, {"after": None, "last_pass_rows": report.rows_read,
-                                          "chunks": report.chunks}, run_id)
+                                          "chunks": report.chunks, ROWS_KEY: report.table_rows}, run_id)
         finish_target(wh, report)
     return report.finish()

@@ -199,15 +199,40 @@ def count_rows(conn: psycopg.Connection, ref: TableRef) -> int:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ref.ident)).fetchone()[0]
 
 
+ROWS_KEY = "table_rows"  # the target's exact row count, kept in the extract's etl.state row
+
+
+def target_rows(conn: psycopg.Connection, ref: TableRef, kind: str, *, created: bool = False) -> int:
+    """The target's exact row count before this write; call it under the target's lock, inside the
+    write's transaction.
+
+    The count is kept in the extract's state row and moved by inserted - deleted in the same
+    transaction as the data, so it stays exact across crashes without a ``count(*)`` over the whole
+    target on every run (on a large target that scan costs more than picking up a small increment).
+    Only when no count is stored (first run, after ``etl-assets reset``, a state written before the
+    count was kept, or by another extract kind) is the table counted once. ``created``: the target
+    was created empty by this run (a stale state row of a dropped table must not be trusted).
+    """
+    if created:
+        return 0
+    row = conn.execute(
+        "SELECT state -> %s FROM etl.state WHERE target = %s AND kind = %s", (ROWS_KEY, str(ref), kind)
+    ).fetchone()
+    if row is not None and isinstance(row[0], int) and not isinstance(row[0], bool):
+        return row[0]
+    return count_rows(conn, ref)
+
+
 def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: TargetInfo, mode: str,
-                report: ExtractReport, run_id: str | None) -> None:
+                report: ExtractReport, run_id: str | None, rows_before: int | None = None) -> None:
     """Write one frame into the target with the IO layer's bulk pieces, inside the caller's
     transaction (which holds the target's lock).
 
     The writer's own ``write_frame`` would evolve the target from the frame's dtypes, and our frames
     are text (PostgreSQL's own rendering of every value); ``prepare_target`` has already shaped the
     target from the SOURCE's types, so the rows go straight in with those types (a ``varchar(20)``
-    stays ``varchar(20)``).
+    stays ``varchar(20)``). ``rows_before``: the target's known row count (when it is not 0, the
+    upsert need not probe whether the target is empty).
     """
     from etl_assets.io.bulk import copy_frame
     from etl_assets.io.upsert import upsert_frame
@@ -215,13 +240,14 @@ def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: Targe
     target = spec.target
     if mode == "upsert":
         inserted, updated, unchanged, _dups = upsert_frame(
-            wh, frame, target, target_key(spec), None, info.types, run_id=run_id)
+            wh, frame, target, target_key(spec), None, info.types, run_id=run_id,
+            empty=False if rows_before else None)  # a known non-empty target needs no probe
         report.inserted += inserted
         report.updated += updated
         report.unchanged += unchanged
         return
     if mode == "truncate_insert":
-        report.deleted = count_rows(wh, target)
+        report.deleted = target_rows(wh, target, spec.extract)
         wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
     report.inserted += copy_frame(wh, frame, target, targets=info.types)
 
@@ -243,6 +269,8 @@ def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], 
     target = spec.target
     with wh.transaction():
         lock_target(wh, target)
+        before = 0 if spec.load in ("swap", "truncate_insert") else target_rows(
+            wh, target, spec.extract, created=info.created)
         if spec.load == "swap":
             def fill(new: TableRef) -> int:
                 rows = 0
@@ -255,17 +283,23 @@ def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], 
             first = True
             for frame in frames:
                 mode = "insert" if spec.load == "truncate_insert" and not first else spec.load
-                write_piece(wh, spec, frame, info, mode, report, run_id)
+                known = before + report.inserted if mode == "upsert" else None
+                write_piece(wh, spec, frame, info, mode, report, run_id, known)
                 first = False
+        # A full refresh holds exactly the rows it loaded; otherwise previous + inserted (- deleted).
+        report.table_rows = before + report.inserted - (0 if spec.load in ("swap", "truncate_insert")
+                                                        else report.deleted)
         kind, value = state()
-        save_state(wh, target, kind, value, run_id)
+        save_state(wh, target, kind, {**value, ROWS_KEY: report.table_rows}, run_id)
     finish_target(wh, report)
 
 
 def finish_target(wh: psycopg.Connection, report: ExtractReport) -> None:
     """Row count and column schema of the target for the materialization (the schema lets
-    Dagster's column-schema change checks see the extracted table)."""
+    Dagster's column-schema change checks see the extracted table). The count normally comes from
+    the write (``target_rows``); the table is counted here only when a path did not set it."""
     from etl_assets.io.writer import table_schema
 
-    report.table_rows = count_rows(wh, report.target)
+    if report.table_rows is None:
+        report.table_rows = count_rows(wh, report.target)
     report.column_schema = table_schema(wh, report.target)

@@ -32,14 +32,16 @@ from etl_assets.pipeline_config import TableSpec
 
 from .common import (
     LOADED_AT,
+    ROWS_KEY,
     Connector,
     ExtractReport,
-    count_rows,
+    TargetInfo,
     finish_target,
     migrated,
     note_schema_changes,
     prepare_target,
     snapshot,
+    target_rows,
 )
 from .source import (
     SourceTable,
@@ -95,18 +97,18 @@ def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_i
         note_schema_changes(report, spec, info)
         binary = binary_ok(table, wh, spec.target)
         if spec.extract == "incremental":
-            _incremental(spec, src, wh, table, binary, report, run_id)
+            _incremental(spec, src, wh, table, binary, report, run_id, info)
         elif spec.extract == "chunked" and spec.load in ("upsert", "insert"):
             require_unique_key(src, spec)
-            _chunks(spec, src, wh, table, binary, report, run_id)
+            _chunks(spec, src, wh, table, binary, report, run_id, info)
         else:
-            _whole(spec, src, wh, table, binary, report, run_id)
+            _whole(spec, src, wh, table, binary, report, run_id, info)
         finish_target(wh, report)
     return report.finish()
 
 
 def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable, binary: bool,
-           report: ExtractReport, run_id: str | None) -> None:
+           report: ExtractReport, run_id: str | None, info: TargetInfo) -> None:
     target = spec.target
     kind = spec.extract
     with snapshot(src), wh.transaction():
@@ -119,8 +121,9 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
             query = sql.SQL("SELECT {}, %s::timestamptz FROM {}").format(select_list(table), table.ref.ident)
             params = [taken_at]
             columns.append(LOADED_AT)
+        before = 0 if spec.load == "swap" else target_rows(wh, target, kind, created=info.created)
         if spec.load == "truncate_insert":
-            report.deleted = count_rows(wh, target)
+            report.deleted = before
             wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
             report.rows_read = stream_copy(src, wh, query, params, target.ident, columns, binary)
         elif spec.load == "insert":
@@ -138,12 +141,15 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
             report.unchanged = report.rows_read - report.inserted - report.updated
         if spec.load != "upsert":
             report.inserted = report.rows_read
-        state = {"snapshot_at": taken_at, "rows": report.rows_read, "path": "copy"}
+        # A full refresh holds exactly the rows it loaded; insert/upsert add theirs to the stored count.
+        report.table_rows = report.inserted + (0 if spec.load in ("swap", "truncate_insert") else before)
+        state = {"snapshot_at": taken_at, "rows": report.rows_read, "path": "copy",
+                 ROWS_KEY: report.table_rows}
         save_state(wh, target, kind, state, run_id)
 
 
 def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
-                 binary: bool, report: ExtractReport, run_id: str | None) -> None:
+                 binary: bool, report: ExtractReport, run_id: str | None, info: TargetInfo) -> None:
     from .incremental import KIND, extract_queries, read_increment
 
     previous = load_state(wh, spec.target, KIND)
@@ -153,6 +159,7 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
     _, query, params = extract_queries(table, spec, read.lower, read.upper)
     with snapshot(src), wh.transaction():
         lock_target(wh, spec.target)
+        before = target_rows(wh, spec.target, KIND, created=info.created)
         stage = _stage(wh, spec.target)
         report.rows_read = stream_copy(src, wh, query, params, stage, table.names, binary)
         report.null_cursor_rows = wh.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
@@ -161,11 +168,12 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
             wh, stage, spec.target, table.names, spec.primary_key)
         report.unchanged = report.rows_read - report.inserted - report.updated
         read.state["rows_read"] = report.rows_read
+        read.state[ROWS_KEY] = report.table_rows = before + report.inserted
         save_state(wh, spec.target, KIND, read.state, run_id)
 
 
 def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
-            binary: bool, report: ExtractReport, run_id: str | None) -> None:
+            binary: bool, report: ExtractReport, run_id: str | None, info: TargetInfo) -> None:
     from .chunked import KIND, _mark_finished, pass_state
 
     key = spec.primary_key
@@ -179,6 +187,7 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
     if spec.load == "insert":
         extra = sql.SQL(", %s::timestamptz")
         columns.append(LOADED_AT)
+    first = True
     while True:
         where, params = sql.SQL("TRUE"), []
         if state["after"] is not None:
@@ -190,6 +199,8 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
             select_list(table), extra, table.ref.ident, where, order, sql.Literal(spec.chunk_size))
         with wh.transaction():
             lock_target(wh, spec.target)
+            before = target_rows(wh, spec.target, KIND, created=info.created and first)
+            first = False
             stage = _stage(wh, spec.target)
             copied = stream_copy(src, wh, query, params, stage, columns, binary)
             finished = copied < spec.chunk_size
@@ -216,6 +227,7 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
                 state["after"] = None
             if finished:
                 _mark_finished(state)
+            state[ROWS_KEY] = report.table_rows = before + (i if copied else 0)
             save_state(wh, spec.target, KIND, state, run_id)
         if finished:
             return

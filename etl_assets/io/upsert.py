@@ -137,13 +137,21 @@ def upsert_frame(
     *,
     run_id: str | None = None,
     partition: str | None = None,
+    empty: bool | None = None,
 ) -> tuple[int, int, int, int]:
-    """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped)."""
+    """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped).
+
+    ``empty``: whether the caller already knows the target is empty (an extract keeps its row count),
+    which spares the probe of the table; ``None`` probes it.
+    """
     require_unique_index(conn, target, keys)
     columns = list(frame.columns)
     rows_in = frame.height
     frame = deduplicate(frame, keys, order_by)
-    if not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target.ident)).fetchone()[0]:
+    if empty is None:
+        probe = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target.ident)
+        empty = not conn.execute(probe).fetchone()[0]
+    if empty:
         # Nothing to conflict with (and our writers are locked out): the deduplicated rows go
         # straight in by COPY, as fast as an insert.
         copy_frame(conn, frame, target, targets=types)

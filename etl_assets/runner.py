@@ -191,8 +191,8 @@ def preflight(source_dsn: str, warehouse_dsn: str) -> None:
     from etl_assets.migrations import ensure_migrated
     from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
 
-    with connect(source_dsn, role="source", env_var=SOURCE_DSN_VAR):
-        pass
+    with connect(source_dsn, role="source", env_var=SOURCE_DSN_VAR) as conn:
+        conn.execute("SELECT 1")  # reachable, and the credentials work
     with connect(warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
         ensure_migrated(conn)
 

@@ -328,20 +328,16 @@ def compute_ratios(plan: Plan, results: list[Result]) -> list[Ratio]:
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
-    try:
+    with contextlib.suppress(OSError):  # not Linux: keep platform.processor()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     mem_gib = None
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
     info: dict[str, Any] = {
         "cpus": os.cpu_count(),
         "cpu_model": cpu,

@@ -19,6 +19,7 @@ or polars according to the input parameter's annotation (pandas when unannotated
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,13 +35,14 @@ from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import WRITE_MODES, PartitionWindow, write_frame
 
 
-class _FrameHandler:
+class _FrameHandler(ABC):
     """How one frame type is recognised and loaded (the write path is shared)."""
 
     kind: FrameKind
 
+    @abstractmethod
     def handles(self, typ: Any) -> bool:
-        raise NotImplementedError
+        """Whether an annotation (or a value's type) is this handler's frame type."""
 
 
 class _PolarsHandler(_FrameHandler):

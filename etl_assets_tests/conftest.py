@@ -118,3 +118,18 @@ def etl_env(
     monkeypatch.delenv("ETL_EMBEDDED", raising=False)
     monkeypatch.delenv("ETL_PIPELINES", raising=False)
     return env
+
+
+@pytest.fixture(scope="module")
+def module_warehouse(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated warehouse database shared by one test module (one per test would cost a checkpoint
+    each), dropped after the module."""
+    from etl_assets.migrations import migrate
+
+    suffix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = f"t{secrets.token_hex(4)}_{suffix}"
+    dsn = create_database(pg_admin_dsn, name)
+    with psycopg.connect(dsn) as conn:
+        migrate(conn)
+    yield dsn
+    drop_database(pg_admin_dsn, name)

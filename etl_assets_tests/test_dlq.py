@@ -5,8 +5,6 @@ payloads stay out of reprs and the CLI, and PUBLIC cannot read the table."""
 from __future__ import annotations
 
 import datetime as dt
-import secrets
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pandas as pd
@@ -18,20 +16,8 @@ from etl_assets import dlq
 from etl_assets.cli import main
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import write_frame
-from etl_assets.migrations import migrate
-from etl_assets_tests.conftest import create_database, drop_database
 
 UTC = dt.UTC
-
-
-@pytest.fixture(scope="module")
-def module_warehouse(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"t{secrets.token_hex(4)}_dlq"
-    dsn = create_database(pg_admin_dsn, name)
-    with psycopg.connect(dsn) as conn:
-        migrate(conn)
-    yield dsn
-    drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture

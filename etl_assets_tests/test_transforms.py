@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import secrets
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import dagster as dg
@@ -24,7 +22,6 @@ from etl_assets.http_source import FX_URL_VAR, FxRatesSource, snapshot_rates
 from etl_assets.io.manager import PostgresIOManager
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import write_frame
-from etl_assets.migrations import migrate
 from etl_assets.transforms import aggregate, capture, customers, orders
 from etl_assets.transforms.assets import (
     ASSETS,
@@ -40,7 +37,6 @@ from etl_assets.transforms.assets import (
     RAW_ORDERS,
 )
 from etl_assets.transforms.replay import dlq_replay, replay
-from etl_assets_tests.conftest import create_database, drop_database
 
 UTC = dt.UTC
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
@@ -123,17 +119,6 @@ CATEGORIES = pl.DataFrame(
     {"id": [1, 2, 3], "name": ["Books", "Garden", "Music"], "type": ["physical", "physical", "digital"]},
     schema={"id": pl.Int32, "name": pl.String, "type": pl.String},
 )
-
-
-@pytest.fixture(scope="module")
-def module_warehouse(pg_admin_dsn: str) -> Iterator[str]:
-    """A warehouse database for this module (dropping one per test would cost a checkpoint each)."""
-    name = f"t{secrets.token_hex(4)}_transforms"
-    dsn = create_database(pg_admin_dsn, name)
-    with psycopg.connect(dsn) as conn:
-        migrate(conn)
-    yield dsn
-    drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture

@@ -16,42 +16,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cdc", help="change data capture on source tables: install, uninstall, status, prune")
     cdc = p.add_subparsers(dest="cdc_command", metavar="ACTION", required=True)
 
+    declared = "schema.table (default: every table declared with extract: cdc)"
+    captured = "schema.table (default: all captured tables)"
+
     q = cdc.add_parser("install", help="install capture (change log + triggers) on source tables")
-    q.add_argument(
-        "tables",
-        nargs="*",
-        metavar="TABLE",
-        help="schema.table (default: every table declared with extract: cdc)",
-    )
+    _table_options(q, declared, lock_timeout=True)
     q.add_argument(
         "--key",
         nargs="+",
         metavar="COLUMN",
         help="key columns (default: the declared primary_key, else the table's primary key)",
     )
-    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
-    q.add_argument("--lock-timeout", default="5s", help="give up when a table stays busy this long (5s)")
     q.set_defaults(handler=_install)
 
     q = cdc.add_parser("uninstall", help="remove capture (triggers, change log) from source tables")
-    q.add_argument(
-        "tables",
-        nargs="*",
-        metavar="TABLE",
-        help="schema.table (default: every table declared with extract: cdc)",
-    )
-    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
-    q.add_argument("--lock-timeout", default="5s", help="give up when a table stays busy this long (5s)")
+    _table_options(q, declared, lock_timeout=True)
     q.set_defaults(handler=_uninstall)
 
     q = cdc.add_parser("status", help="per captured table: log size, pending changes, oldest unapplied one")
-    q.add_argument("tables", nargs="*", metavar="TABLE", help="schema.table (default: all captured tables)")
+    q.add_argument("tables", nargs="*", metavar="TABLE", help=captured)
     q.set_defaults(handler=_status)
 
     q = cdc.add_parser("prune", help="remove log entries every consumer has applied (never an unapplied one)")
-    q.add_argument("tables", nargs="*", metavar="TABLE", help="schema.table (default: all captured tables)")
-    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    _table_options(q, captured, lock_timeout=False)
     q.set_defaults(handler=_prune)
+
+
+def _table_options(q: argparse.ArgumentParser, tables_help: str, *, lock_timeout: bool) -> None:
+    """The TABLE arguments and --dry-run shared by the commands that change the source."""
+    q.add_argument("tables", nargs="*", metavar="TABLE", help=tables_help)
+    q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    if lock_timeout:
+        q.add_argument("--lock-timeout", default="5s", help="give up when a table stays busy this long (5s)")
 
 
 def _parse(texts: list[str]):

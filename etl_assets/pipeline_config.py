@@ -76,6 +76,7 @@ class TableSpec:
     sensitive: tuple[str, ...] = ()
     checks: tuple[Any, ...] = field(default=(), hash=False, compare=False)
     line: int | None = field(default=None, compare=False)
+    origin: str | None = field(default=None, compare=False)  # the file that declares it
 
     @property
     def asset_key_path(self) -> list[str]:
@@ -104,17 +105,107 @@ class PipelineConfig:
         return [t for t in self.tables if t.source == ref]
 
 
-def pipelines_path() -> Path:
-    """``ETL_PIPELINES`` (set by ``etl-assets --pipelines FILE`` too), else the shipped demo file."""
-    raw = os.environ.get(PIPELINES_VAR)
-    if raw:
-        return Path(raw).expanduser().resolve()
+DEMO_TOKEN = "demo"
+"""In a list of tables paths, the shipped demo declaration (so a project can keep it beside its own)."""
+
+
+def shipped_demo_path() -> Path:
     return Path(str(resources.files("etl_assets.pipelines").joinpath(SHIPPED_DEMO)))
 
 
+def project_setting(start: Path | None = None) -> tuple[Path, list[str]] | None:
+    """``[tool.etl-assets] pipelines`` of the nearest ``pyproject.toml`` from ``start`` (the current
+    folder) upwards: its path and the entries it lists (a string or a list of strings)."""
+    import tomllib
+
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        file = candidate / "pyproject.toml"
+        if not file.is_file():
+            continue
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read it as TOML ({exc}); fix the file.") from None
+        setting = data.get("tool", {}).get("etl-assets", {}).get("pipelines")
+        if setting is None:
+            return None
+        entries = [setting] if isinstance(setting, str) else setting
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
+            raise ConfigError(
+                f"{file}: [tool.etl-assets] pipelines must be a path or a list of paths "
+                "(YAML files or folders of them)."
+            )
+        return file, entries
+    return None
+
+
+def pipelines_paths() -> list[Path]:
+    """The tables declaration files, by one order of precedence: ``etl-assets --pipelines`` (which sets
+    ``ETL_PIPELINES``), then ``ETL_PIPELINES`` (paths separated by ``os.pathsep``), then
+    ``[tool.etl-assets] pipelines`` in the project's ``pyproject.toml``, then the shipped demo.
+    A folder stands for its ``*.yaml``/``*.yml`` files in name order; ``demo`` for the shipped demo."""
+    raw = os.environ.get(PIPELINES_VAR)
+    if raw:
+        base, entries, named_by = Path.cwd(), [e for e in raw.split(os.pathsep) if e.strip()], PIPELINES_VAR
+    else:
+        setting = project_setting()
+        if setting is None:
+            return [shipped_demo_path()]
+        file, entries = setting
+        base, named_by = file.parent, f"[tool.etl-assets] pipelines in {file}"
+    files: list[Path] = []
+    for entry in entries:
+        if entry.strip() == DEMO_TOKEN:
+            files.append(shipped_demo_path())
+            continue
+        path = (base / Path(entry.strip()).expanduser()).resolve()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                raise ConfigError(
+                    f"The tables folder {path} (named by {named_by}) holds no .yaml file; "
+                    "add your table declarations there or name another path."
+                )
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ConfigError(
+                f"The tables declaration {path} does not exist (named by {named_by}); "
+                "correct the path, or unset it to use the shipped demo declaration."
+            )
+    return files
+
+
+def pipelines_path() -> Path:
+    """The first declaration file (see :func:`pipelines_paths`)."""
+    return pipelines_paths()[0]
+
+
 def load_pipelines(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
-    """Read and validate the declaration file (``path``, else :func:`pipelines_path`)."""
-    file = Path(path) if path is not None else pipelines_path()
+    """Read and validate the declaration (``path``, else every file of :func:`pipelines_paths`,
+    merged: one target may be declared once across all of them)."""
+    files = [Path(path)] if path is not None else pipelines_paths()
+    configs = [_load_file(file) for file in files]
+    if len(configs) == 1:
+        return configs[0]
+    seen: dict[TableRef, tuple[str, TableSpec]] = {}
+    for config in configs:
+        for spec in config.tables:
+            if spec.target in seen:
+                other_file, other = seen[spec.target]
+                raise ConfigError(
+                    f"{config.path}: table {spec.label} (line {spec.line}) has target {spec.target}, "
+                    f"already declared by {other.label} in {other_file} (line {other.line}); "
+                    "key 'target' must differ across files (each target is one asset)."
+                )
+            seen[spec.target] = (config.path, spec)
+    return PipelineConfig(path=", ".join(c.path for c in configs),
+                          tables=tuple(spec for c in configs for spec in c.tables))
+
+
+def _load_file(file: Path) -> PipelineConfig:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -260,7 +351,7 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), fast_path=fast_path,
-        sensitive=sensitive, checks=tuple(checks), line=line,
+        sensitive=sensitive, checks=tuple(checks), line=line, origin=origin,
     )
 
 

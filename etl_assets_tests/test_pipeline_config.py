@@ -141,3 +141,80 @@ def test_file_shape_errors(text: str, expected: str) -> None:
 def test_missing_file_says_which_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ETL_PIPELINES"):
         load_pipelines(tmp_path / "nope.yaml")
+
+
+ONE = "tables:\n  - name: app.{name}\n    extract: full\n"
+
+
+def test_a_folder_of_files_is_merged_in_name_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "b.yaml").write_text(ONE.format(name="invoices"))
+    (folder / "a.yml").write_text(ONE.format(name="users"))
+    (folder / "notes.txt").write_text("not a declaration")
+    monkeypatch.setenv("ETL_PIPELINES", str(folder))
+    config = load_pipelines()
+    assert [str(t.source) for t in config.tables] == ["app.users", "app.invoices"]
+    assert [Path(t.origin).name for t in config.tables] == ["a.yml", "b.yaml"]
+
+
+def test_one_target_in_two_files_names_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.yaml").write_text(ONE.format(name="users"))
+    (tmp_path / "b.yaml").write_text(ONE.format(name="users"))
+    monkeypatch.setenv("ETL_PIPELINES", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_pipelines()
+    message = str(info.value)
+    assert "a.yaml" in message and "b.yaml" in message and "raw.users" in message
+
+
+def test_pyproject_setting_is_read_relative_to_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.etl-assets]\npipelines = ["tables/", "demo"]\n')
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "mine.yaml").write_text(ONE.format(name="users"))
+    work = tmp_path / "sub" / "folder"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # found from a subfolder too, like git finds its repository
+    monkeypatch.delenv("ETL_PIPELINES", raising=False)
+    sources = [str(t.source) for t in load_pipelines().tables]
+    assert sources == ["app.users", "shop.customers", "shop.categories", "shop.orders"]
+
+
+def test_the_environment_wins_over_the_project_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.etl-assets]\npipelines = "tables.yaml"\n')
+    (tmp_path / "tables.yaml").write_text(ONE.format(name="users"))
+    other = tmp_path / "other.yaml"
+    other.write_text(ONE.format(name="invoices"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ETL_PIPELINES", raising=False)
+    assert [str(t.source) for t in load_pipelines().tables] == ["app.users"]
+    monkeypatch.setenv("ETL_PIPELINES", str(other))
+    assert [str(t.source) for t in load_pipelines().tables] == ["app.invoices"]
+
+
+def test_without_any_setting_the_shipped_demo_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ETL_PIPELINES", raising=False)
+    assert [t.target.name for t in load_pipelines().tables] == ["customers", "categories", "orders"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ('pipelines = 3', "must be a path or a list of paths"),
+        ('pipelines = ["missing.yaml"]', "missing.yaml does not exist"),
+        ('pipelines = ["empty/"]', "holds no .yaml file"),
+    ],
+)
+def test_bad_project_settings_say_what_to_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, expected: str
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(f"[tool.etl-assets]\n{setting}\n")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ETL_PIPELINES", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_pipelines()
+    assert expected in str(info.value)
+    assert "pyproject.toml" in str(info.value)

@@ -84,7 +84,7 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
 
 
 def build_assets(config: PipelineConfig) -> list[dg.AssetsDefinition]:
-    return [extract_asset(spec, config.path) for spec in config.tables]
+    return [extract_asset(spec, spec.origin or config.path) for spec in config.tables]
 
 
 def declared_keys(config: PipelineConfig | None = None) -> set[dg.AssetKey]:

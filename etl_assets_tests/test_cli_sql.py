@@ -14,7 +14,8 @@ def test_sql_runs_a_command_on_the_warehouse(etl_env: dict[str, str], warehouse_
         conn.execute("TRUNCATE public.sql_probe")
         conn.execute("INSERT INTO public.sql_probe VALUES (41), (1)")
     done = subprocess.run(
-        [sys.executable, "-m", "etl_assets.cli", "sql", "warehouse", "-c", "SELECT sum(n) FROM public.sql_probe"],
+        [sys.executable, "-m", "etl_assets.cli", "sql", "warehouse", "-c",
+         "SELECT sum(n) FROM public.sql_probe"],
         capture_output=True, text=True, timeout=120, env=None,
     )
     assert done.returncode == 0, done.stderr
@@ -31,6 +32,7 @@ def test_sql_print_gives_the_resolved_dsn(etl_env: dict[str, str]) -> None:
 
 
 def test_an_unknown_database_is_a_usage_error() -> None:
-    done = subprocess.run([sys.executable, "-m", "etl_assets.cli", "sql", "crm"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "etl_assets.cli", "sql", "crm"],
+                          capture_output=True, text=True)
     assert done.returncode == 2
     assert "invalid choice: 'crm'" in done.stderr

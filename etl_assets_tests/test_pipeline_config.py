@@ -168,7 +168,9 @@ def test_one_target_in_two_files_names_both(tmp_path: Path, monkeypatch: pytest.
     assert "a.yaml" in message and "b.yaml" in message and "raw.users" in message
 
 
-def test_pyproject_setting_is_read_relative_to_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyproject_setting_is_read_relative_to_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.etl-assets]\npipelines = ["tables/", "demo"]\n')
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "mine.yaml").write_text(ONE.format(name="users"))
@@ -180,7 +182,9 @@ def test_pyproject_setting_is_read_relative_to_its_file(tmp_path: Path, monkeypa
     assert sources == ["app.users", "shop.customers", "shop.categories", "shop.orders"]
 
 
-def test_the_environment_wins_over_the_project_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_wins_over_the_project_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.etl-assets]\npipelines = "tables.yaml"\n')
     (tmp_path / "tables.yaml").write_text(ONE.format(name="users"))
     other = tmp_path / "other.yaml"

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the embedded server where no DSN is set).",
     )
     p.add_argument("database", choices=DATABASES)
-    p.add_argument("--print", dest="print_dsn", action="store_true", help="print the DSN instead of opening psql")
+    p.add_argument("--print", dest="print_dsn", action="store_true",
+                   help="print the DSN instead of opening psql")
     p.add_argument("-c", "--command", metavar="SQL", help="run one SQL command and exit (psql -c)")
     p.set_defaults(handler=cmd_sql)
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 from psycopg import sql
 
 from etl_assets.settings import PROJECT_ROOT, dagster_storage_url, with_database
@@ -133,3 +139,68 @@ def module_warehouse(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Itera
         migrate(conn)
     yield dsn
     drop_database(pg_admin_dsn, name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DevServer:
+    """`etl-assets dev` started by the ``dev_server`` fixture: its GraphQL endpoint and process."""
+
+    def __init__(self, port: int, proc: subprocess.Popen) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/graphql"
+        self.proc = proc
+
+    def query(self, text: str, variables: dict | None = None) -> dict:
+        response = requests.post(self.url, json={"query": text, "variables": variables or {}}, timeout=30)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def poll(self, predicate, what: str, timeout: float = 180.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"etl-assets dev exited ({self.proc.returncode}) before {what}")
+            try:
+                value = predicate()
+            except (requests.ConnectionError, requests.Timeout):
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def dev_server(etl_env: dict[str, str], source_dsn: str, tmp_path) -> Iterator[DevServer]:
+    from etl_assets.demo.seed import seed
+
+    seed(source_dsn, rows=500, seed=2)
+    port = _free_port()
+    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl_assets.cli", "dev", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=PROJECT_ROOT,
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield DevServer(port, proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # dagster dev stops its webserver, daemon and code servers
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        log.close()

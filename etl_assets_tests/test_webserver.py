@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-
 import psycopg
-import pytest
-import requests
 
-from etl_assets.settings import PROJECT_ROOT
+from etl_assets_tests.conftest import DevServer
 
 ASSETS_QUERY = "query { assetNodes { assetKey { path } } }"
 LAUNCH = """
@@ -33,69 +23,7 @@ query Status($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { 
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, port: int, proc: subprocess.Popen) -> None:
-        self.url = f"http://127.0.0.1:{port}/graphql"
-        self.proc = proc
-
-    def query(self, text: str, variables: dict | None = None) -> dict:
-        response = requests.post(self.url, json={"query": text, "variables": variables or {}}, timeout=30)
-        response.raise_for_status()
-        body = response.json()
-        assert "errors" not in body, body["errors"]
-        return body["data"]
-
-    def poll(self, predicate, what: str, timeout: float = 180.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"etl-assets dev exited ({self.proc.returncode}) before {what}")
-            try:
-                value = predicate()
-            except (requests.ConnectionError, requests.Timeout):
-                value = None
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}")
-            time.sleep(0.5)
-
-
-@pytest.fixture
-def dev_server(etl_env: dict[str, str], source_dsn: str, tmp_path) -> Iterator[Server]:
-    from etl_assets.demo.seed import seed
-
-    seed(source_dsn, rows=500, seed=2)
-    port = _free_port()
-    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etl_assets.cli", "dev", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        yield Server(port, proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # dagster dev stops its webserver, daemon and code servers
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        log.close()
-
-
-def test_ui_lists_the_assets_and_a_launched_run_succeeds(dev_server: Server, warehouse_dsn: str) -> None:
+def test_ui_lists_the_assets_and_a_launched_run_succeeds(dev_server: DevServer, warehouse_dsn: str) -> None:
     def asset_paths() -> list[str] | None:
         nodes = dev_server.query(ASSETS_QUERY)["assetNodes"]
         return sorted("/".join(n["assetKey"]["path"]) for n in nodes) or None

@@ -93,6 +93,10 @@ def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_i
         migrated(wh)
         prepare_session(src)
         table = describe(src, spec)
+        if spec.extract == "incremental":
+            from .incremental import check_declaration
+
+            check_declaration(spec, src, table)  # a refused declaration creates no target
         info = prepare_target(wh, spec, table)
         note_schema_changes(report, spec, info)
         binary = binary_ok(table, wh, spec.target)

@@ -176,6 +176,9 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
         save_state(wh, spec.target, KIND, read.state, run_id)
 
 
+READ_ORDER = sql.Identifier("_etl_read_order")  # a staged row's position in the source's stream
+
+
 def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
             binary: bool, report: ExtractReport, run_id: str | None, info: TargetInfo) -> None:
     from .chunked import KIND, _mark_finished, pass_state
@@ -206,12 +209,16 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
             before = target_rows(wh, spec.target, KIND, created=info.created and first)
             first = False
             stage = _stage(wh, spec.target)
+            # The checkpoint is the last key in the SOURCE's order (its collation), i.e. the last row
+            # of the stream: COPY numbers the staged rows as they arrive. An ORDER BY here would sort
+            # by the warehouse's collation, and a text key's next chunk would start at the wrong key.
+            wh.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint GENERATED ALWAYS AS IDENTITY").format(
+                stage, READ_ORDER))
             copied = stream_copy(src, wh, query, params, stage, columns, binary)
             finished = copied < spec.chunk_size
             if copied:
-                last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} LIMIT 1").format(
-                    key_text, stage, sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k))
-                                                        for k in key))).fetchone()
+                last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} DESC LIMIT 1").format(
+                    key_text, stage, READ_ORDER)).fetchone()
                 if spec.load == "upsert":
                     i, u = upsert_from_staging(wh, stage, spec.target, columns, key)
                     n = copied - i - u

@@ -160,7 +160,7 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
     # The bounds come from the same code as the frame path; the rows are streamed in a new snapshot,
     # bounded by the same upper value, so nothing past it is read.
     read = read_increment(spec, src, previous, report, to_frame=False)
-    _, query, params = extract_queries(table, spec, read.lower, read.upper)
+    _, query, params = extract_queries(table, spec, read.lower, read.upper, read.routed)
     with snapshot(src), wh.transaction():
         lock_target(wh, spec.target)
         before = target_rows(wh, spec.target, KIND, created=info.created)

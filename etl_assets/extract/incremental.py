@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from etl_assets.errors import ConfigError
 from etl_assets.pipeline_config import ANY_ZONE_LAG_SECONDS, TableSpec
@@ -159,12 +160,34 @@ def cursor_base(table: SourceTable, spec: TableSpec) -> tuple[str, str]:
     return column.type_sql, column.pg_type.base
 
 
-def extract_queries(table: SourceTable, spec: TableSpec, lower: str | None, upper: str | None
-                    ) -> tuple[sql.Composed, sql.Composed, list[Any]]:
+ROUTED_KEY = "routed"  # state: rows the data-quality routing moved out of the target (key, cursor)
+
+
+def routed_filter(table: SourceTable, spec: TableSpec, routed: list[Any]) -> tuple[sql.Composable, list[Any]]:
+    """``AND NOT EXISTS (…)``: leave out the rows that ``on_fail: dead_letter`` routing moved from the
+    target to the dead-letter table (etl_assets/quality/routing.py records their key and cursor value
+    in the state) while they are unchanged at the source, i.e. still have that cursor value; the
+    boundary re-read would otherwise bring them back. A changed row has a new cursor value and is read.
+    """
+    if not routed:
+        return sql.SQL(""), []
+    cur = sql.Identifier(spec.cursor or "")
+    keys = sql.SQL(" AND ").join(
+        sql.SQL("(r.value -> 'k' ->> {i})::{t} = {c}").format(
+            i=sql.Literal(i), t=sql.SQL(table.column(k).type_sql), c=sql.Identifier(k))
+        for i, k in enumerate(spec.primary_key))
+    cond = sql.SQL(" AND NOT EXISTS (SELECT FROM jsonb_array_elements(%s::jsonb) r WHERE {} AND "
+                   "(r.value ->> 'c')::{} = {})").format(keys, sql.SQL(cursor_base(table, spec)[0]), cur)
+    return cond, [Jsonb(routed)]
+
+
+def extract_queries(table: SourceTable, spec: TableSpec, lower: str | None, upper: str | None,
+                    routed: list[Any] | None = None) -> tuple[sql.Composed, sql.Composed, list[Any]]:
     """The high-water-mark query and the extract query (with its parameters).
 
     Both are answered from an index on the cursor column: ``max()`` by one backward index step, the
-    range and ``IS NULL`` by index range scans.
+    range and ``IS NULL`` by index range scans. ``routed``: see :func:`routed_filter` (rows with a
+    NULL cursor are not held back: without a cursor value a change could not be told apart).
     """
     ctype, _ = cursor_base(table, spec)
     cur = sql.Identifier(spec.cursor or "")
@@ -180,9 +203,20 @@ def extract_queries(table: SourceTable, spec: TableSpec, lower: str | None, uppe
         else:
             cond = sql.SQL("{c} <= %s::{t}").format(c=cur, t=typ)
             params.append(upper)
-        parts.append(sql.SQL("SELECT {} FROM {} WHERE {}").format(cols, table.ref.ident, cond))
+        held_back, held_params = routed_filter(table, spec, routed or [])
+        parts.append(sql.SQL("SELECT {} FROM {} WHERE {}{}").format(cols, table.ref.ident, cond, held_back))
+        params += held_params
     parts.append(sql.SQL("SELECT {} FROM {} WHERE {} IS NULL").format(cols, table.ref.ident, cur))
     return hwm, sql.SQL(" UNION ALL ").join(parts), params
+
+
+def still_routed(conn: psycopg.Connection, ctype: str, routed: list[Any], lower: str | None) -> list[Any]:
+    """The routed rows the next run can still re-read (cursor at or past its lower bound)."""
+    if not routed or lower is None:
+        return list(routed)
+    query = sql.SQL("SELECT coalesce(jsonb_agg(r.value), '[]') FROM jsonb_array_elements(%s::jsonb) r "
+                    "WHERE (r.value ->> 'c')::{t} >= %s::{t}").format(t=sql.SQL(ctype))
+    return conn.execute(query, (Jsonb(routed), lower)).fetchone()[0]
 
 
 @dataclass(frozen=True)
@@ -252,6 +286,7 @@ class IncrementalRead:
     report: ExtractReport
     lower: str | None
     upper: str | None
+    routed: list[Any]  # the routed rows this run leaves out (the state keeps those it can re-read)
 
 
 def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str, Any],
@@ -269,13 +304,15 @@ def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str,
         if missing_index:
             report.warnings.append(missing_index)
         lower = previous.get("next_from")
+        routed_now = routed = previous.get(ROUTED_KEY) or []
         hwm, _, _ = extract_queries(table, spec, lower, None)
         upper = src.execute(hwm).fetchone()[0]
-        _, query, params = extract_queries(table, spec, lower, upper)
+        _, query, params = extract_queries(table, spec, lower, upper, routed)
         frame = copy_query_to_frame(src, query, params, table.names) if to_frame else None
         bound = LowerBound(lower, False) if upper is None else next_lower_bound(
             src, ctype, base, upper, seen, spec.lag, tz, lower)
         new_lower = bound.value
+        routed = still_routed(src, ctype, routed, new_lower)
         lag = lag_seconds(src, base, ctype, upper, tz)
     if lag is not None and lag < 0:
         report.warnings.append(
@@ -321,12 +358,16 @@ def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str,
         "cursor": report.cursor_after,
         "next_from": new_lower,
         "cursor_type": ctype,
+        # For the data-quality routing, which records the rows it moves out (ROUTED_KEY):
+        "cursor_column": spec.cursor,
+        "primary_key": list(spec.primary_key),
+        ROUTED_KEY: routed,
         "oldest_open_transaction": seen.oldest_start,
         "oldest_open_transaction_pid": seen.oldest_pid,
         "prepared_transactions": seen.prepared,
         "observed_at": seen.observed_at,
     }
-    return IncrementalRead(table, frame, state, report, lower, upper)
+    return IncrementalRead(table, frame, state, report, lower, upper, routed_now)
 
 
 def extract_incremental(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
@@ -339,7 +380,7 @@ def extract_incremental(spec: TableSpec, source: Connector, warehouse: Connector
         read = read_increment(spec, src, previous, report, to_frame=False)
         info = prepare_target(wh, spec, read.table)
         note_schema_changes(report, spec, info)
-        _, query, params = extract_queries(read.table, spec, read.lower, read.upper)
+        _, query, params = extract_queries(read.table, spec, read.lower, read.upper, read.routed)
 
         def frames() -> Iterator[Any]:
             for frame in iter_copy_frames(src, query, params, read.table.names):

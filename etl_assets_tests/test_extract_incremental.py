@@ -317,6 +317,8 @@ def test_pending_prepared_transaction_holds_the_bound(dbs: dict[str, str]) -> No
 
 
 def test_prepared_transaction_committed_late_is_not_lost(dbs: dict[str, str]) -> None:
+    """Runs on the embedded server (max_prepared_transactions = 10, etl_assets/embedded.py); a server
+    without prepared transactions cannot hold one, which the skip says."""
     if int(scalar(dbs["source"], "SHOW max_prepared_transactions")) == 0:
         pytest.skip("max_prepared_transactions = 0 on this server: PREPARE TRANSACTION is impossible "
                     "(the bound's handling is tested by test_pending_prepared_transaction_holds_the_bound)")

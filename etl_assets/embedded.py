@@ -31,6 +31,7 @@ _SERVER_SETTINGS = """
 max_connections = 300
 shared_buffers = 256MB
 max_wal_size = 4GB
+max_prepared_transactions = 10
 """
 _SETTINGS_MARKER = "# --- etl-assets settings ---"
 

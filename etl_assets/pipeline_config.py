@@ -11,6 +11,8 @@ The keys are a public contract (users' files must keep working as the project gr
         target: raw.orders       # optional; default raw.<table>
         chunk_size: 50000        # optional
         lag: 0                   # optional, incremental only: extra look-back in cursor units
+        cursor_time_zone: UTC    # incremental, timestamp/date cursors: the zone writers stamp in
+        late_commits: wait       # optional, incremental only: wait | ignore (docs/late-commits.md)
         fast_path: false         # optional: COPY-to-COPY, no frame in Python
         sensitive: [email]       # optional: stored for masking (data-quality)
         checks: [...]            # optional: stored raw, parsed by the data-quality module
@@ -23,6 +25,7 @@ allowed, instead of failing later inside a run.
 from __future__ import annotations
 
 import os
+import zoneinfo
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -53,8 +56,12 @@ CONTROL_SCHEMA = "etl"
 
 TABLE_KEYS: tuple[str, ...] = (
     "name", "schema", "table", "extract", "primary_key", "cursor", "load", "target",
-    "chunk_size", "lag", "fast_path", "checks", "sensitive",
+    "chunk_size", "lag", "fast_path", "checks", "sensitive", "cursor_time_zone", "late_commits",
 )
+LATE_COMMITS: tuple[str, ...] = ("wait", "ignore")
+# A ``lag`` this long covers any difference between two time zones' clocks (UTC-12 .. UTC+14), so a
+# ``timestamp``/``date`` cursor needs no ``cursor_time_zone`` with it (docs/late-commits.md).
+ANY_ZONE_LAG_SECONDS = 26 * 3600
 TOP_LEVEL_KEYS: tuple[str, ...] = ("tables",)
 SHIPPED_DEMO = "demo.yaml"
 
@@ -72,6 +79,8 @@ class TableSpec:
     cursor: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     lag: float = 0
+    cursor_time_zone: str | None = None
+    late_commits: str = "wait"
     fast_path: bool = False
     sensitive: tuple[str, ...] = ()
     checks: tuple[Any, ...] = field(default=(), hash=False, compare=False)
@@ -338,6 +347,11 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
         if isinstance(lag, bool) or not isinstance(lag, int | float) or lag < 0:
             raise t.error("lag", f"must be a number >= 0 (seconds for a timestamp cursor, units for a "
                           f"numeric one), got {lag!r}.")
+    cursor_time_zone = _time_zone(t, extract)
+    late_commits = _choice(t, "late_commits", LATE_COMMITS, required=False) or "wait"
+    if "late_commits" in item and extract != "incremental":
+        raise t.error("late_commits", f"only extract: incremental uses late_commits (this table has extract: "
+                      f"{extract}).")
     fast_path = item.get("fast_path", False)
     if not isinstance(fast_path, bool):
         raise t.error("fast_path", f"must be true or false, got {fast_path!r}.")
@@ -350,9 +364,30 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
     target = _target(t, source)
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
-        cursor=cursor, chunk_size=chunk_size, lag=float(lag), fast_path=fast_path,
+        cursor=cursor, chunk_size=chunk_size, lag=float(lag), cursor_time_zone=cursor_time_zone,
+        late_commits=late_commits, fast_path=fast_path,
         sensitive=sensitive, checks=tuple(checks), line=line, origin=origin,
     )
+
+
+def _time_zone(t: _Table, extract: str) -> str | None:
+    """``cursor_time_zone``: an IANA zone name (checked against the system's zone database, the
+    same names PostgreSQL knows), for incremental extracts only."""
+    if "cursor_time_zone" not in t.item:
+        return None
+    value = t.item["cursor_time_zone"]
+    if extract != "incremental":
+        raise t.error("cursor_time_zone", "only extract: incremental uses cursor_time_zone (this table has "
+                      f"extract: {extract}).")
+    if not isinstance(value, str) or not value.strip():
+        raise t.error("cursor_time_zone", f"must be a time zone name such as UTC or America/Los_Angeles, "
+                      f"got {_kind(value)}.")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise t.error("cursor_time_zone", f"unknown time zone {value!r}; use an IANA name such as UTC or "
+                      "America/Los_Angeles (the zone the writers' sessions stamp the cursor in).") from None
+    return value
 
 
 def _source(t: _Table) -> TableRef:

@@ -15,6 +15,7 @@ from etl_assets.pipeline_config import TableSpec
 from etl_assets_tests.extract_helpers import (
     assert_equal,
     checksum,
+    execute,
     module_databases,
     run,
     scalar,
@@ -159,3 +160,36 @@ def test_swap_extract_goes_through_public_io_swap(dbs: dict[str, str], fast: boo
     assert history[-1] == ("swap", "swap-2", 500)
     assert scalar(dbs["warehouse"], sql.SQL("SELECT count(*) FROM {}").format(
         TableRef(spec.target.schema, spec.target.name + "__etl_prev").ident)) == 500
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
+@pytest.mark.parametrize("load", ["insert", "upsert"])
+def test_chunked_text_key_checkpoint_follows_the_source_collation(dbs: dict[str, str], load: str,
+                                                                   fast: bool) -> None:
+    """A text key under the ICU collation in the source, "C" (the database default) in the warehouse:
+    'a' < 'B' at the source, 'B' < 'a' in the warehouse. The checkpoint must be the last key in the
+    source's order, or a chunk is read twice (with insert: a duplicate key on every retry)."""
+    schema = f"coll_{load}_{int(fast)}"
+    keys = ["a", "B", "c", "D", "e", "F", "g"]
+    execute(dbs["source"], sql.SQL(
+        "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};"
+        'CREATE TABLE {s}.t (k text COLLATE "en-x-icu" PRIMARY KEY, v int);'
+        "INSERT INTO {s}.t SELECT k, n FROM unnest({keys}::text[]) WITH ORDINALITY u(k, n)"
+    ).format(s=sql.Identifier(schema), keys=sql.Literal(keys)))
+    assert scalar(dbs["warehouse"], "SELECT 'B' < 'a'")  # the warehouse sorts text in "C" order
+    spec = spec_of(f"tables:\n  - name: {schema}.t\n    extract: chunked\n    load: {load}\n"
+                   f"    primary_key: [k]\n    chunk_size: 2\n    fast_path: {str(fast).lower()}\n"
+                   f"    target: raw.{schema}\n")
+    for _ in range(2):
+        report = run(spec, dbs)
+        assert (report.rows_read, report.chunks) == (7, 4)
+    rows = "a=1,B=2,c=3,D=4,e=5,F=6,g=7"
+    latest = sql.SQL("SELECT string_agg(k || '=' || v, ',' ORDER BY v) FROM {} GROUP BY {} ORDER BY 1 "
+                     "LIMIT 1").format(spec.target.ident, sql.SQL("_loaded_at" if load == "insert" else "()"))
+    assert scalar(dbs["warehouse"], latest) == rows
+    if load == "upsert":
+        assert (report.inserted, report.unchanged) == (0, 7)
+        assert scalar(dbs["warehouse"], sql.SQL("SELECT count(*) FROM {}").format(spec.target.ident)) == 7
+    else:
+        assert report.inserted == 7
+        assert scalar(dbs["warehouse"], sql.SQL("SELECT count(*) FROM {}").format(spec.target.ident)) == 14

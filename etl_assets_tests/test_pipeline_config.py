@@ -82,6 +82,15 @@ BASE = "tables:\n  - name: shop.orders\n"
          ["'load'", "incremental cannot use load: swap", "upsert"]),
         ("    extract: full\n    cursor: updated_at\n", ["'cursor'", "only extract: incremental"]),
         ("    extract: full\n    lag: 5\n", ["'lag'", "only extract: incremental"]),
+        ("    extract: full\n    cursor_time_zone: UTC\n",
+         ["line 2", "'cursor_time_zone'", "only extract: incremental"]),
+        ("    extract: full\n    late_commits: ignore\n", ["'late_commits'", "only extract: incremental"]),
+        ("    extract: incremental\n    primary_key: [id]\n    cursor: u\n    cursor_time_zone: Mars/Base\n",
+         ["'cursor_time_zone'", "unknown time zone 'Mars/Base'", "America/Los_Angeles"]),
+        ("    extract: incremental\n    primary_key: [id]\n    cursor: u\n    cursor_time_zone: [UTC]\n",
+         ["'cursor_time_zone'", "must be a time zone name"]),
+        ("    extract: incremental\n    primary_key: [id]\n    cursor: u\n    late_commits: skip\n",
+         ["'late_commits'", "'skip'", "wait, ignore"]),
         # bad values
         ("    extract: chunked\n    primary_key: [id]\n    chunk_size: 0\n", ["'chunk_size'", ">= 1"]),
         ("    extract: full\n    primary_key: id, x\n    load: upsert\n    fast_path: yes please\n",
@@ -97,6 +106,15 @@ def test_each_mistake_names_table_key_and_allowed(body: str, expected: list[str]
     message = _error(BASE + body)
     for part in expected:
         assert part in message, (part, message)
+
+
+def test_late_commit_keys_are_kept() -> None:
+    (spec,) = parse_pipelines(BASE + "    extract: incremental\n    primary_key: [id]\n    cursor: u\n"
+                              "    cursor_time_zone: America/Los_Angeles\n    late_commits: ignore\n").tables
+    assert (spec.cursor_time_zone, spec.late_commits) == ("America/Los_Angeles", "ignore")
+    (default,) = parse_pipelines(BASE + "    extract: incremental\n    primary_key: [id]\n"
+                                 "    cursor: u\n").tables
+    assert (default.cursor_time_zone, default.late_commits) == (None, "wait")
 
 
 def test_name_must_be_schema_qualified() -> None:

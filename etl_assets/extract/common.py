@@ -47,6 +47,7 @@ class ExtractReport:
     cursor_after: str | None = None
     lag_seconds: float | None = None
     null_cursor_rows: int = 0
+    lower_bound_held_by: str | None = None  # the session whose open transaction holds the bound back
     chunks: int = 0
     resumed_after: list[Any] | None = None
     table_rows: int | None = None
@@ -88,6 +89,8 @@ class ExtractReport:
             meta["null_cursor_rows"] = self.null_cursor_rows
             if self.lag_seconds is not None:
                 meta["lag_seconds"] = round(self.lag_seconds, 3)
+            if self.lower_bound_held_by is not None:
+                meta["lower_bound_held_by"] = self.lower_bound_held_by
         if self.extract == "chunked":
             meta["chunks"] = self.chunks
             meta["resumed_after_key"] = "(no)" if self.resumed_after is None else str(self.resumed_after)

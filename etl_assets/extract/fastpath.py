@@ -93,6 +93,10 @@ def extract_fast(spec: TableSpec, source: Connector, warehouse: Connector, run_i
         migrated(wh)
         prepare_session(src)
         table = describe(src, spec)
+        if spec.extract == "incremental":
+            from .incremental import check_declaration
+
+            check_declaration(spec, src, table)  # a refused declaration creates no target
         info = prepare_target(wh, spec, table)
         note_schema_changes(report, spec, info)
         binary = binary_ok(table, wh, spec.target)
@@ -156,7 +160,7 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
     # The bounds come from the same code as the frame path; the rows are streamed in a new snapshot,
     # bounded by the same upper value, so nothing past it is read.
     read = read_increment(spec, src, previous, report, to_frame=False)
-    _, query, params = extract_queries(table, spec, read.lower, read.upper)
+    _, query, params = extract_queries(table, spec, read.lower, read.upper, read.routed)
     with snapshot(src), wh.transaction():
         lock_target(wh, spec.target)
         before = target_rows(wh, spec.target, KIND, created=info.created)
@@ -170,6 +174,9 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
         read.state["rows_read"] = report.rows_read
         read.state[ROWS_KEY] = report.table_rows = before + report.inserted
         save_state(wh, spec.target, KIND, read.state, run_id)
+
+
+READ_ORDER = sql.Identifier("_etl_read_order")  # a staged row's position in the source's stream
 
 
 def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, table: SourceTable,
@@ -202,12 +209,16 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
             before = target_rows(wh, spec.target, KIND, created=info.created and first)
             first = False
             stage = _stage(wh, spec.target)
+            # The checkpoint is the last key in the SOURCE's order (its collation), i.e. the last row
+            # of the stream: COPY numbers the staged rows as they arrive. An ORDER BY here would sort
+            # by the warehouse's collation, and a text key's next chunk would start at the wrong key.
+            wh.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint GENERATED ALWAYS AS IDENTITY").format(
+                stage, READ_ORDER))
             copied = stream_copy(src, wh, query, params, stage, columns, binary)
             finished = copied < spec.chunk_size
             if copied:
-                last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} LIMIT 1").format(
-                    key_text, stage, sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k))
-                                                        for k in key))).fetchone()
+                last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} DESC LIMIT 1").format(
+                    key_text, stage, READ_ORDER)).fetchone()
                 if spec.load == "upsert":
                     i, u = upsert_from_staging(wh, stage, spec.target, columns, key)
                     n = copied - i - u

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.io import catalog
+from etl_assets.io.bulk import copy_error
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.upsert import upsert_from_staging
@@ -73,9 +74,13 @@ def stream_copy(src: psycopg.Connection, wh: psycopg.Connection, query: sql.Comp
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
         into, sql.SQL(", ").join(map(sql.Identifier, columns)), fmt)
     with src.cursor() as scur, wh.cursor() as wcur:
-        with scur.copy(out_sql, list(params) or None) as out, wcur.copy(in_sql) as inp:
-            for block in out:
-                inp.write(block)
+        try:
+            with scur.copy(out_sql, list(params) or None) as out, wcur.copy(in_sql) as inp:
+                for block in out:
+                    inp.write(block)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            # PostgreSQL's message quotes the row's values: masked, and not chained.
+            raise copy_error(exc, into.as_string(wh)) from None
         return wcur.rowcount
 
 

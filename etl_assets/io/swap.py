@@ -35,7 +35,7 @@ from psycopg import sql
 
 from etl_assets.errors import EtlError, MissingObject, SchemaMismatch
 from etl_assets.io import catalog
-from etl_assets.io.bulk import copy_frame
+from etl_assets.io.bulk import copy_frame, masked_diagnostics
 from etl_assets.io.tables import TableRef, derived_name
 from etl_assets.io.typemap import PgType
 
@@ -88,6 +88,7 @@ class TablePlan:
     comment: str | None
     views: list[ViewInfo]
     owned_sequences: list[tuple[str, str]] = field(default_factory=list)  # (sequence regclass text, column)
+    label: str = ""  # the live table's name, for messages
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def inspect(conn: psycopg.Connection, target: TableRef, oid: int) -> TablePlan:
             (oid,),
         )
     ]
-    return TablePlan(oid, owner, indexes, fks, _grants(conn, oid), comment, views, sequences)
+    return TablePlan(oid, owner, indexes, fks, _grants(conn, oid), comment, views, sequences, str(target))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,33 +287,44 @@ def _temp_index_name(token: str, i: int) -> str:
 def _build_indexes(
     conn: psycopg.Connection, new: TableRef, plan: TablePlan, token: str
 ) -> list[tuple[str, str]]:
-    """Create the live table's indexes and constraints on ``new`` under temporary names."""
+    """Create the live table's indexes and constraints on ``new`` under temporary names.
+
+    Rows that break a unique index or a foreign key fail here, before the live table is touched;
+    PostgreSQL's message quotes the offending key, so it is replaced by one with the values masked.
+    """
     pairs: list[tuple[str, str]] = []  # (live name, temporary name)
     for i, ix in enumerate(plan.indexes):
         tmp = _temp_index_name(token, i)
         if ix.constraint is not None:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                    new.ident, sql.Identifier(tmp), sql.SQL(ix.constraint_def)
-                )
+            stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                new.ident, sql.Identifier(tmp), sql.SQL(ix.constraint_def)
             )
         else:
-            conn.execute(
-                sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
-                    sql.SQL("UNIQUE " if ix.unique else ""),
-                    sql.Identifier(tmp),
-                    new.ident,
-                    sql.SQL(ix.using_tail),
-                )
+            stmt = sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+                sql.SQL("UNIQUE " if ix.unique else ""),
+                sql.Identifier(tmp),
+                new.ident,
+                sql.SQL(ix.using_tail),
             )
+        _build(conn, stmt, plan, ix.constraint or ix.name, tmp)
         pairs.append((ix.name, tmp))
     for name, definition in plan.foreign_keys:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                new.ident, sql.Identifier(name), sql.SQL(definition)
-            )
+        stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            new.ident, sql.Identifier(name), sql.SQL(definition)
         )
+        _build(conn, stmt, plan, name, name)
     return pairs
+
+
+def _build(conn: psycopg.Connection, stmt: sql.Composable, plan: TablePlan, name: str, tmp: str) -> None:
+    try:
+        conn.execute(stmt)
+    except psycopg.errors.IntegrityError as exc:
+        primary, detail, _ = masked_diagnostics(exc)
+        raise SchemaMismatch(
+            f"The new rows for {plan.label} break {name} of the live table: {primary.replace(tmp, name)}. "
+            f"{detail} Nothing was changed; fix the rows (values are masked: they may be sensitive)."
+        ) from None
 
 
 def _rename_index(conn: psycopg.Connection, schema: str, old: str, new: str) -> None:

@@ -31,7 +31,7 @@ from psycopg import sql
 
 from etl_assets.errors import DuplicateKeys, SchemaMismatch
 from etl_assets.io import catalog
-from etl_assets.io.bulk import copy_frame
+from etl_assets.io.bulk import copy_error, copy_frame
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType
 
@@ -236,8 +236,6 @@ def upsert_from_staging(
         else:
             inserted, updated = conn.execute(stmt).fetchone()
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-        from etl_assets.io.bulk import copy_error
-
         raise copy_error(exc, target) from None
     return inserted, updated
 

@@ -323,11 +323,15 @@ def test_swap_carries_column_grants_storage_options_and_extended_statistics(conn
     assert leftovers(conn) == []
 
 
-def test_swap_refuses_a_published_table_naming_the_publication(conn, fresh_schema):
+@pytest.mark.parametrize("member", ["TABLE", "TABLES IN SCHEMA"])
+def test_swap_refuses_a_published_table_naming_the_publication(conn, fresh_schema, member):
     t = TableRef(fresh_schema, "published")
     write_frame(conn, pl.DataFrame({"id": [1]}), t, "swap", primary_key=["id"])
     pub = f"pub_{secrets.token_hex(3)}"
-    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(pub), t.ident))
+    what = t.ident if member == "TABLE" else sql.Identifier(fresh_schema)
+    conn.execute(
+        sql.SQL("CREATE PUBLICATION {} FOR {} {}").format(sql.Identifier(pub), sql.SQL(member), what)
+    )
     try:
         with pytest.raises(
             SchemaMismatch, match=rf"Cannot swap .*published: it is in publication\(s\) {pub}"

@@ -30,3 +30,7 @@ class SchemaMismatch(EtlError):
 
 class ServerError(EtlError):
     """The embedded PostgreSQL server could not be started, stopped or inspected."""
+
+
+class DuplicateKeys(SchemaMismatch):
+    """Rows to upsert share a value of the declared key: one of them would be lost, so none is written."""

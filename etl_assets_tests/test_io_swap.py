@@ -211,3 +211,141 @@ def test_swap_gives_up_after_its_attempts_naming_the_holder(warehouse_dsn, conn,
         reader.commit()
     assert rows(conn, t) == [(1,)]
     assert leftovers(conn) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# What CREATE TABLE ... (LIKE ...) does not copy: carried over by the swap, or refused
+# --------------------------------------------------------------------------------------------------
+
+
+def _carried(conn, t: TableRef) -> dict:
+    """Column grants, storage options, persistence, replica identity, column statistics settings
+    and extended statistics of ``t`` (names and definitions), as the catalog shows them."""
+    oid = conn.execute("SELECT to_regclass(%s)::oid", (t.regclass_text,)).fetchone()[0]
+    return {
+        "column_privileges": conn.execute(
+            "SELECT grantee, column_name, privilege_type, is_grantable "
+            "FROM information_schema.column_privileges "
+            "WHERE table_schema = %s AND table_name = %s AND grantee NOT IN (current_user, 'postgres') "
+            "ORDER BY 1, 2, 3",
+            (t.schema, t.name),
+        ).fetchall(),
+        "class": conn.execute(
+            "SELECT c.reloptions, tt.reloptions, c.relpersistence, c.relreplident FROM pg_class c "
+            "LEFT JOIN pg_class tt ON tt.oid = c.reltoastrelid WHERE c.oid = %s",
+            (oid,),
+        ).fetchone(),
+        "identity_index": conn.execute(
+            "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "WHERE x.indrelid = %s AND x.indisreplident",
+            (oid,),
+        ).fetchall(),
+        "columns": conn.execute(
+            # (attoptions other than the planner's n_distinct are the server's own: not compared)
+            "SELECT attname, attstattarget, "
+            "ARRAY(SELECT o FROM unnest(attoptions) o WHERE o LIKE 'n_distinct%%') "
+            "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            (oid,),
+        ).fetchall(),
+        "statistics": conn.execute(
+            "SELECT stxnamespace::regnamespace::text, stxname, stxkind::text, stxstattarget, "
+            "obj_description(oid, 'pg_statistic_ext') FROM pg_statistic_ext WHERE stxrelid = %s ORDER BY 2",
+            (oid,),
+        ).fetchall(),
+    }
+
+
+def _decorate(conn, t: TableRef, role: str) -> None:
+    """Everything LIKE leaves behind, on the live table."""
+    ident, r = t.ident, sql.Identifier(role)
+    for stmt in (
+        sql.SQL("GRANT SELECT (id, v), UPDATE (v) ON {} TO {}").format(ident, r),
+        sql.SQL("GRANT INSERT (w) ON {} TO {} WITH GRANT OPTION").format(ident, r),
+        sql.SQL("ALTER TABLE {} SET (fillfactor = 70, autovacuum_enabled = false)").format(ident),
+        sql.SQL("ALTER TABLE {} SET (toast.autovacuum_enabled = false)").format(ident),
+        sql.SQL("ALTER TABLE {} SET UNLOGGED").format(ident),
+        sql.SQL("CREATE UNIQUE INDEX {} ON {} (w)").format(sql.Identifier(f"{t.name} w key"), ident),
+        sql.SQL("ALTER TABLE {} ALTER COLUMN w SET NOT NULL").format(ident),
+        sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(
+            ident, sql.Identifier(f"{t.name} w key")
+        ),
+        sql.SQL("ALTER TABLE {} ALTER COLUMN v SET STATISTICS 500").format(ident),
+        sql.SQL("ALTER TABLE {} ALTER COLUMN v SET (n_distinct = -0.5)").format(ident),
+        sql.SQL("CREATE STATISTICS {} (ndistinct, dependencies) ON v, w FROM {}").format(
+            sql.Identifier(t.schema, "v w stats"), ident
+        ),
+        sql.SQL("ALTER STATISTICS {} SET STATISTICS 321").format(sql.Identifier(t.schema, "v w stats")),
+        sql.SQL("COMMENT ON STATISTICS {} IS 'v and w move together'").format(
+            sql.Identifier(t.schema, "v w stats")
+        ),
+        sql.SQL("CREATE STATISTICS {} ON (lower(v)), id FROM {}").format(
+            sql.Identifier(t.schema, "expr"), ident
+        ),
+    ):
+        conn.execute(stmt)
+
+
+def test_swap_carries_column_grants_storage_options_and_extended_statistics(conn, fresh_schema, reader_role):
+    t = TableRef(fresh_schema, "Decorated")
+    write_frame(
+        conn, pl.DataFrame({"id": [1, 2], "v": ["a", "b"], "w": [10, 20]}), t, "swap", primary_key=["id"]
+    )
+    _decorate(conn, t, reader_role)
+    before = _carried(conn, t)
+    assert len(before["column_privileges"]) == 4 and before["class"][0] and before["class"][2] == "u"
+    assert [s[1] for s in before["statistics"]] == ["expr", "v w stats"]
+    r = write_frame(conn, pl.DataFrame({"id": [3], "v": ["c"], "w": [30]}), t, "swap", primary_key=["id"])
+    assert (r.inserted, r.deleted) == (1, 2)
+    assert rows(conn, t) == [(3, "c", 30)]
+    after = _carried(conn, t)
+    assert after == before
+    assert sorted(after["class"][0]) == ["autovacuum_enabled=false", "fillfactor=70"]
+    assert after["class"][1] == ["autovacuum_enabled=false"]
+    assert (
+        role_can := conn.execute(
+            "SELECT has_column_privilege(%s, to_regclass(%s), 'v', 'UPDATE'), "
+            "has_column_privilege(%s, to_regclass(%s), 'w', 'UPDATE')",
+            (reader_role, t.regclass_text, reader_role, t.regclass_text),
+        ).fetchone()
+    ) == (True, False), role_can
+    # The kept previous version has the old statistics under the derived names, and ANALYZE fills
+    # the live ones.
+    prev = previous_table(t)
+    assert [s[1] for s in _carried(conn, prev)["statistics"]] == ["expr__etl_prev", "v w stats__etl_prev"]
+    conn.execute(sql.SQL("ANALYZE {}").format(t.ident))
+    # Rolling back carries them the other way, and the swap after that again.
+    rollback(conn, t)
+    assert rows(conn, t) == [(1, "a", 10), (2, "b", 20)]
+    assert _carried(conn, t) == before
+    write_frame(conn, pl.DataFrame({"id": [4], "v": ["d"], "w": [40]}), t, "swap", primary_key=["id"])
+    assert _carried(conn, t) == before
+    assert leftovers(conn) == []
+
+
+@pytest.mark.parametrize("member", ["TABLE", "TABLES IN SCHEMA"])
+def test_swap_refuses_a_published_table_naming_the_publication(conn, fresh_schema, member):
+    t = TableRef(fresh_schema, "published")
+    write_frame(conn, pl.DataFrame({"id": [1]}), t, "swap", primary_key=["id"])
+    pub = f"pub_{secrets.token_hex(3)}"
+    what = t.ident if member == "TABLE" else sql.Identifier(fresh_schema)
+    conn.execute(
+        sql.SQL("CREATE PUBLICATION {} FOR {} {}").format(sql.Identifier(pub), sql.SQL(member), what)
+    )
+    try:
+        with pytest.raises(
+            SchemaMismatch, match=rf"Cannot swap .*published: it is in publication\(s\) {pub}"
+        ):
+            write_frame(conn, pl.DataFrame({"id": [2]}), t, "swap", primary_key=["id"])
+        assert rows(conn, t) == [(1,)]
+        assert conn.execute(
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
+            "AND tablename = 'published'",
+            (pub, fresh_schema),
+        ).fetchone() == (1,)
+        assert leftovers(conn) == []
+        # truncate_insert keeps the table (and its membership): the way to load a published table.
+        write_frame(conn, pl.DataFrame({"id": [2]}), t, "truncate_insert", primary_key=["id"])
+        assert rows(conn, t) == [(2,)]
+    finally:
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(pub)))

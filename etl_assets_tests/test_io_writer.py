@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from etl_assets.errors import ConfigError, SchemaMismatch
+from etl_assets.errors import ConfigError, EtlError, SchemaMismatch
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import PartitionWindow, write_frame
 from etl_assets_tests.io_helpers import FLAVOURS, frame, leftovers, rows
@@ -302,3 +302,172 @@ def test_empty_frame_clears_exactly_its_time_window(conn, fresh_schema, flavour)
     again = write_frame(conn, empty, t, "insert", partition=window)
     assert (again.deleted, again.inserted) == (0, 0)
     assert rows(conn, t) == [(1, d1), (4, d3)]
+
+
+# --------------------------------------------------------------------------------------------------
+# What readers see in each mode (docs/load-modes.md): every statement of that page, demonstrated
+# --------------------------------------------------------------------------------------------------
+
+OLD = pl.DataFrame({"id": [1, 2, 3], "v": ["a", "b", "c"]})
+NEW = pl.DataFrame({"id": [2, 3, 4, 5], "v": ["B", "c", "d", "e"]})
+# What a reader counts after each mode's load of NEW over OLD: (rows, rows with v = 'B').
+AFTER = {"insert": 7, "upsert": 5, "truncate_insert": 4, "swap": 4}
+
+
+def _load(conn, t: TableRef, mode: str, hooks=()) -> None:
+    df = NEW.with_columns(pl.col("id") + 10) if mode == "insert" else NEW  # insert: no key clash
+    write_frame(conn, df, t, mode, primary_key=["id"], on_commit=hooks)
+
+
+def _count(reader: psycopg.Connection, t: TableRef) -> int:
+    return reader.execute(sql.SQL("SELECT count(*) FROM {}").format(t.ident)).fetchone()[0]
+
+
+@pytest.mark.parametrize("mode", ["insert", "upsert", "truncate_insert", "swap"])
+def test_read_committed_reader_sees_old_rows_then_new_never_an_empty_table(
+    warehouse_dsn, conn, fresh_schema, mode
+):
+    """READ COMMITTED: before the commit, the old rows (insert/upsert without waiting; truncate_insert
+    and swap make the reader wait on their ACCESS EXCLUSIVE lock); after it, the new rows."""
+    t = TableRef(fresh_schema, "rc")
+    write_frame(conn, OLD, t, "insert" if mode == "insert" else mode, primary_key=["id"])
+    seen: dict[str, object] = {}
+
+    def during(_c) -> None:
+        with psycopg.connect(warehouse_dsn, autocommit=True) as reader:
+            reader.execute("SET lock_timeout = '300ms'")
+            try:
+                seen["during"] = _count(reader, t)
+            except psycopg.errors.LockNotAvailable:
+                seen["during"] = "waits"
+            # A reader that keeps waiting gets the new rows once the load commits.
+            reader.execute("SET lock_timeout = 0")
+            done = threading.Event()
+
+            def wait_and_read() -> None:
+                with psycopg.connect(warehouse_dsn, autocommit=True) as late:
+                    seen["waited"] = _count(late, t)
+                done.set()
+
+            seen["thread"] = threading.Thread(target=wait_and_read)
+            seen["thread"].start()
+            done.wait(0.5)  # blocked (truncate_insert, swap) or already done (insert, upsert)
+
+    _load(conn, t, mode, [during])
+    seen["thread"].join(10)
+    if mode in ("insert", "upsert"):
+        assert seen["during"] == 3 and seen["waited"] == 3
+    else:
+        assert seen["during"] == "waits" and seen["waited"] == AFTER[mode]
+    with psycopg.connect(warehouse_dsn, autocommit=True) as reader:
+        assert _count(reader, t) == AFTER[mode]
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("mode", ["insert", "upsert", "truncate_insert", "swap"])
+def test_snapshot_reader_opened_before_the_load(warehouse_dsn, conn, fresh_schema, mode, isolation):
+    """REPEATABLE READ / SERIALIZABLE, snapshot taken before the load, table first read after its
+    commit: insert and upsert show the old rows and values; truncate_insert and swap an EMPTY table
+    (TRUNCATE and a swapped-in table are not MVCC-safe) until the reader's transaction ends."""
+    t = TableRef(fresh_schema, "rr")
+    write_frame(conn, OLD, t, "insert" if mode == "insert" else mode, primary_key=["id"])
+    with psycopg.connect(warehouse_dsn) as reader:
+        reader.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        reader.execute("SELECT 1")  # the snapshot is taken here (no lock on the table yet)
+        _load(conn, t, mode)
+        expected = {"insert": 3, "upsert": 3, "truncate_insert": 0, "swap": 0}[mode]
+        assert _count(reader, t) == expected
+        if mode == "upsert":
+            assert reader.execute(sql.SQL("SELECT v FROM {} WHERE id = 2").format(t.ident)).fetchone() == (
+                "b",
+            )
+        reader.commit()
+        assert _count(reader, t) == AFTER[mode]  # the next transaction sees the load
+
+
+@pytest.mark.parametrize("mode", ["truncate_insert", "swap"])
+def test_snapshot_reader_that_already_read_the_table_holds_the_load_off(
+    warehouse_dsn, conn, fresh_schema, mode
+):
+    """A REPEATABLE READ reader that read the table before the load keeps its lock to its end: it
+    goes on seeing the old rows; truncate_insert waits for it, swap gives up after its attempts."""
+    t = TableRef(fresh_schema, "held")
+    write_frame(conn, OLD, t, mode, primary_key=["id"])
+    with psycopg.connect(warehouse_dsn) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert _count(reader, t) == 3
+        if mode == "swap":
+            with pytest.raises(EtlError, match="Could not swap"):
+                write_frame(
+                    conn, NEW, t, "swap", primary_key=["id"], swap_lock_timeout="100ms", swap_attempts=2
+                )
+            assert _count(reader, t) == 3
+            reader.commit()
+        else:
+
+            def load() -> None:
+                with psycopg.connect(warehouse_dsn, autocommit=True) as other:
+                    _load(other, t, mode)
+
+            loader = threading.Thread(target=load)
+            loader.start()
+            loader.join(1.0)
+            assert loader.is_alive(), "TRUNCATE must wait for the reader's lock"
+            assert _count(reader, t) == 3
+            reader.commit()
+            loader.join(10)
+            assert not loader.is_alive()
+    with psycopg.connect(warehouse_dsn, autocommit=True) as reader:
+        assert _count(reader, t) == (3 if mode == "swap" else AFTER[mode])
+
+
+def test_partition_replace_is_mvcc_safe_for_snapshot_readers(warehouse_dsn, conn, fresh_schema):
+    """truncate_insert of ONE partition deletes its window (no TRUNCATE): an older snapshot keeps
+    seeing the old rows, never an empty table."""
+    t = TableRef(fresh_schema, "parts")
+    df = pl.DataFrame({"id": [1, 2, 3], "day": [1, 1, 2]})
+    write_frame(conn, df, t, "insert")
+    with psycopg.connect(warehouse_dsn) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        write_frame(
+            conn,
+            pl.DataFrame({"id": [9], "day": [1]}),
+            t,
+            "truncate_insert",
+            partition=PartitionWindow("day", 1, 2),
+        )
+        assert _count(reader, t) == 3
+    assert rows(conn, t) == [(3, 2), (9, 1)]
+
+
+def test_column_widening_rewrite_shows_snapshot_readers_an_empty_table(warehouse_dsn, conn, fresh_schema):
+    """A safe widening (integer -> bigint) rewrites the table in any mode: like TRUNCATE, an older
+    snapshot then finds it empty."""
+    t = TableRef(fresh_schema, "widened")
+    write_frame(conn, pl.DataFrame({"id": pl.Series([1, 2], dtype=pl.Int32)}), t, "insert")
+    with psycopg.connect(warehouse_dsn) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        r = write_frame(conn, pl.DataFrame({"id": pl.Series([2**40], dtype=pl.Int64)}), t, "insert")
+        assert r.widened_columns == ["id"]
+        assert _count(reader, t) == 0
+    assert _count(conn, t) == 3
+
+
+def test_a_load_that_adds_a_column_makes_read_committed_readers_wait(warehouse_dsn, conn, fresh_schema):
+    """Schema evolution takes ACCESS EXCLUSIVE to the commit: even an insert then blocks readers."""
+    t = TableRef(fresh_schema, "evolving")
+    write_frame(conn, pl.DataFrame({"id": [1]}), t, "insert")
+    seen = []
+
+    def during(_c) -> None:
+        with psycopg.connect(warehouse_dsn, autocommit=True) as reader:
+            reader.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                _count(reader, t)
+            seen.append("waited")
+
+    r = write_frame(conn, pl.DataFrame({"id": [2], "extra": ["x"]}), t, "insert", on_commit=[during])
+    assert r.added_columns == ["extra"] and seen == ["waited"]
+    assert rows(conn, t) == [(1, None), (2, "x")]

@@ -242,9 +242,12 @@ def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: Targe
 
     target = spec.target
     if mode == "upsert":
+        # Rows sharing the declared key are refused, as on the COPY path (nothing silently lost).
         inserted, updated, unchanged, _dups = upsert_frame(
             wh, frame, target, target_key(spec), None, info.types, run_id=run_id,
-            empty=False if rows_before else None)  # a known non-empty target needs no probe
+            empty=False if rows_before else None,  # a known non-empty target needs no probe
+            duplicates="refuse", sensitive=spec.sensitive,
+            earlier_writes=bool(report.inserted or report.updated or report.unchanged))
         report.inserted += inserted
         report.updated += updated
         report.unchanged += unchanged

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.io import catalog
+from etl_assets.io.bulk import copy_error
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.upsert import upsert_from_staging
@@ -73,9 +74,13 @@ def stream_copy(src: psycopg.Connection, wh: psycopg.Connection, query: sql.Comp
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
         into, sql.SQL(", ").join(map(sql.Identifier, columns)), fmt)
     with src.cursor() as scur, wh.cursor() as wcur:
-        with scur.copy(out_sql, list(params) or None) as out, wcur.copy(in_sql) as inp:
-            for block in out:
-                inp.write(block)
+        try:
+            with scur.copy(out_sql, list(params) or None) as out, wcur.copy(in_sql) as inp:
+                for block in out:
+                    inp.write(block)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            # PostgreSQL's message quotes the row's values: masked, and not chained.
+            raise copy_error(exc, into.as_string(wh)) from None
         return wcur.rowcount
 
 
@@ -141,7 +146,8 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
             stage = _stage(wh, target)
             report.rows_read = stream_copy(src, wh, query, params, stage, columns, binary)
             report.inserted, report.updated = upsert_from_staging(
-                wh, stage, target, columns, spec.primary_key)
+                wh, stage, target, columns, spec.primary_key, refuse_duplicates=True,
+                sensitive=spec.sensitive)
             report.unchanged = report.rows_read - report.inserted - report.updated
         if spec.load != "upsert":
             report.inserted = report.rows_read
@@ -169,7 +175,8 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
         report.null_cursor_rows = wh.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
             stage, sql.Identifier(spec.cursor or ""))).fetchone()[0]
         report.inserted, report.updated = upsert_from_staging(
-            wh, stage, spec.target, table.names, spec.primary_key)
+            wh, stage, spec.target, table.names, spec.primary_key, refuse_duplicates=True,
+            sensitive=spec.sensitive)
         report.unchanged = report.rows_read - report.inserted - report.updated
         read.state["rows_read"] = report.rows_read
         read.state[ROWS_KEY] = report.table_rows = before + report.inserted
@@ -220,7 +227,8 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
                 last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} DESC LIMIT 1").format(
                     key_text, stage, READ_ORDER)).fetchone()
                 if spec.load == "upsert":
-                    i, u = upsert_from_staging(wh, stage, spec.target, columns, key)
+                    i, u = upsert_from_staging(wh, stage, spec.target, columns, key, refuse_duplicates=True,
+                                               sensitive=spec.sensitive)
                     n = copied - i - u
                 else:
                     cols = sql.SQL(", ").join(map(sql.Identifier, columns))

@@ -16,6 +16,7 @@ sent by a worker thread while the next piece is encoded, with at most two pieces
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,19 +122,59 @@ def copy_frame(
             else:
                 for chunk in iter_csv_pieces(frame, targets, piece_rows):
                     cp.write(chunk)
-    except psycopg.errors.DataError as exc:
-        raise copy_error(exc, table) from exc
-    except psycopg.errors.IntegrityError as exc:
-        raise copy_error(exc, table) from exc
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+        raise copy_error(exc, table) from None
     return frame.height
 
 
-def copy_error(exc: psycopg.Error, table: TableRef) -> SchemaMismatch:
-    """A COPY failure as one message naming the table and PostgreSQL's own line/column context."""
+MASK = "***"  # what a row value shows as in our messages
+_QUOTED_TAIL = re.compile(r': ".*"$', re.S)  # invalid input syntax for type integer: "<value>"
+_QUOTED = re.compile(r'"[^"]*"')
+_KEY = re.compile(r"^Key \((?P<cols>[^)]*)\)=\(", re.S)
+_COPY_LINE = re.compile(r"^(COPY .*?, line \d+(?:, column [^:]*)?)(?::.*)?$", re.S)
+
+
+def masked_diagnostics(exc: psycopg.Error) -> tuple[str, str, str]:
+    """(message, detail, COPY position) of a PostgreSQL error with every row value masked.
+
+    PostgreSQL quotes the offending values in its errors (``Key (email)=(ann@example.com) already
+    exists``, ``Failing row contains (...)``, ``invalid input syntax for type integer: "abc"``,
+    ``COPY t, line 3, column email: "..."``) and those messages reach Dagster's event log, so the
+    IO layer keeps only what locates the problem: the message, key columns, table, line and column.
+    Which columns are sensitive is not known here, so every value is masked, like the dead-letter
+    code that never logs a payload or error message.
+    """
     diag = exc.diag
-    where = f" ({diag.context.strip().splitlines()[0]})" if diag.context else ""
-    detail = f" {diag.message_detail}" if diag.message_detail else ""
+    primary = diag.message_primary or type(exc).__name__
+    if diag.sqlstate and diag.sqlstate.startswith("22"):  # data exceptions quote the bad value
+        primary = _QUOTED_TAIL.sub(f': "{MASK}"', primary)
+    detail = diag.message_detail or ""
+    key = _KEY.match(detail)
+    if key:
+        tail = " already exists." if diag.sqlstate == "23505" else ""
+        detail = f"Key ({key.group('cols')})=({MASK}){tail}"
+    elif detail.startswith("Failing row contains"):
+        detail = f"Failing row contains ({MASK})."
+    elif detail:
+        detail = _QUOTED.sub(f'"{MASK}"', detail)
+    where = ""
+    for line in (diag.context or "").splitlines():
+        m = _COPY_LINE.match(line.strip())
+        if m:
+            where = m.group(1)
+            break
+    return primary, detail, where
+
+
+def copy_error(exc: psycopg.Error, table: TableRef | str) -> SchemaMismatch:
+    """A COPY failure as one message naming the table and PostgreSQL's own line/column context,
+    with the row values masked (:func:`masked_diagnostics`). Raise it ``from None``: the psycopg
+    error it replaces quotes the values, and Dagster records an exception's cause and context."""
+    primary, detail, where = masked_diagnostics(exc)
+    where = f" ({where})" if where else ""
+    detail = f" {detail}" if detail else ""
+    state = f" [SQLSTATE {exc.diag.sqlstate}]" if exc.diag.sqlstate else ""
     return SchemaMismatch(
-        f"PostgreSQL rejected the data for {table}: {diag.message_primary or exc}{where}.{detail} "
+        f"PostgreSQL rejected the data for {table}: {primary}{where}.{detail}{state} "
         "Nothing was written; fix the value in the asset or the column type."
     )

@@ -87,3 +87,75 @@ def unique_index_on(conn: psycopg.Connection, table: TableRef, keys: Sequence[st
         if sorted(cols) == wanted and len(cols) == len(wanted):
             return name
     return None
+
+
+# How each column's old and new values are compared by an upsert ("has the row changed?").
+#: ``=`` is used directly only where the type's default btree operator class declares that equal
+#: values are identical (its ``equalimage`` support function, PostgreSQL 13+): int, text (with a
+#: deterministic collation), timestamp, uuid... Types without a btree equality (json, xml, point,
+#: box...) have no usable ``=`` or one that is not identity (box ``=`` compares areas), and types
+#: whose equality is looser than identity (numeric 1.0 = 1.00, float 0 = -0, interval
+#: '1 day' = '24 hours', jsonb, arrays) would let a real change pass as "unchanged". Those are
+#: compared by their binary send function (exact, and independent of session settings such as
+#: extra_float_digits), or as text where a type has none. Only an operator class declared for the
+#: type itself counts (varchar and xml are binary-coercible to text, but xml has no ``=``): the
+#: others, varchar included, are compared by send function, which is exact for every type.
+_COMPARISON = """
+WITH RECURSIVE cols AS (
+    SELECT a.attname, a.attnum, a.atttypid AS typ, a.attcollation FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+), base(attname, typ, depth) AS (  -- domains resolved to their base type
+    SELECT attname, typ, 0 FROM cols
+    UNION ALL
+    SELECT b.attname, t.typbasetype, b.depth + 1 FROM base b JOIN pg_catalog.pg_type t ON t.oid = b.typ
+    WHERE t.typtype = 'd' AND b.depth < 16
+)
+SELECT c.attname,
+       EXISTS (
+           SELECT 1 FROM pg_catalog.pg_opclass oc
+           JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod AND am.amname = 'btree'
+           JOIN pg_catalog.pg_amproc p ON p.amprocfamily = oc.opcfamily AND p.amprocnum = 4
+                AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype
+           WHERE oc.opcdefault
+             AND (oc.opcintype = bt.oid
+                  OR (bt.typtype = 'e' AND oc.opcintype = 'pg_catalog.anyenum'::pg_catalog.regtype))
+             AND (p.amproc = 'pg_catalog.btequalimage'::pg_catalog.regproc
+                  OR (p.amproc = 'pg_catalog.btvarstrequalimage'::pg_catalog.regproc
+                      AND coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co
+                                    WHERE co.oid = c.attcollation), true)))
+       ),
+       sn.nspname, sp.proname
+FROM cols c
+JOIN base b ON b.attname = c.attname
+             AND b.depth = (SELECT max(depth) FROM base b2 WHERE b2.attname = c.attname)
+JOIN pg_catalog.pg_type bt ON bt.oid = b.typ
+LEFT JOIN pg_catalog.pg_proc sp ON sp.oid = bt.typsend
+LEFT JOIN pg_catalog.pg_namespace sn ON sn.oid = sp.pronamespace
+ORDER BY c.attnum
+"""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How an upsert tells whether a column's value changed: ``"equal"`` (``IS DISTINCT FROM`` on
+    the values), ``"send"`` (on the bytes of the type's send function ``function``) or ``"text"``."""
+
+    column: str
+    how: str
+    function: tuple[str, str] | None = None  # (schema, name) of the send function
+
+
+def comparisons(conn: psycopg.Connection, table: TableRef) -> dict[str, Comparison]:
+    """Per column of ``table``, the exact way to compare an old and a new value (see above)."""
+    oid = table_oid(conn, table)
+    if oid is None:
+        return {}
+    out: dict[str, Comparison] = {}
+    for name, image_equal, nsp, proname in conn.execute(_COMPARISON, (oid,)).fetchall():
+        if image_equal:
+            out[name] = Comparison(name, "equal")
+        elif proname:
+            out[name] = Comparison(name, "send", (nsp, proname))
+        else:
+            out[name] = Comparison(name, "text")
+    return out

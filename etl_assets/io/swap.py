@@ -8,12 +8,18 @@ Why each step:
 * Its indexes and index-backed constraints are built after the load (faster than maintaining them
   row by row) under temporary names, because index names are unique per schema; in the swap they
   are renamed to the live names, so names carry over. CHECK and NOT NULL constraints come with
-  ``LIKE``; foreign keys are re-added under their own names; grants and the owner are copied.
+  ``LIKE``; foreign keys are re-added under their own names; table and column grants, the owner,
+  storage options (``reloptions``, the TOAST table's too), ``UNLOGGED``, replica identity, per-column
+  statistics targets and options are copied; extended statistics (``CREATE STATISTICS``) are
+  recreated on the new table under their names in the swap step (the old ones are renamed away).
 * A view is bound to a table's identity, not its name: after the renames it would still read the
   old table. So dependent views (and views on those) are dropped and recreated, with their options,
   owner, grants and comments, inside the swap step. Where that is impossible (materialized views,
   views we cannot re-own, foreign keys from other tables, triggers, rules, row-level security,
-  partitioned or inherited tables) the swap refuses before touching the live table, naming them.
+  partitioned or inherited tables, membership of a publication) the swap refuses before touching
+  the live table, naming them. A published table cannot be swapped safely: the new table's rows are
+  COPYed before it takes the live name, so subscribers would never receive them (or, under a
+  ``FOR ALL TABLES`` publication, would receive them for a table name they do not have).
 * The swap step itself runs in a savepoint with ``lock_timeout``: if readers hold the table longer,
   it gives up the lock request (so readers queued behind it are not stalled) and tries again a few
   times. The renames take ACCESS EXCLUSIVE for milliseconds, held to the commit of the write.
@@ -24,6 +30,7 @@ Why each step:
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +42,7 @@ from psycopg import sql
 
 from etl_assets.errors import EtlError, MissingObject, SchemaMismatch
 from etl_assets.io import catalog
-from etl_assets.io.bulk import copy_frame
+from etl_assets.io.bulk import copy_frame, masked_diagnostics
 from etl_assets.io.tables import TableRef, derived_name
 from etl_assets.io.typemap import PgType
 
@@ -77,6 +84,18 @@ class ViewInfo:
 
 
 @dataclass
+class StatisticsInfo:
+    """An extended statistics object on the live table (``CREATE STATISTICS``)."""
+
+    schema: str
+    name: str
+    definition: str  # pg_get_statisticsobjdef, fully qualified (names the live table)
+    target: int  # stxstattarget; -1 is the default
+    owner: str
+    comment: str | None
+
+
+@dataclass
 class TablePlan:
     """What the live table carries that the incoming table must get."""
 
@@ -88,6 +107,15 @@ class TablePlan:
     comment: str | None
     views: list[ViewInfo]
     owned_sequences: list[tuple[str, str]] = field(default_factory=list)  # (sequence regclass text, column)
+    label: str = ""  # the live table's name, for messages
+    column_grants: list[tuple[str, str | None, str, bool]] = field(default_factory=list)  # (column, ...)
+    reloptions: list[str] = field(default_factory=list)  # "name=value", TOAST's prefixed "toast."
+    unlogged: bool = False
+    replica_identity: str = "d"  # pg_class.relreplident: d(efault), n(othing), f(ull), i(ndex)
+    replica_index: str | None = None
+    # (column, statistics target, attoptions)
+    column_settings: list[tuple[str, int, list[str]]] = field(default_factory=list)
+    statistics: list[StatisticsInfo] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,6 +238,19 @@ def inspect(conn: psycopg.Connection, target: TableRef, oid: int) -> TablePlan:
             problems.append(f"view {label} is owned by {vowner}, which this role cannot recreate it as")
             continue
         views.append(ViewInfo(voi, schema, name, depth, list(options), vowner, vcomment, _grants(conn, voi)))
+    publications = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT pubname FROM pg_catalog.pg_publication_tables "
+            "WHERE schemaname = %s AND tablename = %s ORDER BY 1",
+            (target.schema, target.name),
+        )
+    ]
+    if publications:
+        problems.append(
+            f"it is in publication(s) {', '.join(publications)}: logical replication subscribers would not "
+            "receive the swapped-in rows (truncate_insert replicates as TRUNCATE + INSERT)"
+        )
     if problems:
         raise SchemaMismatch(
             f"Cannot swap {target}: " + "; ".join(problems) + ". Nothing was changed; use write_mode "
@@ -228,7 +269,75 @@ def inspect(conn: psycopg.Connection, target: TableRef, oid: int) -> TablePlan:
             (oid,),
         )
     ]
-    return TablePlan(oid, owner, indexes, fks, _grants(conn, oid), comment, views, sequences)
+    plan = TablePlan(oid, owner, indexes, fks, _grants(conn, oid), comment, views, sequences, str(target))
+    _storage_and_statistics(conn, oid, plan)
+    return plan
+
+
+def _storage_and_statistics(conn: psycopg.Connection, oid: int, plan: TablePlan) -> None:
+    """What ``CREATE TABLE ... (LIKE ...)`` does not copy: column grants, storage options,
+    persistence, replica identity, column statistics settings, extended statistics."""
+    plan.column_grants = [
+        (r[0], r[1], r[2], bool(r[3]))
+        for r in conn.execute(
+            """
+            SELECT a.attname, CASE WHEN x.grantee = 0 THEN NULL ELSE pg_get_userbyid(x.grantee) END,
+                   x.privilege_type, x.is_grantable
+            FROM pg_attribute a, aclexplode(a.attacl) x
+            WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped AND a.attacl IS NOT NULL
+            ORDER BY a.attnum, 2 NULLS FIRST, 3
+            """,
+            (oid,),
+        )
+    ]
+    options, toast_options, persistence, identity = conn.execute(
+        """
+        SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}'), c.relpersistence, c.relreplident
+        FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = %s
+        """,
+        (oid,),
+    ).fetchone()
+    plan.reloptions = list(options) + [f"toast.{o}" for o in toast_options]
+    plan.unlogged = persistence == "u"
+    plan.replica_identity = identity
+    if identity == "i":
+        plan.replica_index = conn.execute(
+            "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "WHERE x.indrelid = %s AND x.indisreplident",
+            (oid,),
+        ).fetchone()[0]
+    plan.column_settings = [
+        (r[0], int(r[1]), list(r[2]))
+        for r in conn.execute(
+            """
+            SELECT attname, coalesce(attstattarget, -1),
+                   ARRAY(SELECT o FROM unnest(attoptions) o
+                         WHERE split_part(o, '=', 1) IN ('n_distinct', 'n_distinct_inherited'))
+            FROM pg_attribute
+            WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+              AND (coalesce(attstattarget, -1) <> -1 OR attoptions IS NOT NULL)
+            ORDER BY attnum
+            """,
+            (oid,),
+        )
+    ]
+    old = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+    conn.execute("SELECT set_config('search_path', '', true)")  # definitions fully qualified
+    try:
+        plan.statistics = [
+            StatisticsInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5])
+            for r in conn.execute(
+                """
+                SELECT n.nspname, s.stxname, pg_get_statisticsobjdef(s.oid), coalesce(s.stxstattarget, -1),
+                       pg_get_userbyid(s.stxowner), obj_description(s.oid, 'pg_statistic_ext')
+                FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+                WHERE s.stxrelid = %s ORDER BY 1, 2
+                """,
+                (oid,),
+            )
+        ]
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, true)", (old,))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,6 +376,142 @@ def _apply_grants(
         )
 
 
+def _apply_column_grants(
+    conn: psycopg.Connection, rel: TableRef, grants: Sequence[tuple[str, str | None, str, bool]]
+) -> None:
+    """Make ``rel``'s column privileges exactly ``grants`` (column, grantee, privilege, grantable)."""
+    current = conn.execute(
+        "SELECT DISTINCT a.attname, CASE WHEN x.grantee = 0 THEN NULL ELSE pg_get_userbyid(x.grantee) END "
+        "FROM pg_attribute a, aclexplode(a.attacl) x WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0",
+        (rel.regclass_text,),
+    ).fetchall()
+    for column, grantee in current:
+        conn.execute(
+            sql.SQL("REVOKE ALL ({}) ON TABLE {} FROM {}").format(
+                sql.Identifier(column),
+                rel.ident,
+                sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+            )
+        )
+    for column, grantee, privilege, grantable in grants:
+        if privilege not in _PRIVILEGES:
+            continue
+        conn.execute(
+            sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
+                sql.SQL(privilege),
+                sql.Identifier(column),
+                rel.ident,
+                sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+
+
+def _option(text: str) -> sql.Composable:
+    """``name=value`` from pg_class.reloptions as ``name = 'value'`` (the name checked, the value quoted)."""
+    name, _, value = text.partition("=")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", name):
+        raise SchemaMismatch(
+            f"Cannot copy the storage option {name!r} in a swap; remove it or use truncate_insert."
+        )
+    return sql.SQL("{} = {}").format(sql.SQL(name), sql.Literal(value))
+
+
+def _apply_storage(conn: psycopg.Connection, rel: TableRef, plan: TablePlan) -> None:
+    """Give ``rel`` the live table's storage options and column statistics settings (exactly: options
+    ``rel`` has beyond them are reset)."""
+    current = conn.execute(
+        """
+        SELECT coalesce(c.reloptions, '{}')
+               || coalesce(ARRAY(SELECT 'toast.' || o FROM unnest(t.reloptions) o), '{}')
+        FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = to_regclass(%s)
+        """,
+        (rel.regclass_text,),
+    ).fetchone()[0]
+    if current:
+        names = sql.SQL(", ").join(sql.SQL(o.partition("=")[0]) for o in current if _option(o))
+        conn.execute(sql.SQL("ALTER TABLE {} RESET ({})").format(rel.ident, names))
+    if plan.reloptions:
+        options = sql.SQL(", ").join(_option(o) for o in plan.reloptions)
+        conn.execute(sql.SQL("ALTER TABLE {} SET ({})").format(rel.ident, options))
+    for column, target, options in plan.column_settings:
+        if target >= 0:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                    rel.ident, sql.Identifier(column), sql.Literal(target)
+                )
+            )
+        if options:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
+                    rel.ident, sql.Identifier(column), sql.SQL(", ").join(_option(o) for o in options)
+                )
+            )
+
+
+def _apply_identity(
+    conn: psycopg.Connection, rel: TableRef, plan: TablePlan, index_pairs: Sequence[tuple[str, str]]
+) -> None:
+    """The live table's REPLICA IDENTITY on ``rel`` (whose indexes carry the names in ``index_pairs``)."""
+    if plan.replica_identity == "f":
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(rel.ident))
+    elif plan.replica_identity == "n":
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(rel.ident))
+    elif plan.replica_identity == "i":
+        names = dict(index_pairs)
+        if plan.replica_index not in names:
+            raise SchemaMismatch(
+                f"Cannot swap {plan.label}: its replica identity index {plan.replica_index} "
+                "cannot be rebuilt."
+            )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(
+                rel.ident, sql.Identifier(names[plan.replica_index])
+            )
+        )
+
+
+def _swap_statistics(
+    conn: psycopg.Connection, plan: TablePlan, incoming_stats: Sequence[tuple[str, str]]
+) -> None:
+    """In the swap step, after the tables' renames: extended statistics move to the table now live.
+
+    The incoming table's own statistics objects (a rolled-back version's) are dropped; the live
+    table's are renamed to ``<name>__etl_prev`` and recreated, under their names, on the table that
+    now has the live name (their definitions name the table by that name).
+    """
+    for schema, name in incoming_stats:
+        conn.execute(sql.SQL("DROP STATISTICS {}").format(sql.Identifier(schema, name)))
+    current = conn.execute("SELECT current_user").fetchone()[0]
+    for st in plan.statistics:
+        conn.execute(
+            sql.SQL("ALTER STATISTICS {} RENAME TO {}").format(
+                sql.Identifier(st.schema, st.name), sql.Identifier(derived_name(st.name, PREV_SUFFIX))
+            )
+        )
+        conn.execute(sql.SQL(st.definition))
+        ident = sql.Identifier(st.schema, st.name)
+        if st.target >= 0:
+            conn.execute(
+                sql.SQL("ALTER STATISTICS {} SET STATISTICS {}").format(ident, sql.Literal(st.target))
+            )
+        if st.owner != current:
+            conn.execute(sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(ident, sql.Identifier(st.owner)))
+        if st.comment is not None:
+            conn.execute(sql.SQL("COMMENT ON STATISTICS {} IS {}").format(ident, sql.Literal(st.comment)))
+
+
+def _statistics_of(conn: psycopg.Connection, rel: TableRef) -> list[tuple[str, str]]:
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT n.nspname, s.stxname FROM pg_statistic_ext s "
+            "JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = to_regclass(%s)",
+            (rel.regclass_text,),
+        )
+    ]
+
+
 def _set_owner_comment(
     conn: psycopg.Connection, rel: TableRef, owner: str, comment: str | None, kind: str = "TABLE"
 ) -> None:
@@ -286,33 +531,44 @@ def _temp_index_name(token: str, i: int) -> str:
 def _build_indexes(
     conn: psycopg.Connection, new: TableRef, plan: TablePlan, token: str
 ) -> list[tuple[str, str]]:
-    """Create the live table's indexes and constraints on ``new`` under temporary names."""
+    """Create the live table's indexes and constraints on ``new`` under temporary names.
+
+    Rows that break a unique index or a foreign key fail here, before the live table is touched;
+    PostgreSQL's message quotes the offending key, so it is replaced by one with the values masked.
+    """
     pairs: list[tuple[str, str]] = []  # (live name, temporary name)
     for i, ix in enumerate(plan.indexes):
         tmp = _temp_index_name(token, i)
         if ix.constraint is not None:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                    new.ident, sql.Identifier(tmp), sql.SQL(ix.constraint_def)
-                )
+            stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                new.ident, sql.Identifier(tmp), sql.SQL(ix.constraint_def)
             )
         else:
-            conn.execute(
-                sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
-                    sql.SQL("UNIQUE " if ix.unique else ""),
-                    sql.Identifier(tmp),
-                    new.ident,
-                    sql.SQL(ix.using_tail),
-                )
+            stmt = sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+                sql.SQL("UNIQUE " if ix.unique else ""),
+                sql.Identifier(tmp),
+                new.ident,
+                sql.SQL(ix.using_tail),
             )
+        _build(conn, stmt, plan, ix.constraint or ix.name, tmp)
         pairs.append((ix.name, tmp))
     for name, definition in plan.foreign_keys:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                new.ident, sql.Identifier(name), sql.SQL(definition)
-            )
+        stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            new.ident, sql.Identifier(name), sql.SQL(definition)
         )
+        _build(conn, stmt, plan, name, name)
     return pairs
+
+
+def _build(conn: psycopg.Connection, stmt: sql.Composable, plan: TablePlan, name: str, tmp: str) -> None:
+    try:
+        conn.execute(stmt)
+    except psycopg.errors.IntegrityError as exc:
+        primary, detail, _ = masked_diagnostics(exc)
+        raise SchemaMismatch(
+            f"The new rows for {plan.label} break {name} of the live table: {primary.replace(tmp, name)}. "
+            f"{detail} Nothing was changed; fix the rows (values are masked: they may be sensitive)."
+        ) from None
 
 
 def _rename_index(conn: psycopg.Connection, schema: str, old: str, new: str) -> None:
@@ -366,6 +622,7 @@ def _exchange(
     ``index_pairs`` are (live index name, incoming index name). Returns live name -> kept name.
     """
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live.ident))
+    incoming_stats = _statistics_of(conn, incoming)
     _view_definitions(conn, plan.views)
     for v in reversed(plan.views):
         conn.execute(sql.SQL("DROP VIEW {}").format(v.ref.ident))
@@ -383,6 +640,7 @@ def _exchange(
         )
         _rename_index(conn, live.schema, parked, kept_name)
         kept[live_name] = kept_name
+    _swap_statistics(conn, plan, incoming_stats)
     for seq, column in plan.owned_sequences:
         conn.execute(
             sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
@@ -466,16 +724,19 @@ def build_and_swap(
     new = target.sibling(f"__etl_new_{token}")
     conn.execute(
         sql.SQL(
-            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
+            "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
             "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
-        ).format(new.ident, target.ident)
+        ).format(sql.SQL("UNLOGGED " if plan.unlogged else ""), new.ident, target.ident)
     )
+    _apply_storage(conn, new, plan)  # before the fill: fillfactor applies to the rows COPYed in
     if prepare is not None:
         prepare(new)
     rows = fill(new)
     pairs = _build_indexes(conn, new, plan, token)
+    _apply_identity(conn, new, plan, pairs)
     _set_owner_comment(conn, new, plan.owner, plan.comment)
     _apply_grants(conn, new, plan.grants)
+    _apply_column_grants(conn, new, plan.column_grants)
     previous = previous_table(target)
     replaced = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)).fetchone()[0]
 
@@ -565,6 +826,9 @@ def rollback(
         ]
         _set_owner_comment(conn, previous, plan.owner, plan.comment)
         _apply_grants(conn, previous, plan.grants)
+        _apply_column_grants(conn, previous, plan.column_grants)
+        _apply_storage(conn, previous, plan)
+        _apply_identity(conn, previous, plan, pairs)
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(previous.ident)).fetchone()[0]
         kept = _with_lock_retries(
             conn,

@@ -483,6 +483,10 @@ def reconcile(
                 return None
             return PgType("text")
         return None
+    if existing.dims and incoming.dims > 1:
+        # PostgreSQL does not keep an array column's number of dimensions: format_type() prints
+        # integer[][] as integer[], and any array value of the element type fits.
+        existing = replace(existing, dims=incoming.dims)
     if existing == incoming:
         return None
     if existing.dims != incoming.dims:

@@ -4,32 +4,40 @@ Why this shape:
 
 * The frame is COPYed into a temporary staging table (``ON COMMIT DROP``; gone on rollback too)
   whose name is unique per run and partition, so concurrent runs never share staging rows.
-* ``ON CONFLICT`` cannot touch one row twice in a statement, so the frame is deduplicated by key
-  first, in polars (hash-based, no sort of the staging table in PostgreSQL): the last row wins,
-  ordered by the asset's ``order_by`` column (NULLs lose) and then by position in the frame.
-* Into an empty table the deduplicated rows are COPYed straight in (nothing can conflict).
+* ``ON CONFLICT`` cannot touch one row twice in a statement. Rows sharing a key are handled one of
+  two declared ways (``duplicates``): ``"last"`` (the IO manager's documented behaviour) keeps one
+  row per key, chosen in polars (hash-based): the last, ordered by the asset's ``order_by`` column
+  (NULLs lose) and then by position in the frame, and counts the others (``duplicate_keys_dropped``);
+  ``"refuse"`` (extracts, frame and COPY paths alike) writes nothing and raises
+  :class:`DuplicateKeys` naming the target, the key, how many key values repeat and one example
+  (masked when a key column is sensitive): a source row would otherwise be lost without a trace.
+* Into an empty table the rows are COPYed straight in (nothing can conflict).
 * ``DO UPDATE ... WHERE (target row) IS DISTINCT FROM (new row)`` leaves unchanged rows untouched
   (no dead tuples, no trigger firing); ``RETURNING (xmax = 0)`` tells inserts from updates on every
-  supported PostgreSQL version (``MERGE ... RETURNING`` needs 17).
+  supported PostgreSQL version (``MERGE ... RETURNING`` needs 17). Each column is compared the way
+  :func:`etl_assets.io.catalog.comparisons` finds exact for its type (json, xml, point... have no
+  usable ``=``; numeric, float, interval, jsonb have one looser than identity).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from etl_assets.errors import SchemaMismatch
+from etl_assets.errors import DuplicateKeys, SchemaMismatch
 from etl_assets.io import catalog
-from etl_assets.io.bulk import copy_frame
+from etl_assets.io.bulk import copy_error, copy_frame
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType
 
 ORDINAL = "__etl_ordinal"
+MASK = "***"  # what a value of a sensitive column shows as in a message
+DUPLICATE_POLICIES = ("last", "refuse")
 
 
 def staging_name(target: TableRef, run_id: str | None, partition_label: str | None) -> str:
@@ -68,6 +76,86 @@ def deduplicate(frame: pl.DataFrame, keys: Sequence[str], order_by: str | None) 
     return frame.unique(subset=list(keys), keep="last", maintain_order=True)
 
 
+def duplicate_keys_error(
+    target: TableRef,
+    keys: Sequence[str],
+    repeated: int,
+    example: Sequence[object],
+    times: int,
+    sensitive: Collection[str] = (),
+) -> DuplicateKeys:
+    """The one message for rows sharing a declared key, whichever path found them."""
+    cols = ", ".join(keys)
+    hidden = set(sensitive) & set(keys)
+    shown = ", ".join(
+        MASK if k in hidden else ("NULL" if v is None else str(v)) for k, v in zip(keys, example, strict=True)
+    )
+    return DuplicateKeys(
+        f"The declared key ({cols}) of {target} is not unique in the rows read: {repeated} key value(s) "
+        f"occur more than once, e.g. ({cols}) = ({shown}) {times} times. Nothing was written (one of "
+        "those rows would have been lost). Declare as primary_key the columns that identify one row "
+        "(the source's primary key or a unique index), or remove the duplicates at the source."
+    )
+
+
+def refuse_duplicates_in_frame(
+    frame: pl.DataFrame, target: TableRef, keys: Sequence[str], sensitive: Collection[str] = ()
+) -> None:
+    """Raise :class:`DuplicateKeys` when two rows of ``frame`` share a key (vectorised)."""
+    if frame.height < 2 or not frame.select(pl.struct(list(keys)).is_duplicated().any()).item():
+        return
+    groups = frame.group_by(list(keys)).len().filter(pl.col("len") > 1).sort("len", descending=True)
+    top = groups.row(0, named=True)
+    raise duplicate_keys_error(target, keys, groups.height, [top[k] for k in keys], top["len"], sensitive)
+
+
+def refuse_duplicates_in_stage(
+    conn: psycopg.Connection,
+    stage: sql.Composable,
+    target: TableRef,
+    keys: Sequence[str],
+    sensitive: Collection[str] = (),
+) -> None:
+    """Raise :class:`DuplicateKeys` if rows of the staging table share a key (grouped in PostgreSQL,
+    by the key types' own equality, as ON CONFLICT sees them). Called after ON CONFLICT reported
+    a key touched twice, so it costs nothing when keys are unique."""
+    key_cols = sql.SQL(", ").join(map(sql.Identifier, keys))
+    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys)
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) OVER (), n, {} FROM (SELECT {}, count(*) AS n FROM {} GROUP BY {} "
+            "HAVING count(*) > 1) d ORDER BY n DESC LIMIT 1"
+        ).format(as_text, key_cols, stage, key_cols)
+    ).fetchone()
+    if row is not None:
+        raise duplicate_keys_error(target, keys, row[0], row[2:], row[1], sensitive)
+
+
+def refuse_rewrites_in_transaction(
+    conn: psycopg.Connection,
+    stage: sql.Composable,
+    target: TableRef,
+    keys: Sequence[str],
+    sensitive: Collection[str] = (),
+) -> None:
+    """Raise :class:`DuplicateKeys` if a staged key matches a row this transaction already wrote.
+
+    A load that writes several frames in one transaction (the frame path of a large extract)
+    would otherwise let a later frame overwrite the row of an earlier one silently. Rows written
+    by this transaction (not in a savepoint) carry its xid as ``xmin``.
+    """
+    join = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in keys)
+    as_text = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(k)) for k in keys)
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) OVER (), {} FROM {} s JOIN {} t ON {} "
+            "WHERE t.xmin = mod(pg_catalog.pg_current_xact_id()::text::int8, 4294967296)::text::xid LIMIT 1"
+        ).format(as_text, stage, target.ident, join)
+    ).fetchone()
+    if row is not None:
+        raise duplicate_keys_error(target, keys, row[0], row[1:], 2, sensitive)
+
+
 def require_unique_index(conn: psycopg.Connection, target: TableRef, keys: Sequence[str]) -> str:
     name = catalog.unique_index_on(conn, target, keys)
     if name is None:
@@ -80,32 +168,51 @@ def require_unique_index(conn: psycopg.Connection, target: TableRef, keys: Seque
     return name
 
 
+def _compared(alias: sql.Composable, column: str, how: catalog.Comparison | None) -> sql.Composable:
+    value = sql.SQL("{}.{}").format(alias, sql.Identifier(column))
+    if how is None or how.how == "equal":
+        return value
+    if how.how == "send" and how.function is not None:
+        return sql.SQL("{}({})").format(sql.Identifier(*how.function), value)
+    return sql.SQL("{}::text").format(value)
+
+
 def upsert_from_staging(
     conn: psycopg.Connection,
     stage: sql.Composable,
     target: TableRef,
     columns: Sequence[str],
     keys: Sequence[str],
+    *,
+    refuse_duplicates: bool = False,
+    sensitive: Collection[str] = (),
 ) -> tuple[int, int]:
     """Merge the rows of the staging table ``stage`` into ``target``; returns (inserted, updated).
 
     The one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`` of the project, for
     every caller that has its rows in a table already (a frame COPYed in by :func:`upsert_frame`, a
-    COPY stream of the extract fast path). The staged rows must be unique by ``keys`` (ON CONFLICT
-    cannot touch one row twice); staged rows neither inserted nor updated were unchanged.
+    COPY stream of the extract fast path). Staged rows neither inserted nor updated were unchanged.
+    ``refuse_duplicates``: the staged rows may share keys; if they do, nothing is written and
+    :class:`DuplicateKeys` says which (the statement runs in a savepoint so the staging table can be
+    inspected). Otherwise the caller guarantees unique keys (ON CONFLICT cannot touch a row twice).
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     key_cols = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
     non_keys = [c for c in columns if c not in keys]
     if non_keys:
+        how = catalog.comparisons(conn, target)
         sets = sql.SQL(", ").join(
             sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in non_keys
         )
-        old_row = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in non_keys)
-        new_row = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_keys)
+        old_row = sql.SQL(", ").join(_compared(sql.SQL("t"), c, how.get(c)) for c in non_keys)
+        new_row = sql.SQL(", ").join(_compared(sql.SQL("EXCLUDED"), c, how.get(c)) for c in non_keys)
         action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(
             sets, old_row, new_row
         )
+    elif refuse_duplicates:
+        # DO NOTHING would skip a second staged row silently; a no-op DO UPDATE reports it.
+        first = sql.Identifier(keys[0])
+        action = sql.SQL("DO UPDATE SET {} = EXCLUDED.{} WHERE false").format(first, first)
     else:
         action = sql.SQL("DO NOTHING")
     stmt = sql.SQL(
@@ -119,11 +226,17 @@ def upsert_from_staging(
         """
     ).format(keys=key_cols, cols=cols, stage=stage, target=target.ident, action=action)
     try:
-        inserted, updated = conn.execute(stmt).fetchone()
+        if refuse_duplicates:
+            try:
+                with conn.transaction():
+                    inserted, updated = conn.execute(stmt).fetchone()
+            except psycopg.errors.CardinalityViolation:
+                refuse_duplicates_in_stage(conn, stage, target, keys, sensitive)
+                raise
+        else:
+            inserted, updated = conn.execute(stmt).fetchone()
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-        from etl_assets.io.bulk import copy_error
-
-        raise copy_error(exc, target) from exc
+        raise copy_error(exc, target) from None
     return inserted, updated
 
 
@@ -138,16 +251,27 @@ def upsert_frame(
     run_id: str | None = None,
     partition: str | None = None,
     empty: bool | None = None,
+    duplicates: str = "last",
+    sensitive: Collection[str] = (),
+    earlier_writes: bool = False,
 ) -> tuple[int, int, int, int]:
     """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped).
 
     ``empty``: whether the caller already knows the target is empty (an extract keeps its row count),
-    which spares the probe of the table; ``None`` probes it.
+    which spares the probe of the table; ``None`` probes it. ``duplicates``: ``"last"`` or
+    ``"refuse"`` (module docstring); ``sensitive``: key columns whose values a refusal masks;
+    ``earlier_writes``: this transaction already upserted other frames into ``target``, so a key
+    repeated across frames is refused too (``"refuse"`` only).
     """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, not {duplicates!r}")
     require_unique_index(conn, target, keys)
     columns = list(frame.columns)
     rows_in = frame.height
-    frame = deduplicate(frame, keys, order_by)
+    if duplicates == "refuse":
+        refuse_duplicates_in_frame(frame, target, keys, sensitive)
+    else:
+        frame = deduplicate(frame, keys, order_by)
     if empty is None:
         probe = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target.ident)
         empty = not conn.execute(probe).fetchone()[0]
@@ -161,6 +285,8 @@ def upsert_frame(
     stage = create_staging(conn, name, types, columns, with_ordinal=False)
     # Temporary tables live in the session's own pg_temp schema, which that name addresses.
     copy_frame(conn, frame, TableRef("pg_temp", name), targets=types)
+    if duplicates == "refuse" and earlier_writes:
+        refuse_rewrites_in_transaction(conn, stage, target, keys, sensitive)
     inserted, updated = upsert_from_staging(conn, stage, target, columns, keys)
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
     distinct = frame.height

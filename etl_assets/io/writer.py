@@ -10,8 +10,10 @@ the target is exactly as it was, and staging tables (temporary, ``ON COMMIT DROP
 Modes:
 
 * ``insert``: COPY into the target (append).
-* ``truncate_insert``: ``TRUNCATE`` then COPY in one transaction. Readers never see an empty table;
-  they wait on TRUNCATE's ACCESS EXCLUSIVE lock until the commit.
+* ``truncate_insert``: ``TRUNCATE`` then COPY in one transaction. READ COMMITTED readers wait on
+  TRUNCATE's ACCESS EXCLUSIVE lock until the commit, then see the new rows; but a REPEATABLE READ /
+  SERIALIZABLE reader whose snapshot predates the commit sees the table EMPTY (TRUNCATE is not
+  MVCC-safe; so is a swap). docs/load-modes.md states what readers see in each mode.
 * ``upsert``: see :mod:`etl_assets.io.upsert`.
 * ``swap``: see :mod:`etl_assets.io.swap`.
 * with ``partition``: delete exactly the partition's window and COPY its rows (insert and

@@ -15,14 +15,22 @@ import psycopg
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from etl_assets.errors import DatabaseUnreachable
-from etl_assets.settings import redact_dsn
+from etl_assets.errors import ConfigError, DatabaseUnreachable, EtlError
+from etl_assets.settings import redact_conninfo_error, redact_dsn, redact_text
 
 APPLICATION_NAME = "etl-assets"
 
 
-def _explain(exc: psycopg.OperationalError, role: str, env_var: str, dsn: str) -> DatabaseUnreachable:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _explain(exc: psycopg.Error, role: str, env_var: str, dsn: str) -> EtlError:
+    # libpq quotes pieces of the connection string in some messages (a parse error shows the text
+    # around it): mask the DSN and its password wherever they appear.
+    text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, dsn)
+    if isinstance(exc, psycopg.ProgrammingError):  # libpq could not read the connection string
+        text = redact_conninfo_error(text, dsn)
+        return ConfigError(
+            f"The {role} connection string in {env_var} is not valid: {text}. Correct it (libpq key=value "
+            "pairs or a postgresql:// URI; quote values with spaces, percent-encode URIs)."
+        )
     hint = "check that the server is running and reachable"
     lowered = text.lower()
     if "password" in lowered or "authentication" in lowered:
@@ -57,7 +65,7 @@ def connect(
             connect_timeout=connect_timeout,
             application_name=application_name,
         )
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise _explain(exc, role, env_var, dsn) from None
     with conn:
         yield conn

@@ -24,6 +24,7 @@ allowed, instead of failing later inside a run.
 
 from __future__ import annotations
 
+import math
 import os
 import zoneinfo
 from dataclasses import dataclass, field
@@ -228,7 +229,17 @@ def _load_file(file: Path) -> PipelineConfig:
 
 
 def parse_pipelines(text: str, origin: str = "<pipelines>") -> PipelineConfig:
-    """Validate the YAML ``text``; ``origin`` names it in messages."""
+    """Validate the YAML ``text``; ``origin`` names it in messages (always one line)."""
+    try:
+        return _parse_pipelines(text, origin)
+    except ConfigError as exc:
+        message = str(exc)
+        if message.isprintable():
+            raise
+        raise ConfigError(_printable(message)) from None
+
+
+def _parse_pipelines(text: str, origin: str) -> PipelineConfig:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -279,6 +290,11 @@ def _item_lines(root: yaml.Node | None) -> list[int]:
     return []
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters (a newline in a quoted name) escaped: messages stay one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _kind(value: object) -> str:
     if value is None:
         return "nothing"
@@ -293,7 +309,7 @@ class _Table:
         self.item = item
         name = item.get("name") or ".".join(str(item.get(k, "?")) for k in ("schema", "table"))
         where = f", line {line}" if line else ""
-        self.prefix = f"{origin}: table #{index + 1} ({name}{where})"
+        self.prefix = f"{origin}: table #{index + 1} ({_printable(str(name))}{where})"
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.prefix}: key '{key}': {message}")
@@ -344,7 +360,7 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
     if "lag" in item:
         if extract != "incremental":
             raise t.error("lag", f"only extract: incremental uses lag (this table has extract: {extract}).")
-        if isinstance(lag, bool) or not isinstance(lag, int | float) or lag < 0:
+        if isinstance(lag, bool) or not isinstance(lag, int | float) or not math.isfinite(lag) or lag < 0:
             raise t.error("lag", f"must be a number >= 0 (seconds for a timestamp cursor, units for a "
                           f"numeric one), got {lag!r}.")
     cursor_time_zone = _time_zone(t, extract)

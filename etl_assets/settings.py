@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from etl_assets.errors import ConfigError
 
@@ -43,20 +43,108 @@ def etl_home() -> Path:
     return home.resolve()
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password removed, safe for messages and logs."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable DSN>"
-    if parts.scheme and parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        user = parts.username or ""
-        netloc = f"{user}:***@{netloc}" if user else f"***@{netloc}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    if not parts.scheme and "password" in dsn:
-        return " ".join("password=***" if t.startswith("password=") else t for t in dsn.split())
+MASK = "***"
+
+
+def _libpq_form(dsn: str) -> str:
+    """``dsn`` as libpq reads it: SQLAlchemy's ``postgresql+driver://`` scheme back to ``postgresql://``."""
+    scheme, sep, rest = dsn.partition("://")
+    if sep and scheme.startswith(("postgresql+", "postgres+")):
+        return f"postgresql://{rest}"
     return dsn
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password ``dsn`` carries, read with libpq's own parser (URI userinfo or query, key=value with
+    any quoting); None when it has none or is not a connection string libpq can read."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(_libpq_form(dsn)).get("password") or None
+    except (ProgrammingError, ValueError, TypeError):
+        return None
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***``, safe for messages and logs.
+
+    libpq decides what the password is (``conninfo_to_dict``): a pattern cannot follow its quoting
+    (``password = 's3 cret'``, ``\\'`` escapes) or its URIs (``?password=``, several hosts). A URI stays a
+    URI with the password left out of the userinfo and the query; a key=value string is rebuilt by
+    ``make_conninfo`` with the password masked. A string libpq cannot read is not shown at all.
+    """
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(_libpq_form(dsn))
+    except (ProgrammingError, ValueError, TypeError):
+        return "<unparseable DSN>"
+    if params.get("password") is None:
+        return dsn
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return make_conninfo("", **{**params, "password": MASK})
+    rest, hash_sep, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hosts}" if colon else f"{userinfo}@{hosts}"
+    kept = [
+        item for item in query.split("&") if item and unquote(item.partition("=")[0]) != "password"
+    ]
+    if len(kept) != len([item for item in query.split("&") if item]):
+        kept.append(f"password={MASK}")
+    query = "&".join(kept)
+    return (
+        f"{scheme}://{netloc}{slash}{path}"
+        + (f"?{query}" if query else "")
+        + (f"#{fragment}" if hash_sep else "")
+    )
+
+
+def redact_text(text: str, *dsns: str) -> str:
+    """``text`` with every DSN in ``dsns`` and every password they carry masked.
+
+    For messages built around a DSN (a driver's error, a SQLAlchemy URL in an exception): the DSN itself
+    becomes its redacted form, and any other appearance of its password (decoded or percent-encoded)
+    becomes ``***``.
+    """
+    from urllib.parse import quote
+
+    for dsn in dsns:
+        if not dsn:
+            continue
+        if dsn in text:
+            text = text.replace(dsn, redact_dsn(dsn))
+        password = dsn_password(dsn)
+        if password:
+            for form in sorted({password, quote(password, safe=""), quote(password)}, key=len, reverse=True):
+                text = text.replace(form, MASK)
+    return text
+
+
+def redact_conninfo_error(message: str, dsn: str) -> str:
+    """A libpq "cannot read this connection string" message safe to show.
+
+    libpq quotes the text around the problem (``missing "=" after "cr3t"``, ``invalid URI query
+    parameter: "..."``), and a string it cannot read has no password we could look for: every quoted
+    piece of the DSN is masked, except the name in ``invalid connection option "..."`` (a key).
+    """
+    import re
+
+    message = redact_text(message, dsn)
+    if message.startswith("invalid connection option"):
+        return message
+    return re.sub(r'"([^"]+)"', lambda m: '"***"' if len(m[1]) > 1 and m[1] in dsn else m[0], message)
+
+
+def redact_environment(text: str) -> str:
+    """``text`` with the passwords of every DSN this process is configured with masked."""
+    return redact_text(text, *(os.environ.get(var, "") for var in EMBEDDED_DATABASES))
 
 
 @dataclass(frozen=True)

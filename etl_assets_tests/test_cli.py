@@ -165,3 +165,41 @@ def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture[str]) 
         build_parser().parse_args([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: etl-assets {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "host"),
+    [
+        (["dev"], "127.0.0.1"),
+        (["dev", "--port", "3111"], "127.0.0.1"),
+        (["dev", "--host", "0.0.0.0"], "0.0.0.0"),
+    ],
+)
+def test_dev_binds_the_webserver_to_loopback_unless_told(
+    argv: list[str], host: str, etl_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`etl-assets dev` hands dagster dev `-h 127.0.0.1` unless --host is given; the command line is
+    captured where it would start the server (the UI has no authentication: docs/security.md)."""
+    from etl_assets.cli import core, main
+
+    if host != "127.0.0.1":  # once: dagster dev itself reads -h as the webserver's host
+        help_text = subprocess.run(
+            [sys.executable, "-m", "dagster", "dev", "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "-h, --host" in help_text
+    started: list[list[str]] = []
+
+    class NotStarted:
+        def __init__(self, command: list[str], **kwargs: object) -> None:
+            started.append(command)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(core.subprocess, "Popen", NotStarted)
+    assert main(argv) == 0
+    [command] = started
+    assert command[1:4] == ["-m", "dagster", "dev"]
+    assert command[command.index("-h") + 1] == host
+    assert command.count("-h") == 1 and "--host" not in command
+    assert ("--port" in command) == ("--port" in argv)

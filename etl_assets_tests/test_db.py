@@ -44,3 +44,22 @@ def test_missing_database_says_to_create_it(pg_admin_dsn: str) -> None:
         resource.connect(),
     ):
         pass
+
+
+def test_a_malformed_connection_string_is_a_config_error_without_its_password() -> None:
+    """libpq quotes the text around a parse error; the message masks the password anyway."""
+    from etl_assets.db import connect
+    from etl_assets.errors import ConfigError
+
+    for dsn in (
+        "host=127.0.0.1 password='s3 cr3t",
+        "host=127.0.0.1 password=s3 cr3t",  # libpq: missing "=" after "cr3t"
+        "host=127.0.0.1 password=s3cr3t bogus_option=1",
+        "postgresql://u:s3cr3t@127.0.0.1/db?bogus=1",
+        "postgresql://u@127.0.0.1/db?password=s3cr3t&x",
+    ):
+        with pytest.raises(ConfigError) as info, connect(dsn, role="source", env_var="ETL_SOURCE_DSN"):
+            pass
+        message = str(info.value)
+        assert message.startswith("The source connection string in ETL_SOURCE_DSN is not valid: ")
+        assert "s3" not in message and "cr3t" not in message

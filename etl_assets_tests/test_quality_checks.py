@@ -172,6 +172,76 @@ def test_broken_rule_fails_with_reason_and_others_still_report(
         assert result.success
 
 
+def test_checks_run_read_only_with_a_statement_timeout(
+    fresh_schema, warehouse_dsn, warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User SQL in a check cannot write (directly, through a function, or with nextval): the rule fails
+    with a message saying so and nothing changes; a slow one is cancelled by the statement timeout."""
+    src, down, src_key, _ = graph(fresh_schema, warehouse_dsn)
+    audit = sql.Identifier(fresh_schema, "audit")
+    seq = sql.Identifier(fresh_schema, "ticket")
+    with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (note text)").format(audit))
+        conn.execute(sql.SQL("CREATE SEQUENCE {}").format(seq))
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {}(k int) RETURNS boolean LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO {} VALUES ('checked ' || k); RETURN true; END $$"
+            ).format(sql.Identifier(fresh_schema, "noisy"), audit)
+        )
+    noisy = f'"{fresh_schema}".noisy(k)'
+    rules = RuleSet(
+        src_key,
+        (
+            Rule(name="writes_via_function", kind="sql", expression=noisy, severity="warning"),
+            Rule(name="takes_a_ticket", kind="sql", expression=f"nextval('\"{fresh_schema}\".ticket') > 0",
+                 severity="warning"),
+            Rule(name="slow", kind="sql", expression="pg_sleep(2) IS NOT NULL", severity="warning"),
+            Rule(name="fine", kind="sql", expression="k > 0"),
+        ),
+        table=TableRef(fresh_schema, "src"),
+    )
+    monkeypatch.setenv("ETL_CHECK_STATEMENT_TIMEOUT", "500ms")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+    got = evaluations(result)
+    assert result.success  # the failing rules are warnings; the read-only rule passes
+    assert got["fine"].passed is True and got["fine"].metadata["failing_rows"].value == 0
+    for name, what in (("writes_via_function", "INSERT"), ("takes_a_ticket", "nextval()")):
+        error = got[name].metadata["error"].value
+        assert got[name].passed is False
+        assert error.startswith(
+            f"ReadOnlySqlTransaction: check '{name}' on {fresh_schema}.src tried to write"
+        )
+        assert f"cannot execute {what} in a read-only transaction" in error
+        assert "nothing was changed" in error and "\n" not in error
+    slow = got["slow"].metadata["error"].value
+    assert slow.startswith(f"QueryCanceled: check 'slow' on {fresh_schema}.src ran longer than the "
+                           "statement timeout 500ms") and "ETL_CHECK_STATEMENT_TIMEOUT" in slow
+    with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(audit)).fetchone()[0] == 0
+        ticket = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(seq)).fetchone()
+        assert ticket == (1, False)  # nextval never advanced it
+
+
+def test_check_statement_timeout_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_assets.errors import ConfigError
+    from etl_assets.quality.checks import check_statement_timeout
+
+    monkeypatch.delenv("ETL_CHECK_STATEMENT_TIMEOUT", raising=False)
+    assert check_statement_timeout() == "5min"
+    monkeypatch.setenv("ETL_CHECK_STATEMENT_TIMEOUT", "30s")
+    assert check_statement_timeout() == "30s"
+    monkeypatch.setenv("ETL_CHECK_STATEMENT_TIMEOUT", "5 minutes'; DROP")
+    with pytest.raises(ConfigError, match=r"ETL_CHECK_STATEMENT_TIMEOUT=.*is not a duration"):
+        check_statement_timeout()
+
+
 def test_rules_for_uses_the_assets_target_table(fresh_schema, warehouse_dsn, warehouse, etl_env) -> None:
     """Python rules on an asset whose IO-manager ``target`` differs from its key run on the target."""
     from etl_assets.quality.checks import rules_for

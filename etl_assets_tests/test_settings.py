@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from etl_assets import embedded, settings
 from etl_assets.errors import ConfigError
@@ -13,12 +15,58 @@ from etl_assets.errors import ConfigError
 
 def test_redact_dsn_hides_passwords_only() -> None:
     assert settings.redact_dsn("postgresql://bob:s3cret@db:5432/wh") == "postgresql://bob:***@db:5432/wh"
-    assert settings.redact_dsn("host=db user=bob password=s3cret dbname=wh") == (
-        "host=db user=bob password=*** dbname=wh"
-    )
+    assert conninfo_to_dict(settings.redact_dsn("host=db user=bob password=s3cret dbname=wh")) == {
+        "host": "db", "user": "bob", "password": "***", "dbname": "wh"
+    }
     assert settings.redact_dsn("postgresql://bob@db/wh") == "postgresql://bob@db/wh"
     socket_uri = "postgresql://postgres@/source?host=/tmp/x&port=5432"
     assert settings.redact_dsn(socket_uri) == socket_uri
+    assert settings.redact_dsn("host=db dbname=wh") == "host=db dbname=wh"
+    assert settings.redact_dsn("host=db password='unterminated") == "<unparseable DSN>"
+
+
+# Every form libpq accepts a password in; the password is "s3 cr'et" or a plain word, and each case
+# lists what must survive the redaction (libpq's reading of the redacted DSN).
+REDACT_CASES = [
+    ("postgresql://u:s3cret@h:5432/db", "s3cret"),
+    ("postgres://u:s3cret@h/db?sslmode=disable", "s3cret"),
+    ("postgresql+psycopg2://u:s3cret@h:5432/db", "s3cret"),
+    ("postgresql://u:s3%20cr%27et@h/db", "s3 cr'et"),
+    ("postgresql://u@h/db?password=s3cret", "s3cret"),
+    ("postgresql://u@h/db?sslmode=disable&password=s3cret&application_name=x", "s3cret"),
+    ("postgresql://u@h/db?password=s3%20cr%27et", "s3 cr'et"),
+    ("postgresql://u:s3cret@h1:5432,h2:5433/db?target_session_attrs=any", "s3cret"),
+    ("postgresql://u@/db?host=/tmp/sock&password=s3cret", "s3cret"),
+    ("host=h user=u password=s3cret dbname=db", "s3cret"),
+    ("host=h user=u password = s3cret dbname=db", "s3cret"),
+    ("host=h user=u password= s3cret dbname=db", "s3cret"),
+    ("host=h user=u password='s3 cret' dbname=db", "s3 cret"),
+    ("host=h user=u password = 's3 cret' dbname=db", "s3 cret"),
+    (r"host=h user=u password='s3 cr\'et' dbname=db", "s3 cr'et"),
+    (r"host=h user=u password=s3cr\'et dbname=db", "s3cr'et"),
+    ("host=h1,h2 port=5432,5433 user=u password=s3cret dbname=db", "s3cret"),
+    ("password=s3cret", "s3cret"),
+]
+
+
+@pytest.mark.parametrize(("dsn", "password"), REDACT_CASES)
+def test_redact_dsn_masks_every_form_libpq_reads(dsn: str, password: str) -> None:
+    assert conninfo_to_dict(settings._libpq_form(dsn))["password"] == password  # the case is what it says
+    assert settings.dsn_password(dsn) == password
+    redacted = settings.redact_dsn(dsn)
+    for fragment in {password, *password.split(), "s3", "cret"}:
+        assert fragment not in redacted, redacted
+    # Everything else is kept: libpq reads the same connection with the password masked.
+    expected = {k: v for k, v in conninfo_to_dict(settings._libpq_form(dsn)).items() if k != "password"}
+    params = conninfo_to_dict(settings._libpq_form(redacted))
+    assert params.pop("password") == "***"
+    assert params == expected
+    assert redacted.split("://")[0] == dsn.split("://")[0] or "://" not in dsn
+    # A message that quotes the DSN (or only its password, decoded or percent-encoded) is masked too.
+    message = f"could not connect with {dsn}: server said {password!r} / {quote(password, safe='')}"
+    masked = settings.redact_text(message, dsn)
+    assert password not in masked and quote(password, safe="") not in masked and "s3" not in masked
+    assert masked.startswith("could not connect with ") and "server said" in masked
 
 
 def test_with_database_and_urls() -> None:

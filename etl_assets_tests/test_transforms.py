@@ -437,6 +437,35 @@ def test_replay_after_a_code_fix(wh: str, monkeypatch: pytest.MonkeyPatch) -> No
     )
 
 
+def test_replay_of_orders_uses_the_configured_currency(wh: str) -> None:
+    """A corrected order replays in the currency the target was built in (GBP here), not the default."""
+    gbp = {**RELAXED, "currency": "GBP"}
+    keys = [FX_RATES, CLEAN_ORDERS, CLEAN_ORDERS_PANDAS]
+    assert run(wh, keys, {CLEAN_ORDERS: gbp, CLEAN_ORDERS_PANDAS: gbp}).success
+    with psycopg.connect(wh, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE etl.dead_letters SET payload = jsonb_set(payload, '{amount}', '\"12.50\"') "
+            "WHERE asset_key IN ('clean/orders', 'clean/orders_pandas') AND payload->>'id' = '5'"
+        )
+    with psycopg.connect(wh) as conn:
+        reports = {r.asset_key: r for r in replay(conn, run_id="replay-gbp")}
+        conn.commit()
+    assert (reports["clean/orders"].replayed, reports["clean/orders_pandas"].replayed) == (1, 1)
+    expected = round(12.5 * snapshot_rates().rate("GBP"), 2)
+    assert expected != round(12.5 * snapshot_rates().rate("EUR"), 2)
+    with psycopg.connect(wh, autocommit=True) as conn:
+        for table in ("orders", "orders_pandas"):
+            columns = [
+                r[0] for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'clean' "
+                    "AND table_name = %s AND column_name LIKE 'amount%%' ORDER BY 1", (table,)
+                )
+            ]
+            assert columns == ["amount", "amount_gbp"], table  # no amount_eur column was added
+            row = conn.execute(f"SELECT amount, amount_gbp FROM clean.{table} WHERE id = 5").fetchone()
+            assert row == (Decimal("12.50"), pytest.approx(expected)), table
+
+
 def test_pandas_and_polars_give_identical_output_on_the_same_input() -> None:
     now = dt.datetime(2026, 1, 1, tzinfo=UTC)
     frame = orders_frame()

@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except EtlError as exc:
-        print(f"etl-assets: error: {exc}", file=sys.stderr)
+        from etl_assets.settings import redact_environment
+
+        # A last guard: whatever an error quotes, the configured DSNs' passwords never reach the terminal.
+        print(f"etl-assets: error: {redact_environment(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("etl-assets: interrupted", file=sys.stderr)

@@ -38,7 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", "-p", type=int, default=None, help="webserver port (dagster dev's default: 3000)"
     )
-    p.add_argument("--host", default=None, help="webserver host (default: 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="webserver host (default: 127.0.0.1, this machine only; the UI has no authentication, "
+        "see docs/security.md before binding to another interface)",
+    )
     p.set_defaults(handler=cmd_dev)
 
     p = sub.add_parser("seed", help="(re)create the demo source schema shop")
@@ -105,6 +110,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+DEFAULT_DEV_HOST = "127.0.0.1"
+
+
+def dev_command(args: argparse.Namespace, workspace: os.PathLike | str) -> list[str]:
+    """The ``dagster dev`` command line for ``etl-assets dev`` with ``args``.
+
+    The webserver has no authentication: it listens on the loopback interface unless ``--host`` says
+    otherwise (see docs/security.md for a proxy in front of it).
+    """
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
+    if args.port:
+        command += ["--port", str(args.port)]
+    command += ["-h", args.host or DEFAULT_DEV_HOST]
+    return command
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from etl_assets.settings import PROJECT_ROOT, ensure_environment
 
@@ -112,11 +133,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     workspace = PROJECT_ROOT / "workspace.yaml"
     if not workspace.exists():
         raise ConfigError(f"{workspace} is missing; `etl-assets dev` runs from the project's repository.")
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace)]
-    if args.port:
-        command += ["--port", str(args.port)]
-    if args.host:
-        command += ["--host", args.host]
+    command = dev_command(args, workspace)
     print(f"etl-assets dev: {' '.join(command[2:])} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
     proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=os.environ.copy())
     try:

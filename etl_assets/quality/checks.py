@@ -26,6 +26,7 @@ rule into checks when the project's Definitions are assembled.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
-from etl_assets.errors import EtlError
+from etl_assets.errors import ConfigError, EtlError
 from etl_assets.io.tables import TableRef
 from etl_assets.quality.rules import Rule, RuleResult, evaluate, partition_scope
 
@@ -155,18 +156,62 @@ def _verdict_text(result: RuleResult) -> str:
     )
 
 
+CHECK_TIMEOUT_VAR = "ETL_CHECK_STATEMENT_TIMEOUT"
+DEFAULT_CHECK_TIMEOUT = "5min"
+
+
+def check_statement_timeout() -> str:
+    """The statement timeout of every check statement: ``ETL_CHECK_STATEMENT_TIMEOUT`` (a PostgreSQL
+    duration such as ``30s``, ``5min`` or milliseconds as a plain number), default 5 minutes."""
+    import os
+
+    value = os.environ.get(CHECK_TIMEOUT_VAR, "").strip() or DEFAULT_CHECK_TIMEOUT
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(ms|s|min|h|d)?", value):
+        raise ConfigError(
+            f"{CHECK_TIMEOUT_VAR}={value!r} is not a duration; use e.g. 30s, 5min, 1h or 0 for no limit."
+        )
+    return value
+
+
+def _explain_check_error(exc: Exception, rule: Rule, target: TableRef, timeout: str) -> str:
+    """The one-line reason a rule could not run, saying what to change for the errors a rule causes."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        return (
+            f"ReadOnlySqlTransaction: check {rule.name!r} on {target} tried to write ({first}); checks run "
+            "in a READ ONLY transaction and nothing was changed. A check must only read: remove the write "
+            "(INSERT/UPDATE/DELETE, nextval, a function that writes) from its SQL."
+        )
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return (
+            f"QueryCanceled: check {rule.name!r} on {target} ran longer than the statement timeout "
+            f"{timeout} ({first}); make its SQL cheaper or raise {CHECK_TIMEOUT_VAR}."
+        )
+    return f"{type(exc).__name__}: {first}"
+
+
 def run_rule(
     conn: psycopg.Connection, rule_set: RuleSet, rule: Rule, scope: sql.Composable | None = None
 ) -> RuleResult:
-    """Evaluate one rule; an evaluation failure becomes a failed result naming the reason."""
+    """Evaluate one rule; an evaluation failure becomes a failed result naming the reason.
+
+    Rules carry user SQL (kind ``sql``): each runs in its own READ ONLY transaction with a statement
+    timeout, so a check can neither change the warehouse (a write, even through a function or
+    ``nextval``, fails and is rolled back) nor hold a connection for hours.
+    """
     target = rule_set.target()
+    timeout = check_statement_timeout()
     try:
-        return evaluate(conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive, scope=scope)
+        with conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
+            return evaluate(
+                conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive, scope=scope
+            )
     except (EtlError, psycopg.Error) as exc:
         if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return RuleResult(rule, target, 0, 0, False, error=f"{type(exc).__name__}: {message}")
+        return RuleResult(rule, target, 0, 0, False, error=_explain_check_error(exc, rule, target, timeout))
 
 
 def partition_of(context: Any, rule_set: RuleSet) -> tuple[str | None, sql.Composable | None]:

@@ -10,6 +10,7 @@ records its dead letters in the same transaction as its data, and whose metadata
 # No `from __future__ import annotations`: Dagster inspects the `context` and config annotations.
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -311,19 +312,57 @@ def _rate_from_warehouse(conn: Any, currency: str = "EUR") -> float:
     return _rate(rates, OrdersConfig(currency=currency))
 
 
+def target_currency(conn: Any, target: TableRef) -> str:
+    """The reporting currency ``target`` was built in: its ``amount_<currency>`` column.
+
+    The replay job has no run config of the asset it replays into, and the configured currency of the
+    last regular run is what the rows already in the table use; the table itself records it. A table
+    with several such columns (the currency was changed) uses the one whose values are filled in; a
+    target that does not exist yet gets the default.
+    """
+    from psycopg import sql
+
+    from etl_assets.io import catalog
+
+    default = OrdersConfig.model_fields["currency"].default
+    if catalog.table_oid(conn, target) is None:
+        return default
+    names = [c.name for c in catalog.columns(conn, target)]
+    found = [n for n in names if re.fullmatch(r"amount_[a-z]{3}", n)]
+    if len(found) > 1:
+        counts = conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(sql.SQL("count({})").format(sql.Identifier(n)) for n in found),
+                sql.Identifier(target.schema, target.name),
+            )
+        ).fetchone()
+        found = [n for n, c in zip(found, counts, strict=True) if c]
+    if len(found) != 1:
+        raise EtlError(
+            f"Cannot tell the reporting currency of {target} for the dead-letter replay: it has "
+            f"{len(found)} filled amount_<currency> columns. Rebuild it with the asset's configured "
+            "currency (a regular run), then replay."
+            if found
+            else f"{target} has no amount_<currency> column; rebuild it with a regular run, then replay."
+        )
+    return found[0].removeprefix("amount_").upper()
+
+
 def _replay_customers(conn: Any) -> capture.Transform:
     now = dt.datetime.now(dt.UTC)
     return lambda f: clean_customers_rows(f, now)
 
 
 def _replay_orders(conn: Any) -> capture.Transform:
-    rate, now = _rate_from_warehouse(conn), dt.datetime.now(dt.UTC)
-    return lambda f: clean_orders_polars(f, rate, "eur", now)
+    currency = target_currency(conn, TableRef.for_asset_key(CLEAN_ORDERS))
+    rate, now = _rate_from_warehouse(conn, currency), dt.datetime.now(dt.UTC)
+    return lambda f: clean_orders_polars(f, rate, currency.lower(), now)
 
 
 def _replay_orders_pandas(conn: Any) -> capture.Transform:
-    rate, now = _rate_from_warehouse(conn), dt.datetime.now(dt.UTC)
-    return lambda f: clean_orders_pandas(dlq.as_polars(f).to_pandas(), rate, "eur", now)
+    currency = target_currency(conn, TableRef.for_asset_key(CLEAN_ORDERS_PANDAS))
+    rate, now = _rate_from_warehouse(conn, currency), dt.datetime.now(dt.UTC)
+    return lambda f: clean_orders_pandas(dlq.as_polars(f).to_pandas(), rate, currency.lower(), now)
 
 
 #: asset key -> how its dead letters are replayed (the same transform code as the regular run).

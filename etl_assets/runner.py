@@ -38,7 +38,7 @@ PID_TAG = "etl-assets/pid"
 HOST_TAG = "etl-assets/host"
 PID_START_TAG = "etl-assets/pid-started"  # the process's start time: a reused pid is not our process
 SOURCE_TAG = "etl-assets/source"
-JOB_PREFIX = "etl_assets_run"
+JOB_PREFIX = "etl_run"
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 # Quiet Dagster's own console logger: progress lines come from our event listener instead.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -80,6 +80,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     cleaned_runs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    log_file: str | None = None  # tracebacks of failed steps, when any failed
 
     @property
     def failed_error_checks(self) -> list[CheckOutcome]:
@@ -291,6 +292,60 @@ def _key_string(key: dg.AssetKey | None) -> str:
     return key.to_user_string() if key else "?"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 asset``, ``2 assets``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def step_labels(job: dg.JobDefinition) -> dict[str, str]:
+    """A name a person understands for each step of ``job``: the asset it materializes
+    (``raw/orders``), or the checks it runs (``checks of raw/orders``, ``column_schema_change checks
+    of 9 assets``), instead of op names such as ``asset_check_029ab8f8``."""
+    from dagster._core.definitions.dependency import NodeHandle
+
+    labels: dict[str, str] = {}
+    for node in job.graph.nodes:
+        try:
+            keys = job.asset_layer.get_selected_entity_keys_for_node(NodeHandle(node.name, None))
+        except Exception:  # not an asset or check node (never in our jobs): keep the op name
+            continue
+        assets = sorted({k.to_user_string() for k in keys if isinstance(k, dg.AssetKey)})
+        checks = [k for k in keys if isinstance(k, dg.AssetCheckKey)]
+        if assets:
+            labels[node.name] = ", ".join(assets)
+        elif checks:
+            targets = sorted({c.asset_key.to_user_string() for c in checks})
+            names = sorted({c.name for c in checks})
+            what = f"{names[0]} checks" if len(names) == 1 else "checks"
+            of = targets[0] if len(targets) == 1 else plural(len(targets), "asset")
+            labels[node.name] = f"{what} of {of}"
+    return labels
+
+
+def redact_environment(text: str) -> str:
+    from etl_assets.settings import redact_environment as redact
+
+    return redact(text)
+
+
+def _error_text(error) -> str:
+    """The whole error chain with its stack traces, for the log file."""
+    parts = []
+    while error is not None:
+        parts.append(f"{error.cls_name}: {error.message.strip()}\n{''.join(error.stack)}")
+        error = error.cause
+    return "\n-- caused by --\n".join(parts)
+
+
+def error_log_path(run_id: str) -> str:
+    """Where the tracebacks of a run's failed steps are written (under ``ETL_HOME/logs``)."""
+    from etl_assets.settings import etl_home
+
+    folder = etl_home() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"run-{run_id}.log")
+
+
 def _root_message(error) -> str:
     """The innermost cause's message ("RuntimeError: source exploded"), on one line."""
     while error is not None and error.cause is not None:
@@ -309,6 +364,10 @@ class _Progress:
         self.started = started
         self.planned: set[str] = set()
         self.done: set[str] = set()
+        self.labels: dict[str, str] = {}  # step key -> what it does (see step_labels)
+
+    def label(self, step_key: str | None) -> str:
+        return self.labels.get(step_key or "", step_key or "run")
 
     def _line(self, text: str) -> None:
         self.out(f"[{time.monotonic() - self.started:7.1f}s] {text}")
@@ -316,14 +375,16 @@ class _Progress:
     def __call__(self, entry) -> None:
         event = entry.dagster_event
         if event is None:
-            if entry.level >= 30:  # logging.WARNING from user code
-                self.summary.warnings.append(f"{entry.step_key or 'run'}: {entry.user_message}")
+            # logging.WARNING from user code; Dagster's "Dependencies for step … failed" is what the
+            # summary's "not materialized" line already says, with asset keys instead of op names
+            if entry.level >= 30 and not (entry.user_message or "").startswith("Dependencies for step"):
+                self.summary.warnings.append(f"{self.label(entry.step_key)}: {entry.user_message}")
             return
         et = event.event_type
         if et == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
             self.planned.add(_key_string(event.asset_key))
         elif et == DagsterEventType.STEP_START:
-            self._line(f"started    {event.step_key}")
+            self._line(f"started    {self.label(event.step_key)}")
         elif et == DagsterEventType.ASSET_MATERIALIZATION:
             mat = event.event_specific_data.materialization
             rows_meta = mat.metadata.get("dagster/row_count")
@@ -348,18 +409,19 @@ class _Progress:
             self.summary.checks.append(outcome)
             verdict = "passed" if ev.passed else f"FAILED ({outcome.severity})"
             self._line(f"check      {outcome.asset}:{outcome.name} {verdict}")
-            if not ev.passed and outcome.severity == "WARN":
-                self.summary.warnings.append(
-                    f"check {outcome.asset}:{outcome.name} failed"
-                    + (f": {ev.description}" if ev.description else "")
-                )
         elif et == DagsterEventType.STEP_FAILURE:
             error = event.event_specific_data.error
             message = _root_message(error)
-            self.summary.failed_steps.append((event.step_key, message))
-            self._line(f"FAILED     {event.step_key}: {message}")
+            self.summary.failed_steps.append((self.label(event.step_key), message))
+            self._line(f"FAILED     {self.label(event.step_key)}: {message}")
+            if error is not None:  # the traceback goes to a file, the console keeps one line
+                path = error_log_path(entry.run_id)
+                with open(path, "a", encoding="utf-8") as log:
+                    log.write(f"step {event.step_key} ({self.label(event.step_key)})\n")
+                    log.write(f"{redact_environment(_error_text(error))}\n\n")
+                self.summary.log_file = path
         elif et == DagsterEventType.STEP_SUCCESS:
-            self._line(f"done       {event.step_key}")
+            self._line(f"done       {self.label(event.step_key)}")
 
 
 def local_instance() -> bool:
@@ -412,7 +474,8 @@ def run(
     if partition is not None and all(g.partitions_def is None for g in groups):
         raise ConfigError("--partition was given but none of the selected assets is partitioned.")
     plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
-    jobs = [dg.define_asset_job(f"{JOB_PREFIX}_{i}", selection=g.keys) for i, g in enumerate(groups)]
+    names = job_names(groups)
+    jobs = [dg.define_asset_job(name, selection=g.keys) for name, g in zip(names, groups, strict=True)]
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
     run_tags = {
         PID_TAG: str(os.getpid()),
@@ -439,11 +502,13 @@ def run(
                 + f": upstream {', '.join(blocked_by)} not materialized"
             )
             continue
-        job = resolved.resolve_job_def(f"{JOB_PREFIX}_{groups.index(group)}")
+        job = resolved.resolve_job_def(names[groups.index(group)])
+        progress.labels.update(step_labels(job))
         run_id = str(uuid.uuid4())
         summary.run_ids.append(run_id)
         instance.add_event_listener(run_id, progress)
-        out(f"run {run_id}: {len(group.keys)} assets" + (f", partition {pk}" if pk else ""))
+        out(f"run {run_id} ({job.name}): {plural(len(group.keys), 'asset')}"
+            + (f", partition {pk}" if pk else ""))
         result = job.execute_in_process(
             run_config=_QUIET,
             instance=instance,
@@ -465,11 +530,31 @@ def run(
     return summary
 
 
+def job_names(groups: Sequence[Group]) -> list[str]:
+    """Job names a person understands in the UI's run list: ``etl_run__raw_orders`` for one asset,
+    ``etl_run__9_assets`` for many, ``…__daily`` for a daily-partitioned group."""
+    import re
+
+    names: list[str] = []
+    for group in groups:
+        what = "_".join(group.keys[0].path) if len(group.keys) == 1 else f"{len(group.keys)}_assets"
+        pdef = group.partitions_def
+        if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+            what += f"__{'daily' if pdef.cron_schedule.startswith('0 0 * * *') else 'partitioned'}"
+        elif pdef is not None:
+            what += "__partitioned"
+        name = f"{JOB_PREFIX}__{re.sub(r'[^A-Za-z0-9_]', '_', what)}"
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names
+
+
 def format_summary(summary: RunSummary) -> str:
     """The human summary printed at the end of ``etl-assets run``."""
     lines = ["", "Summary"]
     lines.append(f"  runs: {', '.join(summary.run_ids) or 'none'}")
-    lines.append(f"  assets materialized: {len(summary.materialized)}")
+    lines.append(f"  materialized: {plural(len(summary.materialized), 'asset')}")
     width = max((len(a.key) for a in summary.materialized), default=10)
     for a in summary.materialized:
         rows = f"{a.rows:>12,} rows" if a.rows is not None else f"{a.rows_text:>17}"
@@ -479,7 +564,8 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  not materialized: {', '.join(summary.not_materialized)}")
     if summary.checks:
         passed = sum(c.passed for c in summary.checks)
-        lines.append(f"  checks: {passed} passed, {len(summary.checks) - passed} failed")
+        failed = len(summary.checks) - passed
+        lines.append(f"  checks: {passed} passed, {failed} failed")
         for c in summary.checks:
             verdict = "passed" if c.passed else f"FAILED {c.severity}"
             lines.append(
@@ -489,6 +575,8 @@ def format_summary(summary: RunSummary) -> str:
     if summary.failed_steps:
         lines.append("  failed steps:")
         lines.extend(f"    {step}: {message}" for step, message in summary.failed_steps)
+        if summary.log_file:
+            lines.append(f"  tracebacks: {summary.log_file}")
     if summary.warnings:
         lines.append(f"  warnings: {len(summary.warnings)}")
         lines.extend(f"    {w}" for w in summary.warnings)

@@ -113,7 +113,7 @@ def test_run_prints_progress_and_summary(etl_env: dict[str, str], source_dsn: st
     result = etl("run", "--select", "raw/categories")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "raw/categories: 12 rows" in result.stdout
-    assert "assets materialized: 1" in result.stdout
+    assert "materialized: 1 asset\n" in result.stdout
     assert "result: OK" in result.stdout
 
 
@@ -203,3 +203,25 @@ def test_dev_binds_the_webserver_to_loopback_unless_told(
     assert command[command.index("-h") + 1] == host
     assert command.count("-h") == 1 and "--host" not in command
     assert ("--port" in command) == ("--port" in argv)
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import etl_assets.cli.core as core
+    from etl_assets.cli import main
+
+    monkeypatch.setenv("ETL_HOME", str(tmp_path))
+    monkeypatch.setenv("ETL_SOURCE_DSN", "postgresql://u:s3cret@127.0.0.1:1/db")
+
+    def explode(args) -> int:
+        raise RuntimeError("deep inside a library: postgresql://u:s3cret@127.0.0.1:1/db\nsecond line")
+
+    monkeypatch.setattr(core, "cmd_env", explode)
+    assert main(["env"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("etl-assets: error: RuntimeError: deep inside a library") and "s3cret" not in err
+    logged = Path(err.rsplit("traceback: ", 1)[1].rstrip(")\n")).read_text(encoding="utf-8")
+    assert "Traceback (most recent call last)" in logged and "explode" in logged
+    assert "s3cret" not in logged

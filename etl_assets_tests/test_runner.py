@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from collections.abc import Iterator
 
 import dagster as dg
@@ -74,10 +75,16 @@ def test_run_materializes_the_demo_graph(
         for run_id in summary.run_ids
     )
     assert recorded == len(summary.checks)
-    for check in summary.checks:  # a failed WARN check is a listed warning, never a failure
-        if not check.passed and check.severity == "WARN":
-            assert any(f"{check.asset}:{check.name}" in w for w in summary.warnings)
     text = "\n".join(lines) + runner.format_summary(summary)
+    for check in summary.checks:  # each failed check once in the summary, never again as a warning
+        if not check.passed:
+            assert runner.format_summary(summary).count(f"{check.asset}:{check.name}:") == 1
+            assert not any(f"{check.asset}:{check.name}" in w for w in summary.warnings)
+    # steps are named by what they do, never by generated op names; counts agree with their nouns
+    assert "asset_check_" not in text and "None" not in text
+    assert "started    raw/orders" in text
+    assert "column_schema_change checks of" in text
+    assert " 1 assets" not in text
     assert "stored     raw/orders: 2,000 rows" in text
     # an asset that stores no table says so, in the progress lines and the summary (never "? rows")
     assert "stored     etl/run_metrics_summary: (no table)" in text
@@ -118,7 +125,8 @@ def test_error_check_failure_fails_the_run_and_blocks_downstream(instance: dg.Da
     assert [a.key for a in summary.materialized] == ["rt/parent"]
     assert [(c.name, c.severity) for c in summary.failed_error_checks] == [("parent_must_hold", "ERROR")]
     assert summary.not_materialized == ["rt/child"]
-    assert "check rt/parent:parent_should_hold failed: meh" in summary.warnings
+    assert not summary.warnings  # the failed WARN check is in the checks list, not repeated
+    assert "rt/parent:parent_should_hold: FAILED WARN (meh)" in runner.format_summary(summary)
     assert "result: FAILED" in runner.format_summary(summary)
 
 
@@ -126,8 +134,13 @@ def test_failed_step_fails_the_run(instance: dg.DagsterInstance) -> None:
     summary = runner.run(defs=_check_defs(fail_step=True), instance=instance, out=lambda s: None)
     assert summary.exit_code == 1
     assert summary.materialized == []
-    assert [step for step, _ in summary.failed_steps] == ["rt__parent"]
+    assert [step for step, _ in summary.failed_steps] == ["rt/parent"]
     assert "source exploded" in summary.failed_steps[0][1]
+    # one line on the console, the traceback in a log file named in the summary
+    text = runner.format_summary(summary)
+    assert f"tracebacks: {summary.log_file}" in text and "Traceback" not in text
+    logged = Path(summary.log_file).read_text(encoding="utf-8")
+    assert "RuntimeError: source exploded" in logged and 'File "' in logged
 
 
 def test_warn_only_failures_keep_exit_zero(instance: dg.DagsterInstance) -> None:
@@ -144,7 +157,8 @@ def test_warn_only_failures_keep_exit_zero(instance: dg.DagsterInstance) -> None
     )
     assert summary.exit_code == 0
     assert [c.passed for c in summary.checks] == [False]
-    assert summary.warnings == ["check rt/only:only_warns failed"]
+    assert summary.warnings == []
+    assert "rt/only:only_warns: FAILED WARN" in runner.format_summary(summary)
 
 
 def _partitioned_defs(log: list[str], fail_dim: bool = False) -> dg.Definitions:

@@ -58,6 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("etl-assets: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # one line on the console, the traceback in a file
+        path = _write_traceback(args.command)
+        from etl_assets.settings import redact_environment
+
+        first = redact_environment(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        print(f"etl-assets: error: {type(exc).__name__}: {first} (traceback: {path})", file=sys.stderr)
+        return 1
+
+
+def _write_traceback(command: str) -> str:
+    """Write the current exception's traceback (secrets masked) under ``ETL_HOME/logs``."""
+    import time
+    import traceback
+
+    from etl_assets.settings import etl_home, redact_environment
+
+    folder = etl_home() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"etl-assets-{command}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    path.write_text(redact_environment(traceback.format_exc()), encoding="utf-8")
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -280,24 +280,32 @@ def test_extract_refuses_duplicate_keys_into_a_loaded_target(dbs, fast):
 
 
 def test_keys_repeated_across_frames_of_one_transaction_are_refused(conn, fresh_schema):
-    """A large extract's frame path writes several frames in one transaction: a key of frame 2 that
-    frame 1 already wrote is refused, not silently overwritten."""
+    """A large extract's frame path writes several frames in one transaction: a key of a later frame
+    that an earlier frame already carried is refused, not silently overwritten, also when the earlier
+    frame's row left the stored row unchanged (so that row was not rewritten by this transaction)."""
     t = TableRef(fresh_schema, "frames")
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(t.ident))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a')").format(t.ident))
     types = {"id": PgType("integer"), "v": PgType("text")}
-    one = pl.DataFrame({"id": [1, 2, 3], "v": ["a", "b", "c"]})
-    two = pl.DataFrame({"id": [4, 2], "v": ["d", "B"]})
-    with pytest.raises(DuplicateKeys, match=r"\(id\) = \(2\)"), conn.transaction():
-        lock_target(conn, t)
-        upsert_frame(conn, one, t, ["id"], None, types, duplicates="refuse")
-        upsert_frame(conn, two, t, ["id"], None, types, duplicates="refuse", earlier_writes=True)
-    assert scalar_of(conn, t) == 0
+    one = pl.DataFrame({"id": [1, 2, 3], "v": ["a", "b", "c"]})  # 1 unchanged, 2 and 3 new
+    for two in (pl.DataFrame({"id": [4, 1], "v": ["d", "A"]}), pl.DataFrame({"id": [2], "v": ["B"]})):
+        refused = r"at least 1 key value\(s\) .* \(id\) = \(\d\) at least 2 times"
+        with pytest.raises(DuplicateKeys, match=refused), conn.transaction():
+            lock_target(conn, t)
+            upsert_frame(conn, one, t, ["id"], None, types, duplicates="refuse")
+            upsert_frame(conn, two, t, ["id"], None, types, duplicates="refuse")
+        assert conn.execute(sql.SQL("SELECT id, v FROM {}").format(t.ident)).fetchall() == [(1, "a")]
     # Separate transactions (separate runs): the second frame is an ordinary update.
     with conn.transaction():
-        upsert_frame(conn, one, t, ["id"], None, types, duplicates="refuse")
+        assert upsert_frame(conn, one, t, ["id"], None, types, duplicates="refuse") == (2, 0, 1, 0)
     with conn.transaction():
-        counts = upsert_frame(conn, two, t, ["id"], None, types, duplicates="refuse", earlier_writes=True)
-    assert counts == (1, 1, 0, 0)
+        two = pl.DataFrame({"id": [4, 1], "v": ["d", "A"]})
+        assert upsert_frame(conn, two, t, ["id"], None, types, duplicates="refuse") == (1, 1, 0, 0)
+    # A source that guarantees unique keys skips the cross-frame bookkeeping.
+    with conn.transaction():
+        upsert_frame(conn, one, t, ["id"], None, types, duplicates="refuse", keys_unique=True)
+        mine = "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname ~ '^etl_k'"
+        assert conn.execute(mine).fetchone() == (0,)
 
 
 def scalar_of(conn: psycopg.Connection, t: TableRef) -> int:
@@ -310,3 +318,23 @@ def test_io_manager_upsert_keeps_last_row_per_key_and_counts_the_others(conn, fr
     df = pl.DataFrame({"id": [1, 1, 2], "v": ["x", "y", "z"]})
     r = write_frame(conn, df, t, "upsert", primary_key=["id"])
     assert (r.inserted, r.duplicates) == (2, 1) and r.metadata()["duplicate_keys_dropped"] == 1
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
+def test_key_only_table_duplicates_refused_and_reruns_unchanged(dbs, fast):
+    """A table that is all key (ON CONFLICT DO NOTHING would skip a repeated key silently)."""
+    name = f"keys_only_{'copy' if fast else 'frame'}"
+    table = sql.Identifier("src", name)
+    execute(dbs["source"], "CREATE SCHEMA IF NOT EXISTS src")
+    execute(dbs["source"], sql.SQL("CREATE TABLE {} (a int, b int)").format(table))
+    execute(dbs["source"], sql.SQL("INSERT INTO {} VALUES (1, 1), (1, 2)").format(table))
+    spec = spec_of(
+        f"tables:\n  - name: src.{name}\n    extract: full\n    load: upsert\n    primary_key: [a, b]\n"
+        f"    fast_path: {'true' if fast else 'false'}\n    target: raw.{name}\n")
+    assert run(spec, dbs).inserted == 2
+    again = run(spec, dbs)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    execute(dbs["source"], sql.SQL("INSERT INTO {} VALUES (1, 2), (3, 3)").format(table))
+    with pytest.raises(DuplicateKeys, match=r"\(a, b\) = \(1, 2\) 2 times"):
+        run(spec, dbs)
+    assert scalar(dbs["warehouse"], sql.SQL("SELECT count(*) FROM {}").format(spec.target.ident)) == 2

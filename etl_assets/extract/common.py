@@ -128,6 +128,7 @@ class TargetInfo:
     types: dict[str, PgType]
     added: list[str]
     kept: list[str]  # target columns the source no longer has
+    key_unique: bool = False  # the source guarantees unique keys (SourceTable.key_unique)
 
 
 def target_columns(spec: TableSpec, table: SourceTable) -> list[tuple[str, str]]:
@@ -168,7 +169,8 @@ def prepare_target(conn: psycopg.Connection, spec: TableSpec, table: SourceTable
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
         if catalog.table_oid(conn, target) is None:
             conn.execute(create_table_sql(spec, table, target))
-            return TargetInfo(True, {n: PgType.parse(t) for n, t in target_columns(spec, table)}, [], [])
+            return TargetInfo(True, {n: PgType.parse(t) for n, t in target_columns(spec, table)}, [], [],
+                              key_unique=table.key_unique)
         existing = {c.name: c.type for c in catalog.columns(conn, target)}
         added: list[str] = []
         for name, typ in target_columns(spec, table):
@@ -186,7 +188,7 @@ def prepare_target(conn: psycopg.Connection, spec: TableSpec, table: SourceTable
                 existing[name] = wider
         wanted = {n for n, _ in target_columns(spec, table)}
         kept = [n for n in existing if n not in wanted]
-        return TargetInfo(False, existing, added, kept)
+        return TargetInfo(False, existing, added, kept, key_unique=table.key_unique)
 
 
 def note_schema_changes(report: ExtractReport, spec: TableSpec, info: TargetInfo) -> None:
@@ -246,8 +248,7 @@ def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: Targe
         inserted, updated, unchanged, _dups = upsert_frame(
             wh, frame, target, target_key(spec), None, info.types, run_id=run_id,
             empty=False if rows_before else None,  # a known non-empty target needs no probe
-            duplicates="refuse", sensitive=spec.sensitive,
-            earlier_writes=bool(report.inserted or report.updated or report.unchanged))
+            duplicates="refuse", sensitive=spec.sensitive, keys_unique=info.key_unique)
         report.inserted += inserted
         report.updated += updated
         report.unchanged += unchanged

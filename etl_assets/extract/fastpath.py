@@ -146,7 +146,7 @@ def _whole(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, tab
             stage = _stage(wh, target)
             report.rows_read = stream_copy(src, wh, query, params, stage, columns, binary)
             report.inserted, report.updated = upsert_from_staging(
-                wh, stage, target, columns, spec.primary_key, refuse_duplicates=True,
+                wh, stage, target, columns, spec.primary_key, refuse_duplicates=not table.key_unique,
                 sensitive=spec.sensitive)
             report.unchanged = report.rows_read - report.inserted - report.updated
         if spec.load != "upsert":
@@ -175,7 +175,7 @@ def _incremental(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connectio
         report.null_cursor_rows = wh.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
             stage, sql.Identifier(spec.cursor or ""))).fetchone()[0]
         report.inserted, report.updated = upsert_from_staging(
-            wh, stage, spec.target, table.names, spec.primary_key, refuse_duplicates=True,
+            wh, stage, spec.target, table.names, spec.primary_key, refuse_duplicates=not table.key_unique,
             sensitive=spec.sensitive)
         report.unchanged = report.rows_read - report.inserted - report.updated
         read.state["rows_read"] = report.rows_read
@@ -227,8 +227,8 @@ def _chunks(spec: TableSpec, src: psycopg.Connection, wh: psycopg.Connection, ta
                 last = wh.execute(sql.SQL("SELECT {} FROM {} ORDER BY {} DESC LIMIT 1").format(
                     key_text, stage, READ_ORDER)).fetchone()
                 if spec.load == "upsert":
-                    i, u = upsert_from_staging(wh, stage, spec.target, columns, key, refuse_duplicates=True,
-                                               sensitive=spec.sensitive)
+                    # keyset chunks require a unique source key (require_unique_key): nothing to check
+                    i, u = upsert_from_staging(wh, stage, spec.target, columns, key)
                     n = copied - i - u
                 else:
                     cols = sql.SQL(", ").join(map(sql.Identifier, columns))

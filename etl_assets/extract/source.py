@@ -45,6 +45,9 @@ class SourceColumn:
 class SourceTable:
     ref: TableRef
     columns: tuple[SourceColumn, ...]
+    #: A unique index (or primary key) of the source covers exactly the declared primary_key: rows
+    #: read from it cannot share a key, so the load need not check for repeated keys.
+    key_unique: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -94,7 +97,9 @@ def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:
         SourceColumn(name, type_sql, bool(not_null), bool(builtin))
         for name, type_sql, not_null, builtin in conn.execute(_COLUMNS, (row[0],)).fetchall()
     )
-    table = SourceTable(spec.source, columns)
+    wanted = sorted(spec.primary_key)
+    unique = bool(wanted) and any(u and sorted(cols) == wanted for u, cols in index_facts(conn, spec.source))
+    table = SourceTable(spec.source, columns, key_unique=unique)
     declared = [("primary_key", c) for c in spec.primary_key]
     if spec.cursor:
         declared.append(("cursor", spec.cursor))

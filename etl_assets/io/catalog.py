@@ -98,8 +98,9 @@ def unique_index_on(conn: psycopg.Connection, table: TableRef, keys: Sequence[st
 #: '1 day' = '24 hours', jsonb, arrays) would let a real change pass as "unchanged". Those are
 #: compared by their binary send function (exact, and independent of session settings such as
 #: extra_float_digits), or as text where a type has none. Only an operator class declared for the
-#: type itself counts (varchar and xml are binary-coercible to text, but xml has no ``=``): the
-#: others, varchar included, are compared by send function, which is exact for every type.
+#: type itself counts, or text's for a type implicitly binary-coercible to text (varchar; xml's cast
+#: is not implicit and xml has no ``=``). Measured cost of a send comparison over ``=``, per million
+#: compared rows: numeric +0.26 s, float8 +0.27 s, interval +0.36 s, jsonb +1.45 s.
 _COMPARISON = """
 WITH RECURSIVE cols AS (
     SELECT a.attname, a.attnum, a.atttypid AS typ, a.attcollation FROM pg_catalog.pg_attribute a
@@ -118,7 +119,12 @@ SELECT c.attname,
                 AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype
            WHERE oc.opcdefault
              AND (oc.opcintype = bt.oid
-                  OR (bt.typtype = 'e' AND oc.opcintype = 'pg_catalog.anyenum'::pg_catalog.regtype))
+                  OR (bt.typtype = 'e' AND oc.opcintype = 'pg_catalog.anyenum'::pg_catalog.regtype)
+                  -- varchar: = resolves to text's through an implicit binary-coercible cast (xml's
+                  -- cast to text is not implicit: xml has no =)
+                  OR (oc.opcintype = 'pg_catalog.text'::pg_catalog.regtype AND EXISTS (
+                          SELECT 1 FROM pg_catalog.pg_cast k WHERE k.castsource = bt.oid
+                          AND k.casttarget = oc.opcintype AND k.castmethod = 'b' AND k.castcontext = 'i')))
              AND (p.amproc = 'pg_catalog.btequalimage'::pg_catalog.regproc
                   OR (p.amproc = 'pg_catalog.btvarstrequalimage'::pg_catalog.regproc
                       AND coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co

@@ -11,6 +11,8 @@ Why this shape:
   ``"refuse"`` (extracts, frame and COPY paths alike) writes nothing and raises
   :class:`DuplicateKeys` naming the target, the key, how many key values repeat and one example
   (masked when a key column is sensitive): a source row would otherwise be lost without a trace.
+  ON CONFLICT's own "cannot affect row a second time" is not enough to rely on: it misses a repeat
+  whose first row equals the stored one, and DO NOTHING (a key-only table) skips repeats.
 * Into an empty table the rows are COPYed straight in (nothing can conflict).
 * ``DO UPDATE ... WHERE (target row) IS DISTINCT FROM (new row)`` leaves unchanged rows untouched
   (no dead tuples, no trigger firing); ``RETURNING (xmax = 0)`` tells inserts from updates on every
@@ -79,9 +81,9 @@ def deduplicate(frame: pl.DataFrame, keys: Sequence[str], order_by: str | None) 
 def duplicate_keys_error(
     target: TableRef,
     keys: Sequence[str],
-    repeated: int,
+    repeated: int | str,
     example: Sequence[object],
-    times: int,
+    times: int | str,
     sensitive: Collection[str] = (),
 ) -> DuplicateKeys:
     """The one message for rows sharing a declared key, whichever path found them."""
@@ -117,8 +119,7 @@ def refuse_duplicates_in_stage(
     sensitive: Collection[str] = (),
 ) -> None:
     """Raise :class:`DuplicateKeys` if rows of the staging table share a key (grouped in PostgreSQL,
-    by the key types' own equality, as ON CONFLICT sees them). Called after ON CONFLICT reported
-    a key touched twice, so it costs nothing when keys are unique."""
+    by the key types' own equality, as ON CONFLICT sees them)."""
     key_cols = sql.SQL(", ").join(map(sql.Identifier, keys))
     as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys)
     row = conn.execute(
@@ -131,29 +132,44 @@ def refuse_duplicates_in_stage(
         raise duplicate_keys_error(target, keys, row[0], row[2:], row[1], sensitive)
 
 
-def refuse_rewrites_in_transaction(
+def refuse_keys_seen_before(
     conn: psycopg.Connection,
-    stage: sql.Composable,
+    frame: pl.DataFrame,
     target: TableRef,
     keys: Sequence[str],
+    types: Mapping[str, PgType],
     sensitive: Collection[str] = (),
 ) -> None:
-    """Raise :class:`DuplicateKeys` if a staged key matches a row this transaction already wrote.
+    """Raise :class:`DuplicateKeys` if a key of ``frame`` came in an earlier frame of this transaction.
 
-    A load that writes several frames in one transaction (the frame path of a large extract)
-    would otherwise let a later frame overwrite the row of an earlier one silently. Rows written
-    by this transaction (not in a savepoint) carry its xid as ``xmin``.
+    A load that writes several frames in one transaction (the frame path of a large extract) would
+    otherwise let a later frame overwrite the row of an earlier one silently (also when the earlier
+    row left the target unchanged). The keys of every frame go into a temporary table with a primary
+    key (one index insert per row, gone at commit); a key already there fails that COPY.
     """
-    join = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in keys)
-    as_text = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(k)) for k in keys)
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) OVER (), {} FROM {} s JOIN {} t ON {} "
-            "WHERE t.xmin = mod(pg_catalog.pg_current_xact_id()::text::int8, 4294967296)::text::xid LIMIT 1"
-        ).format(as_text, stage, target.ident, join)
-    ).fetchone()
-    if row is not None:
-        raise duplicate_keys_error(target, keys, row[0], row[1:], 2, sensitive)
+    digest = hashlib.sha1(str(target).encode()).hexdigest()[:12]
+    seen = TableRef("pg_temp", f"etl_keys_{digest}")
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(types[k].sql())) for k in keys
+    )
+    conn.execute(
+        sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})) ON COMMIT DROP").format(
+            sql.Identifier(seen.name), cols, sql.SQL(", ").join(map(sql.Identifier, keys))
+        )
+    )
+    try:
+        with conn.transaction():
+            copy_frame(conn, frame.select(list(keys)), seen, targets=types)
+    except SchemaMismatch as exc:
+        cause = exc.__context__  # copy_error hides it from tracebacks (it quotes the key), not from us
+        if not isinstance(cause, psycopg.errors.UniqueViolation):
+            raise
+        # "Key (a, b)=(1, 2) already exists.": the values of the repeated key, masked if sensitive
+        text = (cause.diag.message_detail or "").partition(")=(")[2].rpartition(") already exists")[0]
+        parts = text.split(", ") if len(keys) > 1 else [text]
+        if len(parts) != len(keys):  # a value containing ", ": show the whole tuple once
+            parts = [text] + ["…"] * (len(keys) - 1)
+        raise duplicate_keys_error(target, keys, "at least 1", parts, "at least 2", sensitive) from None
 
 
 def require_unique_index(conn: psycopg.Connection, target: TableRef, keys: Sequence[str]) -> str:
@@ -193,8 +209,9 @@ def upsert_from_staging(
     every caller that has its rows in a table already (a frame COPYed in by :func:`upsert_frame`, a
     COPY stream of the extract fast path). Staged rows neither inserted nor updated were unchanged.
     ``refuse_duplicates``: the staged rows may share keys; if they do, nothing is written and
-    :class:`DuplicateKeys` says which (the statement runs in a savepoint so the staging table can be
-    inspected). Otherwise the caller guarantees unique keys (ON CONFLICT cannot touch a row twice).
+    :class:`DuplicateKeys` says which (one GROUP BY of the staging table first: ON CONFLICT alone
+    does not catch every repeat, e.g. two rows of which the first equals the stored row, or a
+    key-only table's DO NOTHING). Otherwise the caller guarantees unique keys.
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     key_cols = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
@@ -209,10 +226,6 @@ def upsert_from_staging(
         action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(
             sets, old_row, new_row
         )
-    elif refuse_duplicates:
-        # DO NOTHING would skip a second staged row silently; a no-op DO UPDATE reports it.
-        first = sql.Identifier(keys[0])
-        action = sql.SQL("DO UPDATE SET {} = EXCLUDED.{} WHERE false").format(first, first)
     else:
         action = sql.SQL("DO NOTHING")
     stmt = sql.SQL(
@@ -225,16 +238,10 @@ def upsert_from_staging(
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM ins
         """
     ).format(keys=key_cols, cols=cols, stage=stage, target=target.ident, action=action)
+    if refuse_duplicates:
+        refuse_duplicates_in_stage(conn, stage, target, keys, sensitive)
     try:
-        if refuse_duplicates:
-            try:
-                with conn.transaction():
-                    inserted, updated = conn.execute(stmt).fetchone()
-            except psycopg.errors.CardinalityViolation:
-                refuse_duplicates_in_stage(conn, stage, target, keys, sensitive)
-                raise
-        else:
-            inserted, updated = conn.execute(stmt).fetchone()
+        inserted, updated = conn.execute(stmt).fetchone()
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         raise copy_error(exc, target) from None
     return inserted, updated
@@ -253,15 +260,15 @@ def upsert_frame(
     empty: bool | None = None,
     duplicates: str = "last",
     sensitive: Collection[str] = (),
-    earlier_writes: bool = False,
+    keys_unique: bool = False,
 ) -> tuple[int, int, int, int]:
     """Upsert ``frame`` into ``target``; returns (inserted, updated, unchanged, duplicates dropped).
 
     ``empty``: whether the caller already knows the target is empty (an extract keeps its row count),
     which spares the probe of the table; ``None`` probes it. ``duplicates``: ``"last"`` or
     ``"refuse"`` (module docstring); ``sensitive``: key columns whose values a refusal masks;
-    ``earlier_writes``: this transaction already upserted other frames into ``target``, so a key
-    repeated across frames is refused too (``"refuse"`` only).
+    ``keys_unique``: the rows' origin guarantees unique keys (a source's unique index), so
+    ``"refuse"`` need not check across the frames of the transaction.
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, not {duplicates!r}")
@@ -270,6 +277,8 @@ def upsert_frame(
     rows_in = frame.height
     if duplicates == "refuse":
         refuse_duplicates_in_frame(frame, target, keys, sensitive)
+        if not keys_unique:
+            refuse_keys_seen_before(conn, frame, target, keys, types, sensitive)
     else:
         frame = deduplicate(frame, keys, order_by)
     if empty is None:
@@ -285,8 +294,6 @@ def upsert_frame(
     stage = create_staging(conn, name, types, columns, with_ordinal=False)
     # Temporary tables live in the session's own pg_temp schema, which that name addresses.
     copy_frame(conn, frame, TableRef("pg_temp", name), targets=types)
-    if duplicates == "refuse" and earlier_writes:
-        refuse_rewrites_in_transaction(conn, stage, target, keys, sensitive)
     inserted, updated = upsert_from_staging(conn, stage, target, columns, keys)
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
     distinct = frame.height

@@ -46,9 +46,10 @@ def route_failing_rows(
         cond = sql.SQL("({}) AND {}").format(scope, cond)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(table),))
-        cur = conn.execute(
+        cur = conn.execute(  # prepared: the rule's SQL can only ever be this one statement
             sql.SQL("DELETE FROM {tbl} t WHERE {cond} RETURNING t.*").format(tbl=table.ident, cond=cond),
             params,
+            prepare=True,
         )
         names = [d.name for d in cur.description or []]
         rows = cur.fetchall()

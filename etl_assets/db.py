@@ -15,7 +15,7 @@ import psycopg
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from etl_assets.errors import ConfigError, DatabaseUnreachable, EtlError
+from etl_assets.errors import ConfigError, DatabaseUnreachable, EtlError, MissingPrivilege
 from etl_assets.settings import redact_conninfo_error, redact_dsn, redact_text
 
 APPLICATION_NAME = "etl-assets"
@@ -68,7 +68,39 @@ def connect(
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise _explain(exc, role, env_var, dsn) from None
     with conn:
-        yield conn
+        try:
+            yield conn
+        except psycopg.errors.InsufficientPrivilege as exc:
+            if not _raised_by(exc, conn):
+                raise  # another connection's error, passing through this block
+            raise missing_privilege(exc, conn, role, env_var) from exc
+
+
+def _raised_by(exc: BaseException, conn: psycopg.Connection) -> bool:
+    """Whether psycopg raised ``exc`` for ``conn``: the frames it was raised in belong to ``conn``
+    (a Connection, or a Cursor/Copy of it). Errors carry no reference to their connection."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):  # from where it was raised outwards: the first psycopg object decides
+        owner = frame.f_locals.get("self")
+        for candidate in (owner, getattr(owner, "connection", None), getattr(owner, "_conn", None)):
+            if isinstance(candidate, psycopg.Connection):
+                return candidate is conn
+    return False
+
+
+def missing_privilege(
+    exc: psycopg.errors.InsufficientPrivilege, conn: psycopg.Connection, role: str, env_var: str
+) -> MissingPrivilege:
+    """A "permission denied" from the server, saying which role, which database and where to look."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "permission denied"
+    return MissingPrivilege(
+        f"Role {conn.info.user} lacks a privilege in the {role} database ({env_var}): {first}. Grant it "
+        f"what docs/roles.md lists for the {role} role."
+    )
 
 
 class PostgresResource(ConfigurableResource):

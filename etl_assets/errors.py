@@ -24,6 +24,10 @@ class MissingObject(EtlError):
     """A table, column or schema that the configuration names does not exist."""
 
 
+class MissingPrivilege(EtlError):
+    """The connecting role lacks a privilege it needs (docs/roles.md lists each role's)."""
+
+
 class SchemaMismatch(EtlError):
     """A frame or source does not fit the target table and cannot be widened safely."""
 

@@ -63,3 +63,63 @@ def test_a_malformed_connection_string_is_a_config_error_without_its_password() 
         message = str(info.value)
         assert message.startswith("The source connection string in ETL_SOURCE_DSN is not valid: ")
         assert "s3" not in message and "cr3t" not in message
+
+
+def test_missing_privileges_name_the_role_object_and_fix(pg_admin_dsn: str, warehouse_dsn: str) -> None:
+    """A plain role: a schema it owns is used without CREATE on the database, a missing one is named with
+    the statement to run, SELECT denied on a source table names table and privilege, and any other
+    permission error names the role and the database's variable."""
+    import secrets
+
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from etl_assets.errors import MissingObject, MissingPrivilege
+    from etl_assets.extract.source import describe
+    from etl_assets.io.catalog import ensure_schema
+    from etl_assets.pipeline_config import parse_pipelines
+    from etl_assets.settings import with_database
+
+    role = f"plain_{secrets.token_hex(4)}"
+    schema = f"own_{secrets.token_hex(4)}"
+    database = conninfo_to_dict(warehouse_dsn)["dbname"]
+    with psycopg.connect(warehouse_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        admin.execute(
+            sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(sql.Identifier(schema), sql.Identifier(role))
+        )
+        admin.execute(sql.SQL("CREATE TABLE {}.hidden (id int, secret text)").format(sql.Identifier(schema)))
+    plain = make_conninfo(with_database(pg_admin_dsn, database), user=role)
+    try:
+        with connect(plain, role="source", env_var="ETL_SOURCE_DSN", autocommit=True) as conn:
+            ensure_schema(conn, schema)  # exists and is its own: no CREATE on the database needed
+            with pytest.raises(MissingObject) as missing:
+                ensure_schema(conn, "nowhere")
+            assert 'lacks the CREATE privilege on the database to create it' in str(missing.value)
+            assert f'CREATE SCHEMA "nowhere" AUTHORIZATION "{role}"' in str(missing.value)
+            (spec,) = parse_pipelines(f"tables:\n  - {{name: {schema}.hidden, extract: full}}").tables
+            with pytest.raises(MissingPrivilege) as denied:
+                describe(conn, spec)
+            assert str(denied.value).startswith(
+                f"Role {role} lacks the SELECT privilege on source table {schema}.hidden"
+            )
+            assert f'GRANT SELECT ON "{schema}"."hidden" TO {role}' in str(denied.value)
+        with pytest.raises(MissingPrivilege) as other, connect(
+            plain, role="source", env_var="ETL_SOURCE_DSN", autocommit=True
+        ) as conn:
+            conn.execute(sql.SQL("SELECT * FROM {}.hidden").format(sql.Identifier(schema)))
+        assert str(other.value) == (
+            f"Role {role} lacks a privilege in the source database (ETL_SOURCE_DSN): permission denied for "
+            "table hidden. Grant it what docs/roles.md lists for the source role."
+        )
+        # An error of the outer connection passing through an inner one's block keeps its own role.
+        with pytest.raises(MissingPrivilege) as outer_error, connect(
+            plain, role="warehouse", env_var="ETL_WAREHOUSE_DSN", autocommit=True
+        ) as outer, connect(plain, role="source", env_var="ETL_SOURCE_DSN", autocommit=True):
+            outer.execute(sql.SQL("SELECT * FROM {}.hidden").format(sql.Identifier(schema)))
+        assert "in the warehouse database (ETL_WAREHOUSE_DSN)" in str(outer_error.value)
+    finally:
+        with psycopg.connect(warehouse_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

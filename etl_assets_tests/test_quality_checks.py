@@ -197,6 +197,13 @@ def test_checks_run_read_only_with_a_statement_timeout(
             Rule(name="takes_a_ticket", kind="sql", expression=f"nextval('\"{fresh_schema}\".ticket') > 0",
                  severity="warning"),
             Rule(name="slow", kind="sql", expression="pg_sleep(2) IS NOT NULL", severity="warning"),
+            Rule(  # tries to end the read-only transaction and write in a second statement
+                name="smuggles",
+                kind="sql",
+                query=f"SELECT 1) f); COMMIT; INSERT INTO \"{fresh_schema}\".audit VALUES ('smuggled'); "
+                "SELECT (SELECT count(*) FROM (SELECT 1",
+                severity="warning",
+            ),
             Rule(name="fine", kind="sql", expression="k > 0"),
         ),
         table=TableRef(fresh_schema, "src"),
@@ -220,6 +227,9 @@ def test_checks_run_read_only_with_a_statement_timeout(
         )
         assert f"cannot execute {what} in a read-only transaction" in error
         assert "nothing was changed" in error and "\n" not in error
+    smuggled = got["smuggles"].metadata["error"].value
+    assert got["smuggles"].passed is False
+    assert smuggled == "SyntaxError: cannot insert multiple commands into a prepared statement"
     slow = got["slow"].metadata["error"].value
     assert slow.startswith(f"QueryCanceled: check 'slow' on {fresh_schema}.src ran longer than the "
                            "statement timeout 500ms") and "ETL_CHECK_STATEMENT_TIMEOUT" in slow

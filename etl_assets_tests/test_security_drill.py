@@ -247,3 +247,118 @@ def test_no_password_leaks_anywhere_after_a_demo_run(cluster: Cluster, tmp_path:
         assert conn.execute("SELECT count(*) FROM event_logs").fetchone()[0] > 50
         assert conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] > 0
     assert any(Path(env["DAGSTER_HOME"]).rglob("*.out")) or any(Path(env["DAGSTER_HOME"]).rglob("*.err"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Least privilege: the roles of docs/roles.md, created exactly as documented
+# --------------------------------------------------------------------------------------------------
+
+WAREHOUSE_SCHEMAS = ("etl", "raw", "clean", "mart", "ref")  # the demo's; one per target schema in general
+
+
+def grant_source_role(admin_source_dsn: str, role: str, database: str) -> None:
+    """docs/roles.md, "Source role": read the declared tables, see other sessions' transactions."""
+    r = sql.Identifier(role)
+    with psycopg.connect(admin_source_dsn, autocommit=True) as conn:
+        for statement in (
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), r),
+            sql.SQL("GRANT USAGE ON SCHEMA shop TO {}").format(r),
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {}").format(r),
+            sql.SQL("GRANT pg_read_all_stats TO {}").format(r),
+        ):
+            conn.execute(statement)
+
+
+def grant_cdc_reader(admin_source_dsn: str, role: str) -> None:
+    """docs/roles.md, "Change data capture": after `etl-assets cdc install` ran once as the owner."""
+    r = sql.Identifier(role)
+    with psycopg.connect(admin_source_dsn, autocommit=True) as conn:
+        for statement in (
+            sql.SQL("GRANT USAGE ON SCHEMA etl_cdc TO {}").format(r),
+            sql.SQL("GRANT SELECT, DELETE ON ALL TABLES IN SCHEMA etl_cdc TO {}").format(r),
+            sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA etl_cdc TO {}").format(r),
+            sql.SQL("GRANT INSERT, UPDATE ON etl_cdc.consumer TO {}").format(r),
+            sql.SQL("GRANT UPDATE (pruned_through) ON etl_cdc.capture TO {}").format(r),
+        ):
+            conn.execute(statement)
+
+
+def grant_warehouse_role(admin_warehouse_dsn: str, role: str) -> None:
+    """docs/roles.md, "Warehouse role": it owns its schemas and nothing else (no CREATE on the database)."""
+    with psycopg.connect(admin_warehouse_dsn, autocommit=True) as conn:
+        for schema in WAREHOUSE_SCHEMAS:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                    sql.Identifier(schema), sql.Identifier(role)
+                )
+            )
+
+
+def test_the_demo_runs_with_the_documented_least_privilege_roles(cluster: Cluster, tmp_path: Path) -> None:
+    source_role, warehouse_role, dagster_role = (cluster.role(r) for r in ("src", "wh", "dg"))
+    source_db, warehouse_db = cluster.database("source"), cluster.database("warehouse")
+    dagster_db = cluster.database("dagster", owner=dagster_role)  # the Dagster role owns its database
+    admin_source = make_conninfo(cluster.admin_dsn, dbname=source_db)
+    admin_warehouse = make_conninfo(cluster.admin_dsn, dbname=warehouse_db)
+
+    env = base_env(tmp_path)
+    env.update({
+        "ETL_SOURCE_DSN": admin_source,
+        "ETL_WAREHOUSE_DSN": admin_warehouse,
+        "DAGSTER_PG_URL": dagster_storage_url(uri(cluster.server, dagster_role, None, dagster_db)),
+    })
+    seeded = etl("seed", "--rows", str(DEMO_ROWS), "--seed", "3", env=env)  # the application's tables
+    assert seeded.returncode == 0, seeded.stderr
+    installed = etl("cdc", "install", "shop.customers", env=env)  # once, as the tables' owner
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    grant_source_role(admin_source, source_role, source_db)
+    grant_cdc_reader(admin_source, source_role)
+    grant_warehouse_role(admin_warehouse, warehouse_role)
+
+    source_dsn = uri(cluster.server, source_role, None, source_db)
+    env.update({"ETL_SOURCE_DSN": source_dsn, "ETL_WAREHOUSE_DSN": uri(cluster.server, warehouse_role, None,
+                                                                       warehouse_db)})
+    with psycopg.connect(source_dsn) as conn:  # the roles really are plain roles
+        assert conn.execute(
+            "SELECT rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+    run = etl("run", env=env)
+    assert run.returncode == 0 and "result: OK" in run.stdout, (run.stdout + run.stderr)[-4000:]
+    with psycopg.connect(admin_warehouse) as conn:
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM raw.orders), (SELECT count(*) FROM raw.customers), "
+            "(SELECT count(*) FROM raw.categories)"
+        ).fetchone()
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')",
+            (list(WAREHOUSE_SCHEMAS),),
+        ).fetchall()
+        schemas = {r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE pg_get_userbyid(nspowner) = %s", (warehouse_role,)
+        )}
+    assert counts == (DEMO_ROWS, DEMO_ROWS // 10, 12)
+    assert owners == [(warehouse_role,)] and schemas == set(WAREHOUSE_SCHEMAS)
+    # Again, after changes at the source: incremental and CDC read with the same privileges.
+    env_admin = dict(env, ETL_SOURCE_DSN=admin_source)
+    assert etl("simulate", "--changes", "50", "--seed", "1", env=env_admin).returncode == 0
+    again = etl("run", env=env)
+    assert again.returncode == 0 and "result: OK" in again.stdout, (again.stdout + again.stderr)[-4000:]
+    with psycopg.connect(admin_source) as src, psycopg.connect(admin_warehouse) as wh:
+        def rows(conn: psycopg.Connection, schema: str, table: str) -> set[tuple]:
+            return set(conn.execute(f"SELECT id, updated_at FROM {schema}.{table}").fetchall())
+
+        # CDC: the same rows, deletes included; incremental: every source row in its current version
+        # (rows deleted at the source stay in the target: incremental extracts cannot see deletes)
+        assert rows(src, "shop", "customers") == rows(wh, "raw", "customers")
+        assert rows(src, "shop", "orders") <= rows(wh, "raw", "orders")
+
+    # A missing privilege names the table and the privilege.
+    with psycopg.connect(admin_source, autocommit=True) as conn:
+        conn.execute(sql.SQL("REVOKE SELECT ON shop.categories FROM {}").format(sql.Identifier(source_role)))
+    denied = etl("run", "--select", "raw/categories", env=env)
+    output = denied.stdout + denied.stderr
+    assert denied.returncode != 0
+    assert (
+        f"Role {source_role} lacks the SELECT privilege on source table shop.categories" in output
+    ), output[-4000:]

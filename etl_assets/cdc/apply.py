@@ -50,7 +50,7 @@ def ensure_target(
 
     Columns the source dropped stay in the target (NULL for rows written from now on).
     """
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
+    catalog.ensure_schema(conn, target.schema)
     if catalog.table_oid(conn, target) is None:
         parts = [
             sql.SQL("{} {}{}").format(

@@ -166,7 +166,7 @@ def prepare_target(conn: psycopg.Connection, spec: TableSpec, table: SourceTable
     target = spec.target
     with conn.transaction():
         lock_target(conn, target)
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
+        catalog.ensure_schema(conn, target.schema)
         if catalog.table_oid(conn, target) is None:
             conn.execute(create_table_sql(spec, table, target))
             return TargetInfo(True, {n: PgType.parse(t) for n, t in target_columns(spec, table)}, [], [],

@@ -17,7 +17,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from etl_assets.errors import MissingObject
+from etl_assets.errors import MissingObject, MissingPrivilege
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType
 from etl_assets.pipeline_config import TableSpec
@@ -97,6 +97,7 @@ def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:
         SourceColumn(name, type_sql, bool(not_null), bool(builtin))
         for name, type_sql, not_null, builtin in conn.execute(_COLUMNS, (row[0],)).fetchall()
     )
+    _require_select(conn, spec, row[0], [c.name for c in columns], where)
     wanted = sorted(spec.primary_key)
     unique = bool(wanted) and any(u and sorted(cols) == wanted for u, cols in index_facts(conn, spec.source))
     table = SourceTable(spec.source, columns, key_unique=unique)
@@ -111,6 +112,25 @@ def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:
                 f"{', '.join(table.names)}. Correct the declaration or the source table."
             )
     return table
+
+
+def _require_select(
+    conn: psycopg.Connection, spec: TableSpec, oid: int, names: list[str], where: str
+) -> None:
+    """SELECT on the table (or on each of its columns), else a message naming table and privilege."""
+    user, columns, whole = conn.execute(
+        "SELECT current_user, array_agg(a.name ORDER BY a.n) FILTER (WHERE NOT has_column_privilege("
+        "%s, a.name, 'SELECT')), has_table_privilege(%s, 'SELECT') "
+        "FROM unnest(%s::text[]) WITH ORDINALITY a(name, n)",
+        (oid, oid, names),
+    ).fetchone()
+    if whole or not columns:
+        return
+    which = "" if len(columns) == len(names) else f" (columns {', '.join(columns)})"
+    raise MissingPrivilege(
+        f"Role {user} lacks the SELECT privilege on source table {spec.source}{which}{where}. As the table's "
+        f"owner: GRANT SELECT ON {spec.source.regclass_text} TO {user} (docs/roles.md, source role)."
+    )
 
 
 def select_list(table: SourceTable, columns: Sequence[str] | None = None) -> sql.Composable:

@@ -22,6 +22,35 @@ class Column:
     not_null: bool
 
 
+def ensure_schema(conn: psycopg.Connection, schema: str) -> None:
+    """Create ``schema`` unless it exists.
+
+    ``CREATE SCHEMA IF NOT EXISTS`` needs the CREATE privilege on the database even when the schema
+    is there, so a least-privilege role that owns its schemas (docs/roles.md) could not run it: look
+    first, create only what is missing, and name the fix when the role may not.
+    """
+    from psycopg import sql
+
+    from etl_assets.errors import MissingObject
+
+    if conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (_quote_ident(schema),)).fetchone()[0]:
+        return
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    except psycopg.errors.InsufficientPrivilege:
+        user, database = conn.execute("SELECT current_user, current_database()").fetchone()
+        raise MissingObject(
+            f"Schema {schema} does not exist in database {database} and role {user} lacks the CREATE "
+            f"privilege on the database to create it. Create it once as an administrator: "
+            f"CREATE SCHEMA {_quote_ident(schema)} AUTHORIZATION {_quote_ident(user)} (see docs/roles.md)."
+        ) from None
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def table_oid(conn: psycopg.Connection, table: TableRef) -> int | None:
     """OID of an ordinary or partitioned table named exactly ``table``; None if there is none."""
     row = conn.execute(

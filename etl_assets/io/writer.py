@@ -172,7 +172,7 @@ def ensure_table(
     missing = [k for k in primary_key if k not in wanted]
     if missing:
         raise ConfigError(f"Primary key column(s) {missing} of {target} are not in the frame {list(wanted)}.")
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(target.schema_ident))
+    catalog.ensure_schema(conn, target.schema)
     if catalog.table_oid(conn, target) is None:
         parts = [
             sql.SQL("{} {}{}").format(

@@ -49,7 +49,8 @@ def migrate(conn: psycopg.Connection) -> list[int]:
         raise ValueError("migrate() needs a connection with autocommit off")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute("CREATE SCHEMA IF NOT EXISTS etl")
+        if conn.execute("SELECT to_regnamespace('etl') IS NULL").fetchone()[0]:  # IF NOT EXISTS needs
+            conn.execute("CREATE SCHEMA IF NOT EXISTS etl")  # CREATE on the database even when it exists
         conn.execute(
             """CREATE TABLE IF NOT EXISTS etl.schema_migrations (
                    version integer PRIMARY KEY,

@@ -201,6 +201,10 @@ def run_rule(
     """
     target = rule_set.target()
     timeout = check_statement_timeout()
+    # Prepared statements use the extended protocol, which takes one statement per execute: user SQL
+    # cannot end the READ ONLY transaction with "...; COMMIT; DELETE ..." (the simple protocol, which
+    # psycopg uses for a query without parameters, would run all of them).
+    threshold, conn.prepare_threshold = conn.prepare_threshold, 0
     try:
         with conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
@@ -212,6 +216,8 @@ def run_rule(
         if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
         return RuleResult(rule, target, 0, 0, False, error=_explain_check_error(exc, rule, target, timeout))
+    finally:
+        conn.prepare_threshold = threshold
 
 
 def partition_of(context: Any, rule_set: RuleSet) -> tuple[str | None, sql.Composable | None]:

@@ -35,6 +35,7 @@ from psycopg import sql
 
 from etl_assets.errors import ConfigError
 from etl_assets.migrations import ensure_migrated
+from etl_assets.settings import redact_environment
 
 TABLE = sql.Identifier("etl", "run_metrics")
 PROCESSED_KEYS = ("rows_in", "rows_read", "input_rows", "rows_written", "dagster/row_count")
@@ -216,7 +217,10 @@ def rows_for_step(context: dg.HookContext, status: str) -> list[MetricRow]:
         if rows:
             return rows
     exc = context.op_exception
-    error = f"{type(exc).__name__}: {exc}" if exc is not None and status == "failed" else None
+    # stored in etl.run_metrics: never a configured password, whatever the exception quotes
+    error = None
+    if exc is not None and status == "failed":
+        error = redact_environment(f"{type(exc).__name__}: {exc}")
     partition = _step_partition(context)
     return [
         MetricRow(asset=a, partition=partition, status=status, error=error, **common)

@@ -58,10 +58,11 @@ def route_failing_rows(
         state = conn.execute("SELECT kind, state FROM etl.state WHERE target = %s FOR UPDATE",
                              (str(table),)).fetchone()
         boundary = _boundary(state)
-        cur = conn.execute(
+        cur = conn.execute(  # prepared: the rule's SQL can only ever be this one statement
             sql.SQL("DELETE FROM {tbl} t WHERE {cond} RETURNING t.*{boundary}").format(
                 tbl=table.ident, cond=cond, boundary=boundary or sql.SQL("")),
             params,
+            prepare=True,
         )
         names = [d.name for d in cur.description or []]
         rows = cur.fetchall()

@@ -14,6 +14,8 @@ The keys are a public contract (users' files must keep working as the project gr
         fast_path: false         # optional: COPY-to-COPY, no frame in Python
         sensitive: [email]       # optional: stored for masking (data-quality)
         checks: [...]            # optional: stored raw, parsed by the data-quality module
+        deletes: delete          # optional, incremental / chunked upsert: delete | flag | off (see
+                                 # docs/operations-daemon.md, "Delete detection")
 
 The whole file is validated when the Definitions load, so a mistake stops ``dagster dev`` and
 ``etl-assets`` with one message naming the file, the table (and its line), the key and what is
@@ -53,8 +55,9 @@ CONTROL_SCHEMA = "etl"
 
 TABLE_KEYS: tuple[str, ...] = (
     "name", "schema", "table", "extract", "primary_key", "cursor", "load", "target",
-    "chunk_size", "lag", "fast_path", "checks", "sensitive",
+    "chunk_size", "lag", "fast_path", "checks", "sensitive", "deletes",
 )
+DELETE_MODES: tuple[str, ...] = ("delete", "flag", "off")
 TOP_LEVEL_KEYS: tuple[str, ...] = ("tables",)
 SHIPPED_DEMO = "demo.yaml"
 
@@ -75,6 +78,7 @@ class TableSpec:
     fast_path: bool = False
     sensitive: tuple[str, ...] = ()
     checks: tuple[Any, ...] = field(default=(), hash=False, compare=False)
+    deletes: str = "off"  # delete detection (etl_assets.housekeeping.deletes): delete | flag | off
     line: int | None = field(default=None, compare=False)
 
     @property
@@ -257,11 +261,32 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
         raise t.error("checks", f"must be a list of rules, got {_kind(checks)}.")
 
     target = _target(t, source)
+    deletes = _deletes(t, extract, load)
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), fast_path=fast_path,
-        sensitive=sensitive, checks=tuple(checks), line=line,
+        sensitive=sensitive, checks=tuple(checks), deletes=deletes, line=line,
     )
+
+
+def _deletes(t: _Table, extract: str, load: str) -> str:
+    """``deletes:``: what the delete-detection job does with keys gone from the source. Only the
+    modes that cannot see deletes themselves take it (incremental; chunked with load: upsert), and
+    for them it defaults to ``delete``, so the warehouse ends equal to the source."""
+    blind = extract == "incremental" or (extract == "chunked" and load == "upsert")
+    if "deletes" not in t.item:
+        return "delete" if blind else "off"
+    value = t.item["deletes"]
+    if value is False:  # YAML reads a bare `off` as false
+        value = "off"
+    if value not in DELETE_MODES:
+        raise t.error("deletes", f"unknown mode {value!r}; allowed: {', '.join(DELETE_MODES)}.")
+    if value != "off" and not blind:
+        why = ("cdc applies deletes itself" if extract == "cdc"
+               else f"extract: {extract} with load: {load} reloads the whole table, so deletes reach it")
+        raise t.error("deletes", f"only extract: incremental and chunked with load: upsert use delete "
+                      f"detection ({why}); remove the key or set it to off.")
+    return value
 
 
 def _source(t: _Table) -> TableRef:

@@ -485,3 +485,27 @@ def counts(conn: psycopg.Connection, asset_key: str | None = None) -> dict[tuple
         params,
     ).fetchall()
     return {(a, s): n for a, s, n in rows}
+
+
+RESOLVED_STATUSES = ("replayed", "discarded")
+
+
+def purge_resolved(conn: psycopg.Connection, older_than: Any, *, batch: int = 10_000) -> int:
+    """Delete resolved entries (replayed or discarded) resolved more than ``older_than`` ago.
+
+    ``older_than`` is a ``timedelta``. Pending entries are never touched, however old: a row that
+    was neither loaded nor discarded must stay until someone decides. Deletes in batches of
+    ``batch`` rows, each its own transaction when ``conn`` is in autocommit, so a large backlog
+    never holds one long lock. Returns the number of entries removed.
+    """
+    stmt = sql.SQL(
+        "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = ANY(%s) "
+        "AND resolved_at < now() - %s::interval ORDER BY id LIMIT %s)"
+    ).format(t=TABLE)
+    removed = 0
+    while True:
+        with conn.transaction():
+            n = conn.execute(stmt, (list(RESOLVED_STATUSES), older_than, batch)).rowcount
+        removed += n
+        if n < batch:
+            return removed

@@ -16,6 +16,8 @@ The keys are a public contract (users' files must keep working as the project gr
         fast_path: false         # optional: COPY-to-COPY, no frame in Python
         sensitive: [email]       # optional: stored for masking (data-quality)
         checks: [...]            # optional: stored raw, parsed by the data-quality module
+        deletes: delete          # optional, incremental / chunked upsert: delete | flag | off (see
+                                 # docs/operations-daemon.md, "Delete detection")
 
 The whole file is validated when the Definitions load, so a mistake stops ``dagster dev`` and
 ``etl-assets`` with one message naming the file, the table (and its line), the key and what is
@@ -57,12 +59,13 @@ CONTROL_SCHEMA = "etl"
 
 TABLE_KEYS: tuple[str, ...] = (
     "name", "schema", "table", "extract", "primary_key", "cursor", "load", "target",
-    "chunk_size", "lag", "fast_path", "checks", "sensitive", "cursor_time_zone", "late_commits",
+    "chunk_size", "lag", "fast_path", "checks", "sensitive", "cursor_time_zone", "late_commits", "deletes",
 )
 LATE_COMMITS: tuple[str, ...] = ("wait", "ignore")
 # A ``lag`` this long covers any difference between two time zones' clocks (UTC-12 .. UTC+14), so a
 # ``timestamp``/``date`` cursor needs no ``cursor_time_zone`` with it (docs/late-commits.md).
 ANY_ZONE_LAG_SECONDS = 26 * 3600
+DELETE_MODES: tuple[str, ...] = ("delete", "flag", "off")
 TOP_LEVEL_KEYS: tuple[str, ...] = ("tables",)
 SHIPPED_DEMO = "demo.yaml"
 
@@ -85,6 +88,7 @@ class TableSpec:
     fast_path: bool = False
     sensitive: tuple[str, ...] = ()
     checks: tuple[Any, ...] = field(default=(), hash=False, compare=False)
+    deletes: str = "off"  # delete detection (etl_assets.housekeeping.deletes): delete | flag | off
     line: int | None = field(default=None, compare=False)
     origin: str | None = field(default=None, compare=False)  # the file that declares it
 
@@ -378,11 +382,12 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
         raise t.error("checks", f"must be a list of rules, got {_kind(checks)}.")
 
     target = _target(t, source)
+    deletes = _deletes(t, extract, load)
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), cursor_time_zone=cursor_time_zone,
         late_commits=late_commits, fast_path=fast_path,
-        sensitive=sensitive, checks=tuple(checks), line=line, origin=origin,
+        sensitive=sensitive, checks=tuple(checks), deletes=deletes, line=line, origin=origin,
     )
 
 
@@ -403,6 +408,25 @@ def _time_zone(t: _Table, extract: str) -> str | None:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise t.error("cursor_time_zone", f"unknown time zone {value!r}; use an IANA name such as UTC or "
                       "America/Los_Angeles (the zone the writers' sessions stamp the cursor in).") from None
+
+
+def _deletes(t: _Table, extract: str, load: str) -> str:
+    """``deletes:``: what the delete-detection job does with keys gone from the source. Only the
+    modes that cannot see deletes themselves take it (incremental; chunked with load: upsert), and
+    for them it defaults to ``delete``, so the warehouse ends equal to the source."""
+    blind = extract == "incremental" or (extract == "chunked" and load == "upsert")
+    if "deletes" not in t.item:
+        return "delete" if blind else "off"
+    value = t.item["deletes"]
+    if value is False:  # YAML reads a bare `off` as false
+        value = "off"
+    if value not in DELETE_MODES:
+        raise t.error("deletes", f"unknown mode {value!r}; allowed: {', '.join(DELETE_MODES)}.")
+    if value != "off" and not blind:
+        why = ("cdc applies deletes itself" if extract == "cdc"
+               else f"extract: {extract} with load: {load} reloads the whole table, so deletes reach it")
+        raise t.error("deletes", f"only extract: incremental and chunked with load: upsert use delete "
+                      f"detection ({why}); remove the key or set it to off.")
     return value
 
 

@@ -50,6 +50,7 @@ REQUIRED = [
     ("e2e", "asset materialize fast path (ours)", "-"),
     ("e2e", "dlt sql_database -> postgres", "-"),
     ("incremental", "incremental", "-"),
+    ("incremental", "incremental 200 changed rows, whole asset run", "-"),
 ]
 
 

@@ -41,6 +41,7 @@ CONTENDER_MODULES: tuple[str, ...] = (
     "etl_assets.bench.ours",
     "etl_assets.bench.peer_dlt",
     "etl_assets.bench.incremental",
+    "etl_assets.bench.asset_run",
 )
 
 

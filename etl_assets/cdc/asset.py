@@ -86,12 +86,11 @@ def build_cdc_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
                 "they are applied by a later run once it ends."
             )
         context.log.info(report.summary())
-        # Data quality (etl_assets.quality.profile, issue 7): the loaded table's column profile and
-        # schema on the materialization (plotted in the UI); the report's own metadata wins on clashes.
-        from etl_assets.quality.profile import profile_after_write
+        # Data quality (etl_assets.quality.scope): the column profile on its cadence; the report's own
+        # metadata wins on clashes.
+        from etl_assets.quality.scope import after_extract
 
-        with warehouse.connect() as conn:
-            profile = profile_after_write(conn, spec.target, {"sensitive": list(spec.sensitive)}, context.log)
-        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()})
+        quality = after_extract(spec, warehouse, None, context.log, context.run.run_id)
+        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()})
 
     return _cdc

@@ -17,6 +17,7 @@ from etl_assets.errors import EtlError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "etl_assets.cli.core",
+    "etl_assets.cli.daemon",
     "etl_assets.cli.metrics",
     "etl_assets.cli.dlq",
     "etl_assets.cli.cdc",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
-import subprocess
 import sys
 
 from etl_assets.errors import ConfigError, ServerError
@@ -127,25 +125,17 @@ def dev_command(args: argparse.Namespace, workspace: os.PathLike | str) -> list[
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from etl_assets.cli.daemon import workspace_file
+    from etl_assets.processes import supervise
     from etl_assets.settings import PROJECT_ROOT, ensure_environment
 
     ensure_environment()
-    workspace = PROJECT_ROOT / "workspace.yaml"
-    if not workspace.exists():
-        raise ConfigError(f"{workspace} is missing; `etl-assets dev` runs from the project's repository.")
+    workspace = workspace_file()
     command = dev_command(args, workspace)
     print(f"etl-assets dev: {' '.join(command[2:])} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
-    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=os.environ.copy())
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C in a terminal reached dagster dev too (same process group) and it is shutting down its
-        # webserver and daemon; a SIGINT sent to us alone is forwarded after a grace period.
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            return proc.wait()
+    # dagster dev in its own process group; SIGTERM/SIGINT stop it, its webserver, daemon and code
+    # servers, then anything left of them (etl_assets.processes).
+    return supervise(command, cwd=PROJECT_ROOT, env=os.environ.copy())
 
 
 def cmd_seed(args: argparse.Namespace) -> int:

@@ -65,6 +65,9 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
         pool="warehouse",  # the same concurrency pool as every other warehouse writer
     )
     def _extract(context: dg.AssetExecutionContext, source: PostgresResource, warehouse: PostgresResource):
+        from etl_assets.quality.scope import after_extract, before_extract
+
+        marker = before_extract(spec, warehouse)  # where this run's new rows start (checks on them)
         report = run_extract(spec, source.connect, warehouse.connect, context.run.run_id)
         for warning in report.warnings:
             context.log.warning(warning)
@@ -72,13 +75,10 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
             f"{spec.source} -> {spec.target}: {report.rows_read:,} rows read, {report.inserted:,} inserted, "
             f"{report.updated:,} updated, {report.unchanged:,} unchanged in {report.seconds:.2f} s"
         )
-        # Data quality (etl_assets.quality.profile, issue 7): the loaded table's column profile and
-        # schema on the materialization (plotted in the UI); the extract's own metadata wins on clashes.
-        from etl_assets.quality.profile import profile_after_write
-
-        with warehouse.connect() as conn:
-            profile = profile_after_write(conn, spec.target, {"sensitive": list(spec.sensitive)}, context.log)
-        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()})
+        # Data quality (etl_assets.quality.scope): the column profile on its cadence, the new-rows
+        # marker for the checks; the extract's own metadata wins on clashes.
+        quality = after_extract(spec, warehouse, marker, context.log, context.run.run_id)
+        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()})
 
     return _extract
 

@@ -38,6 +38,8 @@ from psycopg import sql
 from etl_assets.errors import ConfigError, EtlError
 from etl_assets.io.tables import TableRef
 from etl_assets.quality.rules import Rule, RuleResult, evaluate, partition_scope
+from etl_assets.quality.scope import describe as describe_scope
+from etl_assets.quality.scope import new_rows_scope, scope_condition, scoped
 
 WAREHOUSE_KEY = "warehouse"
 
@@ -126,6 +128,9 @@ def to_check_result(
             metadata["partition"] = dg.MetadataValue.text(str(value))
     if result.error:
         metadata["error"] = dg.MetadataValue.text(result.error)
+    if "scope" in result.observed:  # which rows the rule looked at (etl_assets.quality.scope)
+        metadata["scope"] = dg.MetadataValue.text(str(result.observed["scope"]))
+        metadata["scope_rows"] = dg.MetadataValue.text(str(result.observed.get("scope_rows", "")))
     passed = True if rule.severity == "info" else result.passed
     severity = dg.AssetCheckSeverity.ERROR if rule.severity == "error" else dg.AssetCheckSeverity.WARN
     return dg.AssetCheckResult(
@@ -150,8 +155,9 @@ def _verdict_text(result: RuleResult) -> str:
             f"{result.observed['dead_lettered']:,} of {result.total_rows:,} rows failed and were moved to "
             f"the dead-letter table: {rule.describe()}"
         )
+    rows = "new rows" if result.observed.get("scope") == "new_rows" else "rows"
     return (
-        f"{result.failing_rows:,} of {result.total_rows:,} rows ({result.failing_percent:.2f}%) fail: "
+        f"{result.failing_rows:,} of {result.total_rows:,} {rows} ({result.failing_percent:.2f}%) fail: "
         f"{rule.describe()}"
     )
 
@@ -191,7 +197,12 @@ def _explain_check_error(exc: Exception, rule: Rule, target: TableRef, timeout: 
 
 
 def run_rule(
-    conn: psycopg.Connection, rule_set: RuleSet, rule: Rule, scope: sql.Composable | None = None
+    conn: psycopg.Connection,
+    rule_set: RuleSet,
+    rule: Rule,
+    scope: sql.Composable | None = None,
+    *,
+    across_table: bool = False,
 ) -> RuleResult:
     """Evaluate one rule; an evaluation failure becomes a failed result naming the reason.
 
@@ -210,7 +221,8 @@ def run_rule(
             conn.execute("SET TRANSACTION READ ONLY")
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
             return evaluate(
-                conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive, scope=scope
+                conn, rule, target, keys=rule_set.keys, sensitive=rule_set.sensitive, scope=scope,
+                across_table=across_table,
             )
     except (EtlError, psycopg.Error) as exc:
         if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -296,15 +308,28 @@ def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
         selected = {k.name for k in context.selected_asset_check_keys}
         warehouse = getattr(context.resources, WAREHOUSE_KEY)
         partition, scope = partition_of(context, rule_set)
+        # An incremental run's own materialization in this run: row-level rules look at its new rows.
+        marker = new_rows_scope(context, key) if partition is None else None
         with warehouse.connect(autocommit=True) as conn:
             for name, rule in by_name.items():
                 if name not in selected:
                     continue
-                result = run_rule(conn, rule_set, rule, scope)
+                used = scope
+                if marker is not None and scoped(rule):
+                    used = scope_condition(marker)
+                    result = run_rule(conn, rule_set, rule, used, across_table=True)
+                    result.observed["scope"] = "new_rows"
+                    result.observed["scope_rows"] = describe_scope(marker)
+                else:
+                    result = run_rule(conn, rule_set, rule, scope)
+                    result.observed["scope"] = "partition" if partition is not None else "full_table"
+                    result.observed["scope_rows"] = (
+                        f"partition {partition}" if partition is not None else "every row of the table"
+                    )
                 if partition is not None:
                     result.observed["partition"] = partition
                 if rule.on_fail == "dead_letter" and not result.passed and not result.error:
-                    result = _route(context, warehouse, rule_set, result, scope, partition)
+                    result = _route(context, warehouse, rule_set, result, used, partition)
                 if result.error:
                     context.log.warning(
                         f"check {name} on {key.to_user_string()} could not run: {result.error}"

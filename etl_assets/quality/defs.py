@@ -140,11 +140,37 @@ def run_metrics_summary(context) -> dg.MaterializeResult:  # context unannotated
     )
 
 
+FULL_CHECKS_JOB = "quality_full_checks"
+FULL_CHECKS_CRON = "0 4 * * *"
+
+
+def full_checks_job() -> dg.UnresolvedAssetJobDefinition:
+    """Every asset check, run alone: no asset is materialized in the run, so every rule covers the
+    whole table (etl_assets.quality.scope), the cadence that complements checks on new rows."""
+    return dg.define_asset_job(
+        FULL_CHECKS_JOB,
+        selection=dg.AssetSelection.all_asset_checks(),
+        description="Every data-quality check on the whole table (incremental runs check their new rows).",
+    )
+
+
 def build_defs() -> dg.Definitions:
+    job = full_checks_job()
     return dg.Definitions(
         assets=[run_metrics_summary],
         asset_checks=[build_asset_checks(s) for s in merge_rule_sets(declared_rule_sets())],
         sensors=build_run_status_sensors(),
+        jobs=[job],
+        schedules=[
+            dg.ScheduleDefinition(
+                name="quality_full_checks_daily",
+                job=job,
+                cron_schedule=FULL_CHECKS_CRON,
+                execution_timezone="UTC",
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+                description="Daily: every check on the whole table (the full-table cadence).",
+            )
+        ],
     )
 
 

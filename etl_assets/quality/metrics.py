@@ -310,11 +310,16 @@ def rows_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded_by: 
     )
     rows = [run_row]
     planned: dict[tuple[str, str | None], str] = {}  # (asset, partition) -> status
+    # A step that failed without a hook having said so (no ASSET_FAILED_TO_MATERIALIZE either, as
+    # in-process execution emits none): its planned assets failed, they were not skipped.
+    step_failures = instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_FAILURE})
+    failed_steps = {e.step_key for e in step_failures if e.step_key}
     for entry in instance.all_logs(run.run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION_PLANNED}):
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
         if data is not None and getattr(data, "asset_key", None) is not None:
             planned[(data.asset_key.to_user_string(), data.partition or partition)] = (
-                "canceled" if status == "canceled" else "skipped"
+                "canceled" if status == "canceled"
+                else "failed" if entry.step_key in failed_steps else "skipped"
             )
     if not planned:
         for key in run.asset_selection or ():

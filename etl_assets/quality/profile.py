@@ -226,8 +226,59 @@ def profile_table_metadata(
     return profile_metadata(profile_table(conn, table, sensitive=sensitive))
 
 
+PROFILE_EVERY_VAR = "ETL_PROFILE_EVERY_HOURS"
+DEFAULT_PROFILE_EVERY_HOURS = 24.0
+CADENCE_TASK = "profile"
+
+
+def profile_every() -> _dt.timedelta:
+    """``ETL_PROFILE_EVERY_HOURS`` (default 24; 0 profiles after every write) as a timedelta."""
+    import os
+
+    from etl_assets.errors import ConfigError
+
+    raw = os.environ.get(PROFILE_EVERY_VAR, "").strip()
+    if not raw:
+        return _dt.timedelta(hours=DEFAULT_PROFILE_EVERY_HOURS)
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = -1.0
+    if not hours >= 0:
+        raise ConfigError(
+            f"{PROFILE_EVERY_VAR}={raw!r} is not a number of hours >= 0 (e.g. 24; 0: every run)."
+        )
+    return _dt.timedelta(hours=hours)
+
+
+def _last_profiled(conn: psycopg.Connection, target: TableRef) -> _dt.datetime | None:
+    row = conn.execute(
+        "SELECT last_run_at FROM etl.quality_cadence WHERE target = %s AND task = %s",
+        (str(target), CADENCE_TASK),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _record_profiled(conn: psycopg.Connection, target: TableRef, run_id: str | None, rows: int) -> None:
+    from psycopg.types.json import Jsonb
+
+    conn.execute(
+        """INSERT INTO etl.quality_cadence (target, task, last_run_at, run_id, details)
+           VALUES (%s, %s, now(), %s, %s)
+           ON CONFLICT (target, task) DO UPDATE SET last_run_at = EXCLUDED.last_run_at,
+               run_id = EXCLUDED.run_id, details = EXCLUDED.details""",
+        (str(target), CADENCE_TASK, run_id, Jsonb({"row_count": rows})),
+    )
+
+
 def profile_after_write(
-    conn: psycopg.Connection, target: TableRef, definition_metadata: Mapping[str, Any], log: Any = None
+    conn: psycopg.Connection,
+    target: TableRef,
+    definition_metadata: Mapping[str, Any],
+    log: Any = None,
+    *,
+    every: _dt.timedelta | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """The profile metadata the IO manager attaches after a successful write (never fails the write).
 
@@ -235,6 +286,11 @@ def profile_after_write(
     table where one more scan per run is too much), ``sensitive: [columns]`` masks those columns.
     Runs in its own transaction (a savepoint inside a caller's), so a failure here leaves the data
     that was just written untouched; it is logged as a warning and the profile is left out.
+
+    ``every`` (extract assets pass :func:`profile_every`): a cadence. The full profile (a scan of the
+    whole table) runs at most once per ``every`` per table, recorded in ``etl.quality_cadence``;
+    within it the metadata says when the last profile ran (``profile/last_full_at``) and why this
+    write has none (``profile/skipped``), so an automated run costs what its change costs.
     """
     flag = getattr(
         definition_metadata.get("profile", True), "value", definition_metadata.get("profile", True)
@@ -247,7 +303,27 @@ def profile_after_write(
         sensitive = [sensitive]
     try:
         with conn.transaction():
-            return profile_table_metadata(conn, target, sensitive=list(sensitive))
+            if every is not None and every.total_seconds() > 0:
+                from etl_assets.migrations import ensure_migrated
+
+                ensure_migrated(conn)
+                last = _last_profiled(conn, target)
+                now = conn.execute("SELECT now()").fetchone()[0]
+                if last is not None and now - last < every:
+                    return {
+                        "profile/last_full_at": dg.MetadataValue.timestamp(last),
+                        "profile/skipped": dg.MetadataValue.text(
+                            f"full profile at most every {every} ({PROFILE_EVERY_VAR}); the last one ran "
+                            f"at {last.isoformat()}, the next after {(last + every).isoformat()}"
+                        ),
+                    }
+            meta = profile_table_metadata(conn, target, sensitive=list(sensitive))
+            if every is not None and every.total_seconds() > 0:
+                _record_profiled(conn, target, run_id, int(meta["dagster/row_count"].value))
+                meta["profile/last_full_at"] = dg.MetadataValue.timestamp(
+                    conn.execute("SELECT now()").fetchone()[0]
+                )
+            return meta
     except (psycopg.Error, MissingObject) as exc:
         if log is not None:
             log.warning(f"no profile for {target}: {type(exc).__name__}: {exc}")

@@ -470,12 +470,27 @@ def _source(table: TableRef, scope: sql.Composable | None) -> sql.Composable:
 
 
 def failing_condition(
-    rule: Rule, table: TableRef, scope: sql.Composable | None = None
+    rule: Rule, table: TableRef, scope: sql.Composable | None = None, *, across_table: bool = False
 ) -> tuple[sql.Composable, list[Any]]:
-    """A condition over alias ``t`` of ``table`` that is TRUE for a failing row (row-level kinds)."""
+    """A condition over alias ``t`` of ``table`` that is TRUE for a failing row (row-level kinds).
+
+    ``across_table`` (``unique`` with a scope of new rows): a scoped row fails when its value occurs
+    in any other row of the whole table, not only among the scoped rows (one index probe per row).
+    """
     pred = _predicate(rule)
     if pred is not None:
         return pred
+    if rule.kind == "unique" and across_table and scope is not None:
+        not_null = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)) for c in rule.columns
+        )
+        same = sql.SQL(" AND ").join(
+            sql.SQL("o.{c} = t.{c}").format(c=sql.Identifier(c)) for c in rule.columns
+        )
+        others = sql.SQL("(SELECT count(*) FROM (SELECT 1 FROM {tbl} o WHERE {same} LIMIT 2) d)").format(
+            tbl=table.ident, same=same
+        )
+        return sql.SQL("{nn} AND {others} > 1").format(nn=not_null, others=others), []
     if rule.kind == "unique":
         not_null = sql.SQL(" AND ").join(
             sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in rule.columns
@@ -488,7 +503,7 @@ def failing_condition(
 
 
 def _failing_relation(
-    rule: Rule, table: TableRef, scope: sql.Composable | None = None
+    rule: Rule, table: TableRef, scope: sql.Composable | None = None, *, across_table: bool = False
 ) -> tuple[sql.Composable, list[Any]]:
     """A SELECT yielding the failing rows (all the table's columns, alias-free)."""
     pred = _predicate(rule)
@@ -498,7 +513,7 @@ def _failing_relation(
             tbl=_source(table, scope), cond=cond
         ), params
     if rule.kind == "unique":
-        cond, params = failing_condition(rule, table, scope)
+        cond, params = failing_condition(rule, table, scope, across_table=across_table)
         return sql.SQL("SELECT t.* FROM {tbl} t WHERE {cond}").format(
             tbl=_source(table, scope), cond=cond
         ), params
@@ -553,13 +568,15 @@ def evaluate(
     keys: Sequence[str] | None = None,
     sensitive: Iterable[str] = (),
     scope: sql.Composable | None = None,
+    across_table: bool = False,
 ) -> RuleResult:
     """Run ``rule`` against ``table`` in the warehouse and return counts, verdict and a masked sample.
 
     ``keys`` are the columns that identify a row in the sample (default: the table's primary key).
     ``scope`` (see :func:`partition_scope`) limits the rule to one partition's rows (a custom
-    ``query`` is the user's own and is not limited). Runs read-only statements on ``conn``; the
-    caller owns the transaction.
+    ``query`` is the user's own and is not limited). ``across_table``: the scope is a run's new
+    rows (``etl_assets.quality.scope``), and ``unique`` compares them with the whole table. Runs
+    read-only statements on ``conn``; the caller owns the transaction.
     """
     sensitive = tuple(sensitive)
     columns = table_columns(conn, table)
@@ -586,7 +603,7 @@ def evaluate(
     if rule.kind == "polars":
         return _evaluate_polars(conn, rule, table, key_cols, columns, sensitive, scope)
 
-    relation, params = _failing_relation(rule, table, scope)
+    relation, params = _failing_relation(rule, table, scope, across_table=across_table)
     pred = _predicate(rule)
     if pred is not None:
         cond, pparams = pred

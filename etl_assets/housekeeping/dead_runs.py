@@ -25,6 +25,3 @@ def dead_run_cleanup(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         context.log.warning(f"marked run {run_id} failed: its process is gone (pool slots freed)")
     return dg.SkipReason(f"marked {len(cleaned)} dead run(s) failed" if cleaned else "no dead runs")
 
-
-def build_defs() -> dg.Definitions:
-    return dg.Definitions(sensors=[dead_run_cleanup])

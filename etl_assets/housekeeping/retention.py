@@ -1,0 +1,137 @@
+"""Retention on schedules: ``cdc prune`` and resolved dead letters.
+
+- ``housekeeping_cdc_prune`` (daily, 03:10 UTC): for every captured source table, remove the
+  change-log entries every consumer has applied (``etl_assets.cdc.capture.prune``, the same code as
+  ``etl-assets cdc prune``; never an unapplied entry).
+- ``housekeeping_dead_letter_retention`` (daily, 03:20 UTC): delete dead letters that were resolved
+  (replayed or discarded) more than ``ETL_DLQ_RETENTION_DAYS`` days ago (default 30). Pending ones
+  are kept whatever their age.
+
+Both schedules are RUNNING by default. Their counts go to the op's output metadata and the log.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects the op's context annotation at runtime.
+
+import datetime as _dt
+import os
+
+import dagster as dg
+
+from etl_assets.errors import ConfigError
+
+DLQ_RETENTION_VAR = "ETL_DLQ_RETENTION_DAYS"
+DEFAULT_DLQ_RETENTION_DAYS = 30
+CDC_PRUNE_CRON = "10 3 * * *"
+DLQ_RETENTION_CRON = "20 3 * * *"
+
+
+def dlq_retention() -> _dt.timedelta:
+    """``ETL_DLQ_RETENTION_DAYS`` as a timedelta; a bad value is a one-line configuration error."""
+    raw = os.environ.get(DLQ_RETENTION_VAR)
+    if raw is None or raw.strip() == "":
+        return _dt.timedelta(days=DEFAULT_DLQ_RETENTION_DAYS)
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:
+        raise ConfigError(
+            f"{DLQ_RETENTION_VAR}={raw!r} is not a number of days >= 0 (e.g. 30, or 0.5 for 12 hours)."
+        )
+    return _dt.timedelta(days=days)
+
+
+@dg.op(
+    name="prune_cdc_logs",
+    required_resource_keys={"source"},
+    description="Remove change-log entries every consumer has applied (etl-assets cdc prune).",
+)
+def prune_cdc_logs(context: dg.OpExecutionContext) -> dg.Output[int]:
+    from etl_assets.cdc import capture
+
+    removed = 0
+    per_table: dict[str, int] = {}
+    with context.resources.source.connect(autocommit=True) as conn:
+        for cap in capture.list_captures(conn):
+            result, _ = capture.prune(conn, cap.source)
+            per_table[str(cap.source)] = result.removed
+            removed += result.removed
+            if result.through is None:
+                context.log.info(f"{cap.source}: nothing pruned ({result.reason})")
+            else:
+                context.log.info(f"{cap.source}: removed {result.removed} applied entries "
+                                 f"(through position {result.through})")
+    return dg.Output(
+        removed,
+        metadata={
+            "entries_removed": dg.MetadataValue.int(removed),
+            "tables": dg.MetadataValue.int(len(per_table)),
+            "per_table": dg.MetadataValue.json(per_table),
+        },
+    )
+
+
+@dg.op(
+    name="purge_resolved_dead_letters",
+    required_resource_keys={"warehouse"},
+    description=f"Delete dead letters resolved more than {DLQ_RETENTION_VAR} days ago (default "
+    f"{DEFAULT_DLQ_RETENTION_DAYS}); pending ones are kept.",
+)
+def purge_resolved_dead_letters(context: dg.OpExecutionContext) -> dg.Output[int]:
+    from etl_assets import dlq
+    from etl_assets.migrations import ensure_migrated
+
+    older_than = dlq_retention()
+    with context.resources.warehouse.connect(autocommit=True) as conn:
+        conn.autocommit = False
+        ensure_migrated(conn)
+        conn.commit()
+        conn.autocommit = True
+        removed = dlq.purge_resolved(conn, older_than)
+    context.log.info(f"removed {removed} dead letter(s) resolved before now - {older_than}")
+    return dg.Output(
+        removed,
+        metadata={
+            "dead_letters_removed": dg.MetadataValue.int(removed),
+            "retention_days": dg.MetadataValue.float(older_than.total_seconds() / 86400),
+        },
+    )
+
+
+@dg.job(name="housekeeping_cdc_prune", description="Prune applied change-log entries of every capture.")
+def cdc_prune_job() -> None:
+    prune_cdc_logs()
+
+
+@dg.job(
+    name="housekeeping_dead_letter_retention",
+    description="Delete resolved dead letters older than the retention (ETL_DLQ_RETENTION_DAYS).",
+)
+def dead_letter_retention_job() -> None:
+    purge_resolved_dead_letters()
+
+
+cdc_prune_schedule = dg.ScheduleDefinition(
+    name="housekeeping_cdc_prune_daily",
+    job=cdc_prune_job,
+    cron_schedule=CDC_PRUNE_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily: etl-assets cdc prune on every captured table.",
+)
+
+dead_letter_retention_schedule = dg.ScheduleDefinition(
+    name="housekeeping_dead_letter_retention_daily",
+    job=dead_letter_retention_job,
+    cron_schedule=DLQ_RETENTION_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily: delete resolved dead letters older than ETL_DLQ_RETENTION_DAYS (default 30).",
+)
+
+
+def build_defs() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[cdc_prune_job, dead_letter_retention_job],
+        schedules=[cdc_prune_schedule, dead_letter_retention_schedule],
+    )

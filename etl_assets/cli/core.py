@@ -125,17 +125,18 @@ def dev_command(args: argparse.Namespace, workspace: os.PathLike | str) -> list[
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from etl_assets.cli.daemon import workspace_file
+    from etl_assets.cli.daemon import service_environment, workspace_file
     from etl_assets.processes import supervise
-    from etl_assets.settings import PROJECT_ROOT, ensure_environment
+    from etl_assets.settings import ensure_environment
 
-    ensure_environment()
+    env = ensure_environment()
     workspace = workspace_file()
     command = dev_command(args, workspace)
     print(f"etl-assets dev: {' '.join(command[2:])} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
     # dagster dev in its own process group; SIGTERM/SIGINT stop it, its webserver, daemon and code
     # servers, then anything left of them (etl_assets.processes).
-    return supervise(command, cwd=PROJECT_ROOT, env=os.environ.copy())
+    # From DAGSTER_HOME, which holds the instance's dagster.yaml (see etl_assets.cli.daemon).
+    return supervise(command, cwd=env.dagster_home, env=service_environment())
 
 
 def cmd_seed(args: argparse.Namespace) -> int:

@@ -44,13 +44,27 @@ def workspace_file():
     return workspace
 
 
+def service_environment() -> dict[str, str]:
+    """The environment of ``dagster dev`` / ``dagster-daemon run`` started by us: the resolved tables
+    declaration is pinned (``ETL_PIPELINES``), because the services run in ``DAGSTER_HOME``, not in
+    the folder whose ``pyproject.toml`` may name it; and Dagster's notice that ``dagster dev`` is
+    superseded by ``dg dev`` (a different project layout) is not repeated at every start."""
+    from etl_assets.pipeline_config import pipelines_paths
+
+    env = os.environ.copy()
+    env.setdefault("ETL_PIPELINES", os.pathsep.join(str(p) for p in pipelines_paths()))
+    quiet = "ignore:Function `dev_command` is superseded"
+    env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), quiet) if w)
+    return env
+
+
 def daemon_command(workspace, log_level: str = "info") -> list[str]:
     return [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace), "--log-level", log_level]
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from etl_assets.processes import supervise
-    from etl_assets.settings import PROJECT_ROOT, ensure_environment
+    from etl_assets.settings import ensure_environment
 
     env = ensure_environment()
     workspace = workspace_file()
@@ -61,4 +75,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         + ")",
         flush=True,
     )
-    return supervise(command, cwd=PROJECT_ROOT, env=os.environ.copy())
+    # In DAGSTER_HOME (it holds the instance's dagster.yaml): run from the repository, Dagster would
+    # warn at every start that the dagster.yaml there is ignored.
+    return supervise(command, cwd=env.dagster_home, env=service_environment())

@@ -4,12 +4,26 @@ logs or the UI."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
 from etl_assets.db import PostgresResource
 from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
+
+
+@dataclass(frozen=True)
+class ResourceKeys:
+    """The resource keys the extract assets and their checks read their databases from. This
+    project binds ``source`` and ``warehouse``; the Component (``etl_assets.components``) binds its
+    own, prefixed keys so it never takes over a user project's resources."""
+
+    source: str = "source"
+    warehouse: str = "warehouse"
+
+
+DEFAULT_KEYS = ResourceKeys()
 
 
 def source_resource() -> PostgresResource:

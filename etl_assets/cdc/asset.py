@@ -20,6 +20,7 @@ import dagster as dg
 
 from etl_assets.db import PostgresResource
 from etl_assets.pipeline_config import SHIPPED_DEMO, TableSpec
+from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
 
 
 def is_shipped_demo(origin: str) -> bool:
@@ -33,7 +34,7 @@ def is_shipped_demo(origin: str) -> bool:
         return False
 
 
-def build_cdc_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
+def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
     """The asset applying ``spec.source``'s change log to ``spec.target``."""
     from etl_assets.extract.assets import _safe_name, op_name
 
@@ -70,9 +71,13 @@ def build_cdc_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
         },
         name=op_name(spec),
         pool="warehouse",
+        required_resource_keys={keys.source, keys.warehouse},
     )
-    def _cdc(context: dg.AssetExecutionContext, source: PostgresResource, warehouse: PostgresResource):
+    def _cdc(context: dg.AssetExecutionContext):
         from etl_assets.cdc.sync import sync_table
+
+        source: PostgresResource = getattr(context.resources, keys.source)
+        warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
         report = sync_table(
             spec, source.connect, warehouse.connect, run_id=context.run.run_id, auto_install=auto

@@ -18,6 +18,7 @@ from etl_assets.db import PostgresResource
 from etl_assets.extract.common import target_key
 from etl_assets.extract.runner import run_extract
 from etl_assets.pipeline_config import PipelineConfig, TableSpec, load_pipelines
+from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -34,12 +35,12 @@ def op_name(spec: TableSpec) -> str:
     return "extract__" + _safe_name(f"{spec.target.schema}__{spec.target.name}")
 
 
-def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
-    """The asset of one declared table."""
+def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
+    """The asset of one declared table, reading its databases from the resources named by ``keys``."""
     if spec.extract == "cdc":
         from etl_assets.cdc.asset import build_cdc_asset
 
-        return build_cdc_asset(spec, origin)
+        return build_cdc_asset(spec, origin, keys)
     key = dg.AssetKey(spec.asset_key_path)
     description = (
         f"{spec.extract} extract of source table {spec.source} into {spec.target} (load: {spec.load}"
@@ -63,9 +64,13 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
                                        kinds={"postgres"}, is_required=True)},
         name=op_name(spec),
         pool="warehouse",  # the same concurrency pool as every other warehouse writer
+        required_resource_keys={keys.source, keys.warehouse},
     )
-    def _extract(context: dg.AssetExecutionContext, source: PostgresResource, warehouse: PostgresResource):
+    def _extract(context: dg.AssetExecutionContext):
         from etl_assets.quality.scope import after_extract, before_extract
+
+        source: PostgresResource = getattr(context.resources, keys.source)
+        warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
         marker = before_extract(spec, warehouse)  # where this run's new rows start (checks on them)
         report = run_extract(spec, source.connect, warehouse.connect, context.run.run_id)
@@ -83,8 +88,8 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
     return _extract
 
 
-def build_assets(config: PipelineConfig) -> list[dg.AssetsDefinition]:
-    return [extract_asset(spec, spec.origin or config.path) for spec in config.tables]
+def build_assets(config: PipelineConfig, keys: ResourceKeys = DEFAULT_KEYS) -> list[dg.AssetsDefinition]:
+    return [extract_asset(spec, spec.origin or config.path, keys) for spec in config.tables]
 
 
 def declared_keys(config: PipelineConfig | None = None) -> set[dg.AssetKey]:

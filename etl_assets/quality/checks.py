@@ -281,8 +281,9 @@ def _route(
     return result
 
 
-def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
-    """One multi-asset check for the rules of one asset (each rule a named, selectable spec)."""
+def build_asset_checks(rule_set: RuleSet, warehouse_key: str = WAREHOUSE_KEY) -> dg.AssetChecksDefinition:
+    """One multi-asset check for the rules of one asset (each rule a named, selectable spec), on the
+    warehouse resource bound under ``warehouse_key``."""
     key = rule_set.asset_key
     specs = [
         dg.AssetCheckSpec(
@@ -301,12 +302,12 @@ def build_asset_checks(rule_set: RuleSet) -> dg.AssetChecksDefinition:
         specs=specs,
         name=op_name,
         can_subset=True,
-        required_resource_keys={WAREHOUSE_KEY},
+        required_resource_keys={warehouse_key},
         description=f"Data-quality rules of {key.to_user_string()} on {rule_set.target()}",
     )
     def _quality_checks(context):  # unannotated: string annotations confuse the decorator
         selected = {k.name for k in context.selected_asset_check_keys}
-        warehouse = getattr(context.resources, WAREHOUSE_KEY)
+        warehouse = getattr(context.resources, warehouse_key)
         partition, scope = partition_of(context, rule_set)
         # An incremental run's own materialization in this run: row-level rules look at its new rows.
         marker = new_rows_scope(context, key) if partition is None else None

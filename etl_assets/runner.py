@@ -182,20 +182,23 @@ def cleanup_dead_runs(instance: dg.DagsterInstance, *, local_instance: bool = Fa
 # --------------------------------------------------------------------------------------------------
 
 
-def preflight(source_dsn: str, warehouse_dsn: str) -> None:
-    """Reach both databases and migrate the control schema before any run starts.
+def preflight(source_dsn: str, warehouse_dsn: str, dagster_url: str | None = None) -> None:
+    """Reach the databases and migrate the control schema before any run starts.
 
     An unreachable database is then one clear error (naming the variable) instead of a failure in
     every step, and the schema ``etl`` is current before the first asset writes to it.
     """
     from etl_assets.db import connect
     from etl_assets.migrations import ensure_migrated
-    from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
+    from etl_assets.settings import DAGSTER_URL_VAR, SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR, libpq_dsn
 
     with connect(source_dsn, role="source", env_var=SOURCE_DSN_VAR) as conn:
         conn.execute("SELECT 1")  # reachable, and the credentials work
     with connect(warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
         ensure_migrated(conn)
+    if dagster_url:  # else dagster-postgres retries, then fails with a traceback
+        with connect(libpq_dsn(dagster_url), role="Dagster storage", env_var=DAGSTER_URL_VAR) as conn:
+            conn.execute("SELECT 1")
 
 
 def resolve_selection(defs: dg.Definitions, select: Sequence[str] | None) -> list[dg.AssetKey]:

@@ -46,7 +46,7 @@ def etl_home() -> Path:
 MASK = "***"
 
 
-def _libpq_form(dsn: str) -> str:
+def libpq_dsn(dsn: str) -> str:
     """``dsn`` as libpq reads it: SQLAlchemy's ``postgresql+driver://`` scheme back to ``postgresql://``."""
     scheme, sep, rest = dsn.partition("://")
     if sep and scheme.startswith(("postgresql+", "postgres+")):
@@ -61,7 +61,7 @@ def dsn_password(dsn: str) -> str | None:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        return conninfo_to_dict(_libpq_form(dsn)).get("password") or None
+        return conninfo_to_dict(libpq_dsn(dsn)).get("password") or None
     except (ProgrammingError, ValueError, TypeError):
         return None
 
@@ -78,7 +78,7 @@ def redact_dsn(dsn: str) -> str:
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     try:
-        params = conninfo_to_dict(_libpq_form(dsn))
+        params = conninfo_to_dict(libpq_dsn(dsn))
     except (ProgrammingError, ValueError, TypeError):
         return "<unparseable DSN>"
     if params.get("password") is None:

@@ -148,6 +148,19 @@ def test_run_checks_the_databases_first(
     assert "ETL_SOURCE_DSN" in err and "secret" not in err
 
 
+def test_run_checks_the_dagster_storage_first(
+    etl_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from etl_assets.cli import main
+
+    url = "postgresql+psycopg2://nobody@127.0.0.1:1/dg?password=s3cr3t&connect_timeout=2"
+    monkeypatch.setenv("DAGSTER_PG_URL", url)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("etl-assets: error: Cannot connect to the Dagster storage database at ")
+    assert "DAGSTER_PG_URL" in err and "s3cr3t" not in err and "Traceback" not in err
+
+
 def test_server_status_without_a_server(etl_env: dict[str, str], tmp_path: Path) -> None:
     env = os.environ.copy()
     env["ETL_HOME"] = str(tmp_path / "empty_home")

@@ -51,14 +51,14 @@ REDACT_CASES = [
 
 @pytest.mark.parametrize(("dsn", "password"), REDACT_CASES)
 def test_redact_dsn_masks_every_form_libpq_reads(dsn: str, password: str) -> None:
-    assert conninfo_to_dict(settings._libpq_form(dsn))["password"] == password  # the case is what it says
+    assert conninfo_to_dict(settings.libpq_dsn(dsn))["password"] == password  # the case is what it says
     assert settings.dsn_password(dsn) == password
     redacted = settings.redact_dsn(dsn)
     for fragment in {password, *password.split(), "s3", "cret"}:
         assert fragment not in redacted, redacted
     # Everything else is kept: libpq reads the same connection with the password masked.
-    expected = {k: v for k, v in conninfo_to_dict(settings._libpq_form(dsn)).items() if k != "password"}
-    params = conninfo_to_dict(settings._libpq_form(redacted))
+    expected = {k: v for k, v in conninfo_to_dict(settings.libpq_dsn(dsn)).items() if k != "password"}
+    params = conninfo_to_dict(settings.libpq_dsn(redacted))
     assert params.pop("password") == "***"
     assert params == expected
     assert redacted.split("://")[0] == dsn.split("://")[0] or "://" not in dsn

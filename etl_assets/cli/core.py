@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f" (embedded PostgreSQL for {', '.join(env.embedded)})" if env.embedded else ""),
         flush=True,
     )
-    runner.preflight(env.source_dsn, env.warehouse_dsn)
+    runner.preflight(env.source_dsn, env.warehouse_dsn, env.dagster_url)
     summary = runner.run(select=args.select, partition=args.partition, out=lambda s: print(s, flush=True))
     print(runner.format_summary(summary), flush=True)
     return summary.exit_code

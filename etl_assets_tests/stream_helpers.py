@@ -40,7 +40,9 @@ def drain(source_dsn: str, warehouse_dsn: str, **options: object) -> list[proces
 
 def outcome_counts(warehouse_dsn: str) -> dict[str, int]:
     with psycopg.connect(warehouse_dsn) as conn:
-        return dict(conn.execute("SELECT outcome, count(*) FROM stream.processed_events GROUP BY 1").fetchall())
+        return dict(
+            conn.execute("SELECT outcome, count(*) FROM stream.processed_events GROUP BY 1").fetchall()
+        )
 
 
 def queue_size(source_dsn: str) -> int:

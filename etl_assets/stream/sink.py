@@ -70,6 +70,9 @@ def ensure_tables(conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('etl_assets.stream.sink'))")
         for statement in DDL:
             conn.execute(statement)
+        from etl_assets.stream.lambda_.serving import ensure_serving
+
+        ensure_serving(conn)
     _ensured.add(key)
 
 

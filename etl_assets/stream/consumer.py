@@ -151,7 +151,7 @@ class DagsterReporter:
         try:
             instance.report_runless_asset_event(dg.AssetObservation(asset_key=key, metadata=metadata))
             self.last_observed = now
-            if force or now - self.last_materialized >= self.config.materialize_every_s:
+            if now - self.last_materialized >= self.config.materialize_every_s:
                 instance.report_runless_asset_event(
                     dg.AssetMaterialization(
                         asset_key=key, metadata=metadata, description="reported by etl-assets stream run"

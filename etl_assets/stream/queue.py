@@ -175,7 +175,9 @@ def ack(conn: psycopg.Connection, ids: Sequence[int]) -> int:
     if not ids:
         return 0
     with conn.transaction():
-        return conn.execute("DELETE FROM etl_stream.events WHERE id = ANY(%s)", (list(ids),)).rowcount
+        return conn.execute(
+            "DELETE FROM etl_stream.events WHERE id = ANY(%s)", (list(ids),), binary=True
+        ).rowcount
 
 
 def release(conn: psycopg.Connection, ids: Sequence[int]) -> int:

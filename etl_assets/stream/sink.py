@@ -105,7 +105,9 @@ class SinkResult:
 
 def already_processed(conn: psycopg.Connection, event_ids: Sequence[int]) -> set[int]:
     rows = conn.execute(
-        "SELECT event_id FROM stream.processed_events WHERE event_id = ANY(%s)", (list(event_ids),)
+        "SELECT event_id FROM stream.processed_events WHERE event_id = ANY(%s)",
+        (list(event_ids),),
+        binary=True,
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -154,6 +156,7 @@ def upsert_latest(conn: psycopg.Connection, rows: Sequence[SinkRow]) -> SinkResu
            WHERE s.version < EXCLUDED.version
            RETURNING event_id""",
         [list(c) for c in cols],
+        binary=True,
     ).fetchall()
     done = {r[0] for r in applied}
     for row in newest.values():
@@ -172,6 +175,7 @@ def record_processed(
         """INSERT INTO stream.processed_events (event_id, order_id, version, outcome, enqueued_at)
            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::timestamptz[])""",
         cols,
+        binary=True,
     )
 
 
@@ -187,4 +191,5 @@ def add_deltas(conn: psycopg.Connection, deltas: Sequence[Delta]) -> None:
            SELECT * FROM unnest(%s::bigint[], %s::date[], %s::int[], %s::int[], %s::numeric[])
            ON CONFLICT DO NOTHING""",
         cols,
+        binary=True,
     )

@@ -176,7 +176,7 @@ def ack(conn: psycopg.Connection, ids: Sequence[int]) -> int:
         return 0
     with conn.transaction():
         return conn.execute(
-            "DELETE FROM etl_stream.events WHERE id = ANY(%s)", (list(ids),), binary=True
+            "DELETE FROM etl_stream.events WHERE id = ANY(%b)", (list(ids),), binary=True
         ).rowcount
 
 

@@ -105,7 +105,7 @@ class SinkResult:
 
 def already_processed(conn: psycopg.Connection, event_ids: Sequence[int]) -> set[int]:
     rows = conn.execute(
-        "SELECT event_id FROM stream.processed_events WHERE event_id = ANY(%s)",
+        "SELECT event_id FROM stream.processed_events WHERE event_id = ANY(%b)",
         (list(event_ids),),
         binary=True,
     ).fetchall()
@@ -147,8 +147,8 @@ def upsert_latest(conn: psycopg.Connection, rows: Sequence[SinkRow]) -> SinkResu
     applied = conn.execute(
         """INSERT INTO stream.orders AS s
                (order_id, version, event_id, user_id, category_id, amount, status, created_at)
-           SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[], %s::int[],
-                                %s::numeric[], %s::text[], %s::timestamptz[])
+           SELECT * FROM unnest(%b::bigint[], %b::int[], %b::bigint[], %b::bigint[], %b::int[],
+                                %b::numeric[], %b::text[], %b::timestamptz[])
            ON CONFLICT (order_id) DO UPDATE SET
                version = EXCLUDED.version, event_id = EXCLUDED.event_id, user_id = EXCLUDED.user_id,
                category_id = EXCLUDED.category_id, amount = EXCLUDED.amount, status = EXCLUDED.status,
@@ -173,7 +173,7 @@ def record_processed(
     cols = [list(c) for c in zip(*outcomes, strict=True)]
     conn.execute(
         """INSERT INTO stream.processed_events (event_id, order_id, version, outcome, enqueued_at)
-           SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::timestamptz[])""",
+           SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::int[], %b::text[], %b::timestamptz[])""",
         cols,
         binary=True,
     )
@@ -188,7 +188,7 @@ def add_deltas(conn: psycopg.Connection, deltas: Sequence[Delta]) -> None:
     ]
     conn.execute(
         """INSERT INTO serve.speed_deltas (event_id, day, category_id, orders, amount)
-           SELECT * FROM unnest(%s::bigint[], %s::date[], %s::int[], %s::int[], %s::numeric[])
+           SELECT * FROM unnest(%b::bigint[], %b::date[], %b::int[], %b::int[], %b::numeric[])
            ON CONFLICT DO NOTHING""",
         cols,
         binary=True,

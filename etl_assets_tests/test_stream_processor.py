@@ -176,3 +176,37 @@ def test_a_batch_that_fails_writes_nothing_and_is_redelivered(stream_dbs: dict[s
     drain(src, wh)
     assert sum(outcome_counts(wh).values()) == 30
     _assert_sink_equals_source(stream_dbs)
+
+
+def test_dead_events_replay_like_other_dead_letters(stream_dbs: dict[str, str]) -> None:
+    from etl_assets.transforms.replay import replay
+
+    src, wh = stream_dbs["source"], stream_dbs["warehouse"]
+    ids = {}
+    for order_id, amount in ((11, "-3.00"), (12, "-4.00")):
+        with psycopg.connect(src) as conn, conn.transaction():
+            (ids[order_id],) = producer.apply_changes(
+                conn, [producer.Change("updated", order_id, {"amount": Decimal(amount)})]
+            )
+    drain(src, wh)
+    with psycopg.connect(wh) as conn:
+        deltas_before = conn.execute("SELECT count(*), sum(amount) FROM serve.speed_deltas").fetchone()
+        # someone corrects the first event's amount in the dead-letter table; the second stays bad
+        conn.execute(
+            "UPDATE etl.dead_letters SET payload = jsonb_set(payload, '{amount}', '\"3.00\"')"
+            " WHERE (payload->>'event_id')::bigint = %s",
+            (ids[11],),
+        )
+        conn.commit()
+        reports = replay(conn, run_id="replay-1", asset_key=sink.SINK_ASSET)
+        assert [(r.considered, r.replayed, r.failed_again) for r in reports] == [(2, 1, 1)]
+        rows = conn.execute(
+            "SELECT (payload->>'event_id')::bigint, status, attempts FROM etl.dead_letters ORDER BY 1"
+        ).fetchall()
+        assert rows == [(ids[11], "replayed", 1), (ids[12], "pending", 2)]
+        assert (
+            conn.execute("SELECT count(*), sum(amount) FROM serve.speed_deltas").fetchone() == deltas_before
+        )
+        outcomes = dict(conn.execute("SELECT event_id, outcome FROM stream.processed_events").fetchall())
+    assert outcomes == {ids[11]: "applied", ids[12]: "dead"}
+    assert sink_latest(wh)[11] == (1, Decimal("3.00"), sink_latest(wh)[11][2])

@@ -537,6 +537,9 @@ def run(args: argparse.Namespace, log=print) -> int:
         log(format_markdown(json.loads(Path(args.markdown).read_text())))
         return 0
     env = ensure_environment(seed_demo=False)
+    if threading.current_thread() is threading.main_thread():
+        # `kill` of a long run still drops its tables (and the running contender's process).
+        signal.signal(signal.SIGTERM, _interrupt)
     if args.only and set(args.only) == {"stream"}:  # the stream has its own measurement, not contenders
         from etl_assets.bench.stream import run_stream_bench
 
@@ -545,9 +548,6 @@ def run(args: argparse.Namespace, log=print) -> int:
             env.source_dsn, Path(args.out).resolve(), seconds=5 if quick else 60,
             backlog=5_000 if quick else 100_000, queues=not quick, log=log,
         )
-    if threading.current_thread() is threading.main_thread():
-        # `kill` of a long run still drops its tables (and the running contender's process).
-        signal.signal(signal.SIGTERM, _interrupt)
     sizes: tuple[int, ...] = tuple(args.rows or ((QUICK_SIZE,) if args.quick else DEFAULT_SIZES))
     if args.large and LARGE_SIZE not in sizes:
         sizes = (*sizes, LARGE_SIZE)

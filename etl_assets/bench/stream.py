@@ -5,7 +5,7 @@ dropped afterwards, so the user's demo is never touched:
 
 1. **Latency.** ``etl-assets stream run`` (the real command, its own process, default settings) is
    started; this process then writes order events at a steady ``rate`` per second for ``seconds``
-   seconds through the outbox producer (one transaction per hundredth of a second) and notes the
+   seconds through the outbox producer (one transaction per tenth of a second) and notes the
    wall-clock time of each COMMIT. The latency of an event is its sink's ``processed_at`` (written
    as the sink transaction's last statement, right before its COMMIT) minus its producer COMMIT
    time: same machine, same clock. p50 and p95 over every event.

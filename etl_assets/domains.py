@@ -14,6 +14,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "etl_assets.quality.defs",
     "etl_assets.housekeeping",
     "etl_assets.alerts",
+    "etl_assets.stream.assets",
 )
 
 

@@ -204,3 +204,20 @@ def dev_server(etl_env: dict[str, str], source_dsn: str, tmp_path) -> Iterator[D
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+def stream_dbs(pg_admin_dsn: str) -> Iterator[dict[str, str]]:
+    """A fresh source (small seeded demo, stream queue installed) and warehouse for one stream test."""
+    from etl_assets.demo import seed as demo
+    from etl_assets.stream import queue
+
+    prefix = f"s{secrets.token_hex(4)}"
+    names = {role: f"{prefix}_{role}" for role in ("source", "warehouse")}
+    dsns = {role: create_database(pg_admin_dsn, name) for role, name in names.items()}
+    demo.seed(dsns["source"], rows=2000, customers=200, until=demo.today())
+    with psycopg.connect(dsns["source"], autocommit=True) as conn:
+        queue.install(conn)
+    yield dsns
+    for name in names.values():
+        drop_database(pg_admin_dsn, name)

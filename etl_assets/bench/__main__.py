@@ -519,7 +519,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         metavar="TEXT",
         action="append",
-        help="run only contenders whose group or name contains TEXT (repeatable)",
+        help="run only contenders whose group or name contains TEXT (repeatable); "
+        "`--only stream` measures the event stream's latency and drain rate instead",
     )
     parser.add_argument("--keep", action="store_true", help="keep the etl_bench schemas afterwards")
     parser.add_argument(
@@ -540,6 +541,14 @@ def run(args: argparse.Namespace, log=print) -> int:
     if threading.current_thread() is threading.main_thread():
         # `kill` of a long run still drops its tables (and the running contender's process).
         signal.signal(signal.SIGTERM, _interrupt)
+    if args.only and set(args.only) == {"stream"}:  # the stream has its own measurement, not contenders
+        from etl_assets.bench.stream import run_stream_bench
+
+        quick = bool(args.quick)
+        return run_stream_bench(
+            env.source_dsn, Path(args.out).resolve(), seconds=5 if quick else 60,
+            backlog=5_000 if quick else 100_000, queues=not quick, log=log,
+        )
     sizes: tuple[int, ...] = tuple(args.rows or ((QUICK_SIZE,) if args.quick else DEFAULT_SIZES))
     if args.large and LARGE_SIZE not in sizes:
         sizes = (*sizes, LARGE_SIZE)

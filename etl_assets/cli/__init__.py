@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "etl_assets.cli.bench",
     "etl_assets.cli.rollback",
     "etl_assets.cli.sql",
+    "etl_assets.cli.stream",
 )
 
 

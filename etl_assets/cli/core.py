@@ -64,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="apply a batch of inserts, updates and deletes to the demo source")
     p.add_argument("--changes", type=int, default=1000, help="number of changed rows (default 1000)")
     p.add_argument("--seed", type=int, default=None, help="make the choice of rows reproducible")
+    p.add_argument(
+        "--events", type=int, default=None,
+        help="instead: write this many order events (outbox: change and event in one transaction; "
+        "needs `etl-assets stream install`)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=None, help="with --events: events per second (default: flat out)"
+    )
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser(
@@ -174,6 +182,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from etl_assets.settings import ensure_environment
 
     env = ensure_environment()
+    if args.events is not None:
+        return _simulate_events(env.source_dsn, args)
     if args.changes < 0:
         raise ConfigError("--changes must be >= 0.")
     result = demo.simulate(env.source_dsn, changes=args.changes, seed=args.seed)
@@ -183,6 +193,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"{result.updated.get(table, 0):,} updated, "
             f"{result.deleted.get(table, 0):,} deleted"
         )
+    return 0
+
+
+def _simulate_events(source_dsn: str, args: argparse.Namespace) -> int:
+    from etl_assets.stream.producer import produce
+
+    if args.events < 0 or (args.rate is not None and args.rate <= 0):
+        raise ConfigError("--events must be >= 0 and --rate > 0.")
+    result = produce(source_dsn, args.events, rate=args.rate, seed=args.seed)
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.by_kind.items()))
+    print(
+        f"wrote {result.events:,} order events ({kinds}) in {result.batches:,} transactions, "
+        f"{result.seconds:.1f} s; event ids {result.first_id}..{result.last_id}"
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "etl_assets.cli.cdc",
     "etl_assets.cli.bench",
     "etl_assets.cli.rollback",
+    "etl_assets.cli.worker",
 )
 
 

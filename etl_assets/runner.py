@@ -43,6 +43,9 @@ JOB_PREFIX = "etl_assets_run"
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 # Quiet Dagster's own console logger: progress lines come from our event listener instead.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# On Celery the run process's console would print a run failure's whole stack trace (from the broker
+# client library); the progress lines and the summary say it in one line instead.
+_QUIETER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -96,6 +99,7 @@ class RunSummary:
     # step key -> where it ran (one entry per attempt): the run summary names each step's worker.
     step_workers: dict[tuple[str, str], list[StepWorker]] = field(default_factory=dict)  # (run, step)
     distributed: bool = False  # steps were sent to Celery workers
+    run_errors: dict[str, str] = field(default_factory=dict)  # run id -> why the run itself failed
 
     @property
     def failed_error_checks(self) -> list[CheckOutcome]:
@@ -385,6 +389,33 @@ class _Progress:
             self._line(f"FAILED     {event.step_key}: {message}")
         elif et == DagsterEventType.STEP_SUCCESS:
             self._line(f"done       {event.step_key}")
+        elif et == DagsterEventType.RUN_FAILURE:
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None:  # the run itself failed (the executor), not one of its steps
+                self.summary.run_errors[entry.run_id] = _run_error_text(error)
+
+
+_CONNECTION_ERRORS = {
+    "OSError", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "OperationalError",
+    "RecoverableConnectionError", "ConnectionForced", "TimeoutError",
+}
+
+
+def _run_error_text(error) -> str:
+    """One line for a run-level failure; a lost broker connection says what to do."""
+    root = error
+    while root.cause is not None:
+        root = root.cause
+    text = _root_message(error)
+    trace = error.to_string().lower()
+    if root.cls_name in _CONNECTION_ERRORS and ("celery" in trace or "amqp" in trace or "kombu" in trace):
+        from etl_assets.celery_executor import BROKER_VAR
+
+        text += (
+            f" (the Celery broker in {BROKER_VAR} was unreachable; assets already stored are kept, "
+            "re-run to finish the rest)"
+        )
+    return text
 
 
 def local_instance() -> bool:
@@ -487,7 +518,8 @@ def run(
             ).success
         result_success = success
         if not result_success and not summary.failed_steps and not summary.failed_error_checks:
-            summary.failed_steps.append(("run", f"run {run_id} failed"))
+            reason = summary.run_errors.get(run_id)
+            summary.failed_steps.append(("run", f"run {run_id} failed" + (f": {reason}" if reason else "")))
         if not result_success:
             # Run metrics (etl_assets.quality.metrics, issue 7): no daemon here to run the run-status
             # sensor, so record the failed run's run-level and skipped-asset rows ourselves.
@@ -565,7 +597,7 @@ def _execute_on_workers(
             # dagster_celery registers its task anew for every step it submits; Celery warns each time.
             warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
             result = dg.execute_job(
-                recon, instance=instance, run_config=_QUIET, tags=run_tags, asset_selection=list(keys)
+                recon, instance=instance, run_config=_QUIETER, tags=run_tags, asset_selection=list(keys)
             )
     finally:
         finished.set()

@@ -31,7 +31,13 @@ def build_definitions() -> dg.Definitions:
     from etl_assets.quality.defs import apply_quality
 
     merged = apply_quality(merged)
-    return dg.Definitions.merge(merged, dg.Definitions(resources=build_resources()))
+    # ETL_CELERY_BROKER set: every run of the project (etl-assets run, the UI, automation) sends its
+    # steps to Celery workers (etl_assets.celery_executor); unset, Dagster's default executor.
+    from etl_assets.celery_executor import build_executor
+
+    executor = build_executor()
+    extra = dg.Definitions(resources=build_resources(), executor=executor)
+    return dg.Definitions.merge(merged, extra)
 
 
 ensure_environment()

@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,9 @@ JOB_PREFIX = "etl_run"
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 # Quiet Dagster's own console logger: progress lines come from our event listener instead.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# On Celery the run process's console would print a run failure's whole stack trace (from the broker
+# client library); the progress lines and the summary say it in one line instead.
+_QUIETER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -68,6 +72,18 @@ class CheckOutcome:
     description: str | None = None
 
 
+@dataclass(frozen=True)
+class StepWorker:
+    """The process that ran one step: its host, pid and, on Celery, the worker's node name."""
+
+    host: str
+    pid: int
+    worker: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.host} pid {self.pid}" + (f" ({self.worker})" if self.worker else "")
+
+
 @dataclass
 class RunSummary:
     """What one ``etl-assets run`` did."""
@@ -81,6 +97,10 @@ class RunSummary:
     cleaned_runs: list[str] = field(default_factory=list)
     seconds: float = 0.0
     log_file: str | None = None  # tracebacks of failed steps, when any failed
+    # step key -> where it ran (one entry per attempt): the run summary names each step's worker.
+    step_workers: dict[tuple[str, str], list[StepWorker]] = field(default_factory=dict)  # (run, step)
+    distributed: bool = False  # steps were sent to Celery workers
+    run_errors: dict[str, str] = field(default_factory=dict)  # run id -> why the run itself failed
 
     @property
     def failed_error_checks(self) -> list[CheckOutcome]:
@@ -368,6 +388,7 @@ class _Progress:
         self.planned: set[str] = set()
         self.done: set[str] = set()
         self.labels: dict[str, str] = {}  # step key -> what it does (see step_labels)
+        self._celery_node: dict[str, str] = {}  # step key -> node name from dagster_celery's engine event
 
     def label(self, step_key: str | None) -> str:
         return self.labels.get(step_key or "", step_key or "run")
@@ -386,8 +407,16 @@ class _Progress:
         et = event.event_type
         if et == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
             self.planned.add(_key_string(event.asset_key))
+        elif et == DagsterEventType.ENGINE_EVENT and event.step_key:
+            node = (event.event_specific_data.metadata or {}).get("Celery worker")
+            if node is not None:
+                self._celery_node[event.step_key] = str(node.value)
         elif et == DagsterEventType.STEP_START:
-            self._line(f"started    {self.label(event.step_key)}")
+            node = self._celery_node.get(event.step_key)
+            host = node.rsplit("@", 1)[-1] if node else socket.gethostname()
+            where = StepWorker(host=host, pid=int(event.pid or 0), worker=node)
+            self.summary.step_workers.setdefault((entry.run_id, event.step_key), []).append(where)
+            self._line(f"started    {self.label(event.step_key)}" + (f" on {where}" if node else ""))
         elif et == DagsterEventType.ASSET_MATERIALIZATION:
             mat = event.event_specific_data.materialization
             rows_meta = mat.metadata.get("dagster/row_count")
@@ -425,6 +454,33 @@ class _Progress:
                 self.summary.log_file = path
         elif et == DagsterEventType.STEP_SUCCESS:
             self._line(f"done       {self.label(event.step_key)}")
+        elif et == DagsterEventType.RUN_FAILURE:
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None:  # the run itself failed (the executor), not one of its steps
+                self.summary.run_errors[entry.run_id] = _run_error_text(error)
+
+
+_CONNECTION_ERRORS = {
+    "OSError", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "OperationalError",
+    "RecoverableConnectionError", "ConnectionForced", "TimeoutError",
+}
+
+
+def _run_error_text(error) -> str:
+    """One line for a run-level failure; a lost broker connection says what to do."""
+    root = error
+    while root.cause is not None:
+        root = root.cause
+    text = _root_message(error)
+    trace = error.to_string().lower()
+    if root.cls_name in _CONNECTION_ERRORS and ("celery" in trace or "amqp" in trace or "kombu" in trace):
+        from etl_assets.celery_executor import BROKER_VAR
+
+        text += (
+            f" (the Celery broker in {BROKER_VAR} was unreachable; assets already stored are kept, "
+            "re-run to finish the rest)"
+        )
+    return text
 
 
 def local_instance() -> bool:
@@ -456,6 +512,10 @@ def run(
 ) -> RunSummary:
     """Materialize the selected assets (all by default) once, in this process; see the module doc."""
     started = time.monotonic()
+    from etl_assets.celery_executor import celery_enabled
+
+    # Celery: only the project's own Definitions can be rebuilt by a worker (from their module).
+    distributed = defs is None and celery_enabled()
     if defs is None:
         from etl_assets.definitions import defs as project_defs
 
@@ -465,7 +525,7 @@ def run(
 
         ensure_environment()
         instance = dg.DagsterInstance.get()
-    summary = RunSummary()
+    summary = RunSummary(distributed=distributed)
     summary.cleaned_runs = cleanup_dead_runs(instance, local_instance=local_instance())
     for run_id in summary.cleaned_runs:
         out(f"marked run {run_id} failed: its process is gone (pool slots freed)")
@@ -477,8 +537,8 @@ def run(
     if partition is not None and all(g.partitions_def is None for g in groups):
         raise ConfigError("--partition was given but none of the selected assets is partitioned.")
     plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
-    names = job_names(groups)
-    jobs = [dg.define_asset_job(name, selection=g.keys) for name, g in zip(names, groups, strict=True)]
+    group_jobs = job_names(groups)
+    jobs = [dg.define_asset_job(name, selection=g.keys) for name, g in zip(group_jobs, groups, strict=True)]
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
     run_tags = {
         PID_TAG: str(os.getpid()),
@@ -505,24 +565,30 @@ def run(
                 + f": upstream {', '.join(blocked_by)} not materialized"
             )
             continue
-        job = resolved.resolve_job_def(names[groups.index(group)])
+        job = resolved.resolve_job_def(group_jobs[groups.index(group)])
         progress.labels.update(step_labels(job))
-        run_id = str(uuid.uuid4())
-        summary.run_ids.append(run_id)
-        instance.add_event_listener(run_id, progress)
-        out(f"run {run_id} ({job.name}): {plural(len(group.keys), 'asset')}"
-            + (f", partition {pk}" if pk else ""))
-        result = job.execute_in_process(
-            run_config=_QUIET,
-            instance=instance,
-            partition_key=pk,
-            raise_on_error=False,
-            run_id=run_id,
-            tags=run_tags,
-        )
-        if not result.success and not summary.failed_steps and not summary.failed_error_checks:
-            summary.failed_steps.append(("run", f"run {run_id} failed"))
-        if not result.success:
+        if distributed:
+            run_id, success = _execute_on_workers(instance, group.keys, pk, run_tags, progress, out)
+            summary.run_ids.append(run_id)
+        else:
+            run_id = str(uuid.uuid4())
+            summary.run_ids.append(run_id)
+            instance.add_event_listener(run_id, progress)
+            out(f"run {run_id} ({job.name}): {plural(len(group.keys), 'asset')}"
+                + (f", partition {pk}" if pk else ""))
+            success = job.execute_in_process(
+                run_config=_QUIET,
+                instance=instance,
+                partition_key=pk,
+                raise_on_error=False,
+                run_id=run_id,
+                tags=run_tags,
+            ).success
+        result_success = success
+        if not result_success and not summary.failed_steps and not summary.failed_error_checks:
+            reason = summary.run_errors.get(run_id)
+            summary.failed_steps.append(("run", f"run {run_id} failed" + (f": {reason}" if reason else "")))
+        if not result_success:
             # Run metrics (etl_assets.quality.metrics, issue 7): no daemon here to run the run-status
             # sensor, so record the failed run's run-level and skipped-asset rows ourselves.
             from etl_assets.quality.metrics import record_run_by_id
@@ -551,6 +617,80 @@ def job_names(groups: Sequence[Group]) -> list[str]:
             name += "_"
         names.append(name)
     return names
+
+
+INVOCATION_TAG = "etl-assets/invocation"  # finds the run execute_job created (it picks the run id)
+
+
+def _execute_on_workers(
+    instance: dg.DagsterInstance,
+    keys: Sequence[dg.AssetKey],
+    partition: str | None,
+    tags: dict[str, str],
+    progress: _Progress,
+    out: Callable[[str], None],
+) -> tuple[str, bool]:
+    """Run ``keys`` with the Celery executor: a reconstructable job (the project's implicit asset job,
+    rebuilt by each worker from ``etl_assets.definitions``) through ``execute_job``.
+
+    Step events are written to the instance by the workers, not by this process, so the progress
+    lines come from polling the run's event log (a thread with its own instance) instead of an event
+    listener. Returns the run id and whether the run succeeded.
+    """
+    import threading
+
+    from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from etl_assets.settings import PROJECT_ROOT
+
+    repo = ReconstructableRepository.for_module(
+        "etl_assets.definitions", "defs", working_directory=str(PROJECT_ROOT)
+    )
+    recon = repo.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME)
+    invocation = str(uuid.uuid4())
+    run_tags = {**tags, INVOCATION_TAG: invocation}
+    if partition is not None:
+        run_tags["dagster/partition"] = partition
+    out(f"run (celery): {plural(len(keys), 'asset')}" + (f", partition {partition}" if partition else ""))
+    finished = threading.Event()
+    found: list[str] = []
+
+    def follow() -> None:
+        with dg.DagsterInstance.from_ref(instance.get_ref()) as reader:
+            cursor: str | None = None
+            while True:
+                last = finished.is_set()
+                if not found:
+                    runs = reader.get_runs(filters=RunsFilter(tags={INVOCATION_TAG: invocation}), limit=1)
+                    if runs:
+                        found.append(runs[0].run_id)
+                        out(f"run {runs[0].run_id}: steps on Celery workers")
+                if found:
+                    while True:
+                        page = reader.get_records_for_run(found[0], cursor=cursor, limit=500)
+                        for record in page.records:
+                            progress(record.event_log_entry)
+                        cursor = page.cursor
+                        if not page.has_more:
+                            break
+                if last:
+                    return
+                finished.wait(0.5)
+
+    follower = threading.Thread(target=follow, name="etl-assets-run-events", daemon=True)
+    follower.start()
+    try:
+        with warnings.catch_warnings():
+            # dagster_celery registers its task anew for every step it submits; Celery warns each time.
+            warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
+            result = dg.execute_job(
+                recon, instance=instance, run_config=_QUIETER, tags=run_tags, asset_selection=list(keys)
+            )
+    finally:
+        finished.set()
+        follower.join(timeout=60)
+    return result.run_id, result.success
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -583,6 +723,16 @@ def format_summary(summary: RunSummary) -> str:
     if summary.warnings:
         lines.append(f"  warnings: {len(summary.warnings)}")
         lines.extend(f"    {w}" for w in summary.warnings)
+    if summary.distributed and summary.step_workers:
+        lines.append("  steps ran on:")
+        several = len(summary.run_ids) > 1
+
+        def label(run_id: str, step: str) -> str:
+            return f"{step} (run {run_id[:8]})" if several else step
+
+        width = max(len(label(*key)) for key in summary.step_workers)
+        for key, places in summary.step_workers.items():  # in start order
+            lines.append(f"    {label(*key):<{width}} " + ", then ".join(str(p) for p in places))
     if summary.cleaned_runs:
         lines.append(f"  dead runs marked failed: {', '.join(summary.cleaned_runs)}")
     lines.append(f"  duration: {summary.seconds:.1f}s")

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "etl_assets.cli.rollback",
     "etl_assets.cli.sql",
     "etl_assets.cli.stream",
+    "etl_assets.cli.worker",
 )
 
 

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from etl_assets.cdc import capture, reader, sync
 from etl_assets.cli import main
+from etl_assets.errors import ConfigError
 from etl_assets.extract.state import clear_state
 from etl_assets.io.tables import TableRef
 from etl_assets_tests.cdc_helpers import assert_equal, make_items, spec_for
@@ -263,3 +264,108 @@ def test_declared_key_must_match_the_captured_key(
     spec = type(spec)(source=ref, extract="cdc", load="upsert", target=spec.target, primary_key=("name",))
     with pytest.raises(Exception, match=r"logs changes by key \['id'\].*primary_key \['name'\]"):
         _run(spec, source_dsn, warehouse_dsn)
+
+
+def _partitioned_accounts(conn: psycopg.Connection) -> TableRef:
+    """``p_xxxx.accounts`` partitioned by range of id into partitions 1..100 and 101..300; rows 1..200."""
+    schema = f"p_{secrets.token_hex(4)}"
+    ref = TableRef(schema, "accounts")
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text) PARTITION BY RANGE (id)").format(ref.ident)
+    )
+    for name, lo, hi in (("accounts_a", 1, 101), ("accounts_b", 101, 301)):
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(schema, name), ref.ident, sql.Literal(lo), sql.Literal(hi)
+            )
+        )
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 'v' || g FROM generate_series(1, 200) g").format(ref.ident)
+    )
+    return ref
+
+
+def test_install_refuses_a_partitioned_table_with_one_line(source_conn, etl_env, capsys) -> None:
+    ref = _partitioned_accounts(source_conn)
+    assert main(["cdc", "install", str(ref)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert str(ref) in err and "is partitioned" in err and "extract: incremental" in err
+    assert "accounts_a" in err and "accounts_b" in err
+    assert capture.get_capture(source_conn, ref) is None and _triggers(source_conn, ref) == []
+    # --dry-run refuses the same way, printing no SQL.
+    assert main(["cdc", "install", str(ref), "--dry-run"]) == 2
+    out = capsys.readouterr()
+    assert "CREATE TRIGGER" not in out.out and "is partitioned" in out.err
+    # Views and tables with inheritance children are refused too, each saying why.
+    view = TableRef(ref.schema, "accounts_v")
+    source_conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(view.ident, ref.ident))
+    with pytest.raises(ConfigError, match=r"is a view, not an ordinary table.*extract: incremental"):
+        capture.install(source_conn, view)
+    parent, child = TableRef(ref.schema, "parent"), TableRef(ref.schema, "child")
+    source_conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(parent.ident))
+    source_conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(child.ident, parent.ident))
+    with pytest.raises(ConfigError, match=r"inheritance child tables \(.*child\)"):
+        capture.install(source_conn, parent)
+
+
+def test_a_partition_itself_is_captured_including_a_parent_truncate(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """What stays supported: one partition as the source. Writes routed through the parent, a row
+    moved out of it and TRUNCATE of the parent all fire the partition's own triggers."""
+    parent = _partitioned_accounts(source_conn)
+    part = TableRef(parent.schema, "accounts_a")
+    capture.install(source_conn, part)
+    spec = spec_for(part, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL("UPDATE {} SET v = 'x' WHERE id <= 10").format(parent.ident))
+    moved = sql.SQL("UPDATE {} SET id = id + 200 WHERE id > 95 AND id < 101").format(parent.ident)
+    source_conn.execute(moved)
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 10, "delete": 5}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 95
+    source_conn.execute(sql.SQL("TRUNCATE {}").format(parent.ident))
+    source_conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'after')").format(parent.ident))
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"truncate": 1, "insert": 1}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 1
+
+
+def test_health_detects_a_partitioned_capture_and_new_inheritance_children(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema, etl_env, capsys, monkeypatch
+) -> None:
+    """The issue's repro: capture installed on a partitioned table (as install allowed before it
+    refused them), then one partition truncated: 200 -> 100 rows in the source with no log entry.
+    `cdc status` and the run both say the capture cannot be trusted, instead of applying nothing."""
+    ref = _partitioned_accounts(source_conn)
+    spec = spec_for(ref, fresh_schema)
+    with monkeypatch.context() as m:
+        m.setattr(capture, "unsupported_reason", lambda *a: None)  # an older version: no refusal
+        cap, _ = capture.install(source_conn, ref)
+        assert _run(spec, source_dsn, warehouse_dsn).rows_snapshot == 200
+    source_conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(ref.schema, "accounts_b")))
+    assert source_conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ref.ident)).fetchone()[0] == 100
+    assert _log_positions(source_conn, cap) == []  # the truncate left no trace in the log
+
+    capsys.readouterr()
+    assert main(["cdc", "status", str(ref)]) == 1
+    out = capsys.readouterr().out
+    assert f"BROKEN: Source table {ref} is partitioned (2 partitions" in out
+    with pytest.raises(capture.CaptureMissing) as info:
+        _run(spec, source_dsn, warehouse_dsn)
+    assert "is partitioned" in str(info.value) and f"etl-assets cdc uninstall {ref}" in str(info.value)
+    # The demo's automatic mode would reinstall: it is refused with the same reason.
+    with pytest.raises(ConfigError, match="is partitioned"):
+        _run(spec, source_dsn, warehouse_dsn, auto_install=True)
+
+    # An ordinary captured table that later gets an inheritance child is reported the same way.
+    items = make_items(source_conn, 5)
+    capture.install(source_conn, items)
+    assert main(["cdc", "status", str(items)]) == 0
+    child = TableRef(items.schema, "items_2025")
+    source_conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(child.ident, items.ident))
+    capsys.readouterr()
+    assert main(["cdc", "status", str(items)]) == 1
+    assert f"inheritance child tables ({child}" in capsys.readouterr().out
+    with pytest.raises(capture.CaptureMissing, match="inheritance child tables"):
+        _run(spec_for(items, fresh_schema, "items2"), source_dsn, warehouse_dsn)

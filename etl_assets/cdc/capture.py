@@ -104,10 +104,12 @@ class Capture:
 
 @dataclass
 class CaptureHealth:
-    """Whether an installed capture still works: table, triggers, log and sequence all present."""
+    """Whether an installed capture still works: table, triggers, log and sequence all present, and
+    the table still one whose every row change reaches the log (``unsupported`` says why not)."""
 
     capture: Capture
     problems: list[str] = field(default_factory=list)
+    unsupported: str | None = None
 
     @property
     def intact(self) -> bool:
@@ -193,8 +195,69 @@ def immediate_unique_keys(conn: psycopg.Connection, relid: int) -> list[tuple[st
     return [tuple(r[0]) for r in rows]
 
 
+_KINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+_INSTEAD = "declare it with `extract: incremental` (or `extract: full`) instead of `extract: cdc`"
+
+
+def unsupported_reason(conn: psycopg.Connection, source: TableRef, relid: int) -> str | None:
+    """Why row triggers on ``source`` cannot see every change of its rows (None: they can).
+
+    A partitioned table's rows live in its partitions: TRUNCATE of one partition, DETACH PARTITION
+    and DROP of a partition remove rows without firing the parent's triggers (only an event
+    trigger, which needs a superuser, could see the last two), so the warehouse would keep rows the
+    source lost, silently. Inheritance children are read by ``SELECT … FROM parent`` (the snapshot)
+    but their writes never fire the parent's triggers. Capturing a partition itself is fine: writes
+    routed through the parent and a TRUNCATE of the parent fire the partition's own triggers.
+    """
+    row = conn.execute(
+        """SELECT c.relkind::text,
+                  ARRAY(SELECT i.inhrelid::regclass::text FROM pg_inherits i
+                         WHERE i.inhparent = c.oid ORDER BY 1)
+             FROM pg_class c WHERE c.oid = %s::oid""",
+        (relid,),
+    ).fetchone()
+    if row is None:
+        return None
+    kind, children = row[0], list(row[1])
+    if kind == "p":
+        shown = ", ".join(children[:5]) + (f" and {len(children) - 5} more" if len(children) > 5 else "")
+        listed = f"{len(children)} partitions" + (f": {shown}" if shown else "")
+        return (
+            f"Source table {source} is partitioned ({listed}): "
+            "change capture cannot log TRUNCATE, DETACH or DROP of a partition, so the warehouse would "
+            f"drift silently; {_INSTEAD}, or capture each partition as its own table."
+        )
+    if kind != "r":
+        return (
+            f"Source {source} is {_KINDS.get(kind, f'a relation of kind {kind!r}')}, not an ordinary "
+            f"table; change capture needs one (it logs changes with triggers); {_INSTEAD}."
+        )
+    if children:
+        return (
+            f"Source table {source} has inheritance child tables ({', '.join(children[:5])}): their rows "
+            "are read with it but their changes never reach its triggers, so the warehouse would drift "
+            f"silently; {_INSTEAD}, or capture each child table as its own table."
+        )
+    return None
+
+
 def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
-    """What is broken about an installed capture (empty when intact)."""
+    """What is broken about an installed capture (empty when intact).
+
+    Besides the capture's own objects, checks that the table is still one whose row changes all
+    reach the log: a capture installed on a partitioned table (before install refused them), or a
+    table that has since gained inheritance children, is reported broken (``unsupported``), since
+    rows can leave it without a log entry.
+    """
     result = CaptureHealth(capture)
     oid = table_oid(conn, capture.source)
     if oid is None:
@@ -202,6 +265,9 @@ def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
     elif oid != capture.relid:
         result.problems.append(f"source table {capture.source} was dropped and recreated since install")
     else:
+        result.unsupported = unsupported_reason(conn, capture.source, oid)
+        if result.unsupported:
+            result.problems.append(result.unsupported)
         names = {
             r[0]
             for r in conn.execute(
@@ -239,6 +305,11 @@ def require_capture(conn: psycopg.Connection, source: TableRef) -> Capture:
             f"(add --dry-run to review the SQL first)."
         )
     state = health(conn, capture)
+    if state.unsupported:
+        raise CaptureMissing(
+            f"Change capture on {source} cannot be trusted: {state.unsupported} Remove it with "
+            f"`etl-assets cdc uninstall {source}`."
+        )
     if not state.intact:
         raise CaptureMissing(
             f"Change capture on {source} is broken: {'; '.join(state.problems)}. Reinstall it with "
@@ -337,6 +408,9 @@ def install_statements(
         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))
     ]
     statements += [sql.SQL(s) for s in REGISTRY_DDL]
+    refusal = unsupported_reason(conn, source, relid)
+    if refusal:
+        raise ConfigError(refusal)
     if existing is not None:
         if health(conn, existing).intact:
             return [], existing

@@ -4,6 +4,8 @@ that never removes an unapplied change, and loud failures when the log has a gap
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 
 import psycopg
 import pytest
@@ -11,6 +13,7 @@ from psycopg import sql
 
 from etl_assets.cdc import capture, reader, sync
 from etl_assets.cli import main
+from etl_assets.errors import ConfigError
 from etl_assets.extract.state import clear_state
 from etl_assets.io.tables import TableRef
 from etl_assets_tests.cdc_helpers import assert_equal, make_items, spec_for
@@ -28,6 +31,9 @@ def _run(spec, source_dsn, warehouse_dsn, **kw) -> sync.CdcReport:
 
 def _log_positions(conn: psycopg.Connection, cap: capture.Capture) -> list[int]:
     return [r[0] for r in conn.execute(sql.SQL("SELECT position FROM {} ORDER BY 1").format(cap.log_ident))]
+
+
+_STATEMENT_TRIGGERS = sorted([*capture.STATEMENT_TRIGGERS.values(), capture.TRUNCATE_TRIGGER])
 
 
 def _triggers(conn: psycopg.Connection, ref: TableRef) -> list[str]:
@@ -56,7 +62,7 @@ def test_install_uninstall_and_dry_run(source_conn, etl_env, capsys) -> None:
 
     assert main(["cdc", "install", str(ref)]) == 0
     assert "capture installed" in capsys.readouterr().out
-    assert _triggers(source_conn, ref) == [capture.ROW_TRIGGER, capture.TRUNCATE_TRIGGER]
+    assert _triggers(source_conn, ref) == _STATEMENT_TRIGGERS
     cap = capture.get_capture(source_conn, ref)
     assert cap is not None and cap.key_columns == ("id",)
     # Installing again is a no-op that keeps the same log.
@@ -83,15 +89,15 @@ def test_install_uninstall_and_dry_run(source_conn, etl_env, capsys) -> None:
     rows = source_conn.execute(
         sql.SQL("SELECT op, key, old_key, data->>'name' FROM {} ORDER BY position").format(cap.log_ident)
     ).fetchall()
-    assert rows == [
-        ("U", {"id": 1}, None, "x"),
-        ("U", {"id": 10}, {"id": 2}, "name 2"),
-        ("D", {"id": 3}, None, None),
-    ]
+    # The update that changed the key is logged as the delete of the old key and the insert of the
+    # new one (one statement: their order among themselves does not matter, the keys differ).
+    assert rows[0] == ("U", {"id": 1}, None, "x")
+    assert sorted(rows[1:3], key=str) == [("D", {"id": 2}, None, None), ("I", {"id": 10}, None, "name 2")]
+    assert rows[3] == ("D", {"id": 3}, None, None)
 
     assert main(["cdc", "status", str(ref)]) == 0
     out = capsys.readouterr().out
-    assert "3 entries" in out and "no consumer yet" in out
+    assert "4 entries" in out and "no consumer yet" in out
 
     assert main(["cdc", "uninstall", str(ref), "--dry-run"]) == 0
     assert "DROP TRIGGER" in capsys.readouterr().out
@@ -231,7 +237,8 @@ def test_dry_run_sql_run_by_a_dba_installs_working_capture(
     spec = spec_for(ref, fresh_schema)
     _run(spec, source_dsn, warehouse_dsn)
     source_conn.execute(sql.SQL("UPDATE {} SET id = id + 100 WHERE id <= 3").format(ref.ident))
-    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 3}
+    # A key-changing update is logged as the delete of the old key and the insert of the new one.
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"delete": 3, "insert": 3}
     assert_equal(source_conn, warehouse_conn, spec)
 
 
@@ -263,3 +270,220 @@ def test_declared_key_must_match_the_captured_key(
     spec = type(spec)(source=ref, extract="cdc", load="upsert", target=spec.target, primary_key=("name",))
     with pytest.raises(Exception, match=r"logs changes by key \['id'\].*primary_key \['name'\]"):
         _run(spec, source_dsn, warehouse_dsn)
+
+
+def _partitioned_accounts(conn: psycopg.Connection) -> TableRef:
+    """``p_xxxx.accounts`` partitioned by range of id into partitions 1..100 and 101..300; rows 1..200."""
+    schema = f"p_{secrets.token_hex(4)}"
+    ref = TableRef(schema, "accounts")
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text) PARTITION BY RANGE (id)").format(ref.ident)
+    )
+    for name, lo, hi in (("accounts_a", 1, 101), ("accounts_b", 101, 301)):
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(schema, name), ref.ident, sql.Literal(lo), sql.Literal(hi)
+            )
+        )
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 'v' || g FROM generate_series(1, 200) g").format(ref.ident)
+    )
+    return ref
+
+
+def test_install_refuses_a_partitioned_table_with_one_line(source_conn, etl_env, capsys) -> None:
+    ref = _partitioned_accounts(source_conn)
+    assert main(["cdc", "install", str(ref)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert str(ref) in err and "is partitioned" in err and "extract: incremental" in err
+    assert "accounts_a" in err and "accounts_b" in err
+    assert capture.get_capture(source_conn, ref) is None and _triggers(source_conn, ref) == []
+    # --dry-run refuses the same way, printing no SQL.
+    assert main(["cdc", "install", str(ref), "--dry-run"]) == 2
+    out = capsys.readouterr()
+    assert "CREATE TRIGGER" not in out.out and "is partitioned" in out.err
+    # Views and tables with inheritance children are refused too, each saying why.
+    view = TableRef(ref.schema, "accounts_v")
+    source_conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(view.ident, ref.ident))
+    with pytest.raises(ConfigError, match=r"is a view, not an ordinary table.*extract: incremental"):
+        capture.install(source_conn, view)
+    parent, child = TableRef(ref.schema, "parent"), TableRef(ref.schema, "child")
+    source_conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(parent.ident))
+    source_conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(child.ident, parent.ident))
+    with pytest.raises(ConfigError, match=r"inheritance child tables \(.*child\)"):
+        capture.install(source_conn, parent)
+
+
+def test_a_partition_itself_is_captured_including_a_parent_truncate(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """What stays supported: one partition as the source. Writes routed through the parent, a row
+    moved out of it and TRUNCATE of the parent all fire the partition's own triggers."""
+    parent = _partitioned_accounts(source_conn)
+    part = TableRef(parent.schema, "accounts_a")
+    capture.install(source_conn, part)
+    spec = spec_for(part, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL("UPDATE {} SET v = 'x' WHERE id <= 10").format(parent.ident))
+    moved = sql.SQL("UPDATE {} SET id = id + 200 WHERE id > 95 AND id < 101").format(parent.ident)
+    source_conn.execute(moved)
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 10, "delete": 5}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 95
+    source_conn.execute(sql.SQL("TRUNCATE {}").format(parent.ident))
+    source_conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'after')").format(parent.ident))
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"truncate": 1, "insert": 1}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 1
+
+
+def test_health_detects_a_partitioned_capture_and_new_inheritance_children(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema, etl_env, capsys, monkeypatch
+) -> None:
+    """The issue's repro: capture installed on a partitioned table (as install allowed before it
+    refused them), then one partition truncated: 200 -> 100 rows in the source with no log entry.
+    `cdc status` and the run both say the capture cannot be trusted, instead of applying nothing."""
+    ref = _partitioned_accounts(source_conn)
+    spec = spec_for(ref, fresh_schema)
+    with monkeypatch.context() as m:
+        m.setattr(capture, "unsupported_reason", lambda *a: None)  # an older version: no refusal
+        cap, _ = capture.install(source_conn, ref)
+        assert _run(spec, source_dsn, warehouse_dsn).rows_snapshot == 200
+    source_conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(ref.schema, "accounts_b")))
+    assert source_conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ref.ident)).fetchone()[0] == 100
+    assert _log_positions(source_conn, cap) == []  # the truncate left no trace in the log
+
+    capsys.readouterr()
+    assert main(["cdc", "status", str(ref)]) == 1
+    out = capsys.readouterr().out
+    assert f"BROKEN: Source table {ref} is partitioned (2 partitions" in out
+    with pytest.raises(capture.CaptureMissing) as info:
+        _run(spec, source_dsn, warehouse_dsn)
+    assert "is partitioned" in str(info.value) and f"etl-assets cdc uninstall {ref}" in str(info.value)
+    # The demo's automatic mode would reinstall: it is refused with the same reason.
+    with pytest.raises(ConfigError, match="is partitioned"):
+        _run(spec, source_dsn, warehouse_dsn, auto_install=True)
+
+    # An ordinary captured table that later gets an inheritance child is reported the same way.
+    items = make_items(source_conn, 5)
+    capture.install(source_conn, items)
+    assert main(["cdc", "status", str(items)]) == 0
+    child = TableRef(items.schema, "items_2025")
+    source_conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(child.ident, items.ident))
+    capsys.readouterr()
+    assert main(["cdc", "status", str(items)]) == 1
+    assert f"inheritance child tables ({child}" in capsys.readouterr().out
+    with pytest.raises(capture.CaptureMissing, match="inheritance child tables"):
+        _run(spec_for(items, fresh_schema, "items2"), source_dsn, warehouse_dsn)
+
+
+def test_statement_triggers_log_set_based_key_moves(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """One statement whose new keys overlap its old ones (every row moves down one key): OLD and NEW
+    are matched by key, so 2..4 are updates carrying the rows that moved into them, 5 a delete and
+    1 an insert; replayed, the target equals the source. A statement changing no row logs nothing
+    and takes no transaction id."""
+    ref = make_items(source_conn, 10)
+    cap, _ = capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    t = ref.ident
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(t))
+    before = len(_log_positions(source_conn, cap))
+    source_conn.execute(sql.SQL("UPDATE {} SET id = id - 1 WHERE id BETWEEN 2 AND 5").format(t))
+    logged = source_conn.execute(
+        sql.SQL("SELECT op, (key->>'id')::int, data->>'name' FROM {} ORDER BY 2 OFFSET %s").format(
+            cap.log_ident
+        ),
+        (before,),
+    ).fetchall()
+    ops = sorted(logged)
+    assert ops == [
+        ("D", 5, None),
+        ("I", 1, "name 2"),
+        ("U", 2, "name 3"),
+        ("U", 3, "name 4"),
+        ("U", 4, "name 5"),
+    ]
+    with source_conn.transaction():
+        source_conn.execute(sql.SQL("UPDATE {} SET name = 'none' WHERE false").format(t))
+        source_conn.execute(sql.SQL("DELETE FROM {} WHERE id < 0").format(t))
+        assert source_conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0] is None
+    assert len(_log_positions(source_conn, cap)) == before + 5
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"delete": 2, "insert": 1, "update": 3}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 9
+
+
+def test_install_upgrades_row_trigger_capture_without_losing_a_change(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """A capture installed by an earlier version (one row trigger) is upgraded by `cdc install` while
+    a writer keeps changing the table: same log, statement triggers, and every change applied."""
+    ref = make_items(source_conn, 200)
+    old, _ = capture.install(source_conn, ref, row_level=True)
+    assert _triggers(source_conn, ref) == [capture.ROW_TRIGGER, capture.TRUNCATE_TRIGGER]
+    assert capture.health(source_conn, old).row_level
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    stop = threading.Event()
+    written = [0]
+    update = sql.SQL("UPDATE {} SET name = %s WHERE id = %s").format(ref.ident)
+    insert = sql.SQL("INSERT INTO {} (id, name) VALUES (%s, 'w')").format(ref.ident)
+    move = sql.SQL("UPDATE {} SET id = id + 50000 WHERE id = %s").format(ref.ident)
+
+    def writer() -> None:
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            while not stop.is_set() or written[0] < 100:
+                i = written[0]
+                conn.execute(update, (f"w{i}", i % 200 + 1))
+                conn.execute(insert, (10_000 + i,))
+                if i % 7 == 0:
+                    conn.execute(move, (10_000 + i,))
+                written[0] = i + 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while written[0] < 30:
+            time.sleep(0.01)
+        new, changed = capture.install(source_conn, ref)
+        at_upgrade = written[0]
+    finally:
+        stop.set()
+        thread.join()
+    assert changed and new.log_id == old.log_id and written[0] > at_upgrade
+    assert _triggers(source_conn, ref) == _STATEMENT_TRIGGERS
+    assert not capture.health(source_conn, new).row_level
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.mode == "apply" and report.pending == 0
+    assert assert_equal(source_conn, warehouse_conn, spec) == 200 + written[0]
+    assert capture.install(source_conn, ref)[1] is False  # nothing left to upgrade
+
+
+def test_a_captured_table_attached_as_a_partition_is_reported(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema, etl_env, capsys
+) -> None:
+    """Statement triggers of a partition do not fire for rows written through its parent: a table
+    captured with them and later attached as a partition is reported broken; reinstalling captures
+    it with row triggers (which do fire), and a new snapshot makes the target exact again."""
+    parent = _partitioned_accounts(source_conn)
+    table = TableRef(parent.schema, "accounts_c")
+    source_conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text)").format(table.ident))
+    source_conn.execute(sql.SQL("INSERT INTO {} VALUES (301, 'c')").format(table.ident))
+    capture.install(source_conn, table)
+    attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM (301) TO (401)")
+    source_conn.execute(attach.format(parent.ident, table.ident))
+    source_conn.execute(sql.SQL("INSERT INTO {} VALUES (302, 'through the parent')").format(parent.ident))
+    capsys.readouterr()
+    assert main(["cdc", "status", str(table)]) == 1
+    assert f"became a partition of {parent}" in capsys.readouterr().out
+    spec = spec_for(table, fresh_schema)
+    with pytest.raises(capture.CaptureMissing, match="became a partition"):
+        _run(spec, source_dsn, warehouse_dsn)
+    cap, changed = capture.install(source_conn, table)  # a new log, row triggers
+    assert changed and capture.health(source_conn, cap).row_level
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL("UPDATE {} SET v = 'x' WHERE id > 300").format(parent.ident))
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 2}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 2

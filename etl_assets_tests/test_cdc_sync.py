@@ -58,8 +58,9 @@ def test_changes_across_runs_equal_source(
     source_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1001").format(t))
     report = _run(spec, source_dsn, warehouse_dsn)
     assert report.mode == "apply"
-    assert report.applied == {"insert": 10, "update": 30, "delete": 21}
-    assert report.position_after == report.position_before + 61
+    # The 5 key changes are logged as deletes of the old keys and inserts of the new ones.
+    assert report.applied == {"insert": 15, "update": 25, "delete": 26}
+    assert report.position_after == report.position_before + 66
     assert report.pending == 0 and report.held_back_by is None
     assert assert_equal(source_conn, warehouse_conn, spec) == 300 + 10 - 21
     assert report.rows_total == 289 and report.metadata()["dagster/row_count"] == 289
@@ -73,7 +74,7 @@ def test_changes_across_runs_equal_source(
         source_conn.execute(sql.SQL("INSERT INTO {} (id, name) VALUES (62, 'again')").format(t))
         source_conn.execute(sql.SQL("UPDATE {} SET name = 'moved then updated' WHERE id = 5030").format(t))
     report = _run(spec, source_dsn, warehouse_dsn)
-    assert report.applied == {"update": 3, "delete": 1, "insert": 1}
+    assert report.applied == {"update": 1, "delete": 3, "insert": 3}
     assert assert_equal(source_conn, warehouse_conn, spec) == 289
 
     # Run 4: a truncate and new rows after it.
@@ -226,10 +227,12 @@ def test_batches_commit_separately_and_add_up(
     source_conn.execute(sql.SQL("DELETE FROM {} WHERE id BETWEEN 6 AND 10").format(t))
     monkeypatch.setenv(sync.BATCH_VAR, "7")
     report = _run(spec, source_dsn, warehouse_dsn)
-    assert report.applied == {"update": 25, "delete": 5}
+    assert report.applied == {"update": 20, "delete": 10, "insert": 5}
     assert report.rows_total == 295
     assert assert_equal(source_conn, warehouse_conn, spec) == 295
-    assert report.batches == 5  # 30 log entries in batches of at most 7: five warehouse transactions
+    # 35 log entries in three statements (20, 10, 5 entries), batches of 7: a batch ends only between
+    # source transactions, so each holds one whole statement here.
+    assert report.batches == 3
 
 
 def test_hostile_identifiers(source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema) -> None:
@@ -257,7 +260,7 @@ def test_hostile_identifiers(source_conn, warehouse_conn, source_dsn, warehouse_
     source_conn.execute(sql.SQL('UPDATE {} SET "key.b" = \'moved\' WHERE "Key A" = 7').format(ref.ident))
     source_conn.execute(sql.SQL('DELETE FROM {} WHERE "Key A" > 15').format(ref.ident))
     report = _run(spec, source_dsn, warehouse_dsn)
-    assert report.applied == {"update": 5, "delete": 5}
+    assert report.applied == {"update": 4, "delete": 6, "insert": 1}
     src = rows_of(source_conn, ref, "Key A")
     dst = rows_of(warehouse_conn, spec.target, "Key A")
     assert src == dst and len(dst) == 15

@@ -14,11 +14,24 @@ Everything lives in the source schema ``etl_cdc``:
   positions grow in the order they are handed out), ``op`` (I, U, D, T for truncate), ``key`` (the
   row's key after the change, or the deleted key), ``old_key`` (the key before an update that changed
   it), ``data`` (the whole new row as jsonb), ``txid`` (the writing transaction, ``xid8``) and
-  ``changed_at``. An AFTER ROW trigger fills it, and an AFTER TRUNCATE trigger logs truncates.
+  ``changed_at``. Three AFTER … FOR EACH STATEMENT triggers with transition tables fill it (one
+  ``INSERT … SELECT`` per statement, however many rows it changed), and an AFTER TRUNCATE trigger
+  logs truncates.
+
+Why statement triggers: a row trigger runs a PL/pgSQL call and a one-row INSERT per changed row,
+which made set-based writes to a captured table 4–7× slower; one ``INSERT … SELECT`` from the
+statement's transition table logs the same entries in one pass. PostgreSQL allows transition tables
+only on single-event triggers without column lists, hence one trigger per event (one function).
+Old and new transition rows are not paired, so an UPDATE is logged by joining OLD and NEW on the
+key: a key present in both is an update (``U``, the new row), an old key absent from NEW a delete
+(``D``), a new key absent from OLD an insert (``I``): an update that changes a key is logged as the
+delete of the old key and the insert of the new one, which replays to the same rows. (Logs written by
+the row trigger of earlier versions carry ``old_key`` on such updates; the reader handles both, and
+``cdc install`` upgrades such a capture in place, in one transaction, keeping its log.)
 
 The trigger function is ``SECURITY DEFINER`` (owned by the installing role, ``search_path`` pinned),
-so the application's roles need no privilege on ``etl_cdc``. Its first statement takes the
-transaction id (``pg_current_xact_id()``) before the position is drawn; the reader relies on that.
+so the application's roles need no privilege on ``etl_cdc``. It takes the transaction id
+(``pg_current_xact_id()``) before any position is drawn; the reader relies on that.
 
 Every function here that changes something returns (or runs) a list of statements; ``dry_run``
 returns them unexecuted, so ``etl-assets cdc install --dry-run`` prints exactly what would run.
@@ -40,8 +53,14 @@ from etl_assets.errors import ConfigError, EtlError, MissingObject
 from etl_assets.io.tables import TableRef
 
 SCHEMA = "etl_cdc"
-ROW_TRIGGER = "etl_cdc_capture"
+ROW_TRIGGER = "etl_cdc_capture"  # the single row-level trigger of earlier versions (upgraded by install)
+STATEMENT_TRIGGERS = {
+    "INSERT": "etl_cdc_capture_insert",
+    "UPDATE": "etl_cdc_capture_update",
+    "DELETE": "etl_cdc_capture_delete",
+}
 TRUNCATE_TRIGGER = "etl_cdc_capture_truncate"
+ALL_TRIGGERS = (ROW_TRIGGER, *STATEMENT_TRIGGERS.values(), TRUNCATE_TRIGGER)
 DEFAULT_LOCK_TIMEOUT = "5s"
 _DOLLAR = "$etl_cdc$"
 
@@ -104,10 +123,13 @@ class Capture:
 
 @dataclass
 class CaptureHealth:
-    """Whether an installed capture still works: table, triggers, log and sequence all present."""
+    """Whether an installed capture still works: table, triggers, log and sequence all present, and
+    the table still one whose every row change reaches the log (``unsupported`` says why not)."""
 
     capture: Capture
     problems: list[str] = field(default_factory=list)
+    unsupported: str | None = None
+    row_level: bool = False  # logged by a row trigger (a partition, or an earlier version's capture)
 
     @property
     def intact(self) -> bool:
@@ -193,8 +215,79 @@ def immediate_unique_keys(conn: psycopg.Connection, relid: int) -> list[tuple[st
     return [tuple(r[0]) for r in rows]
 
 
+_KINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+_INSTEAD = "declare it with `extract: incremental` (or `extract: full`) instead of `extract: cdc`"
+
+
+def unsupported_reason(conn: psycopg.Connection, source: TableRef, relid: int) -> str | None:
+    """Why row triggers on ``source`` cannot see every change of its rows (None: they can).
+
+    A partitioned table's rows live in its partitions: TRUNCATE of one partition, DETACH PARTITION
+    and DROP of a partition remove rows without firing the parent's triggers (only an event
+    trigger, which needs a superuser, could see the last two), so the warehouse would keep rows the
+    source lost, silently. Inheritance children are read by ``SELECT … FROM parent`` (the snapshot)
+    but their writes never fire the parent's triggers. Capturing a partition itself is fine: writes
+    routed through the parent and a TRUNCATE of the parent fire the partition's own triggers.
+    """
+    row = conn.execute(
+        """SELECT c.relkind::text,
+                  ARRAY(SELECT i.inhrelid::regclass::text FROM pg_inherits i
+                         WHERE i.inhparent = c.oid ORDER BY 1)
+             FROM pg_class c WHERE c.oid = %s::oid""",
+        (relid,),
+    ).fetchone()
+    if row is None:
+        return None
+    kind, children = row[0], list(row[1])
+    if kind == "p":
+        shown = ", ".join(children[:5]) + (f" and {len(children) - 5} more" if len(children) > 5 else "")
+        listed = f"{len(children)} partitions" + (f": {shown}" if shown else "")
+        return (
+            f"Source table {source} is partitioned ({listed}): "
+            "change capture cannot log TRUNCATE, DETACH or DROP of a partition, so the warehouse would "
+            f"drift silently; {_INSTEAD}, or capture each partition as its own table."
+        )
+    if kind != "r":
+        return (
+            f"Source {source} is {_KINDS.get(kind, f'a relation of kind {kind!r}')}, not an ordinary "
+            f"table; change capture needs one (it logs changes with triggers); {_INSTEAD}."
+        )
+    if children:
+        return (
+            f"Source table {source} has inheritance child tables ({', '.join(children[:5])}): their rows "
+            "are read with it but their changes never reach its triggers, so the warehouse would drift "
+            f"silently; {_INSTEAD}, or capture each child table as its own table."
+        )
+    return None
+
+
+def partition_parent(conn: psycopg.Connection, relid: int) -> str | None:
+    """The partitioned table ``relid`` is a partition of (None: not a partition)."""
+    row = conn.execute(
+        """SELECT i.inhparent::regclass::text FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid
+            WHERE c.oid = %s::oid AND c.relispartition""",
+        (relid,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
-    """What is broken about an installed capture (empty when intact)."""
+    """What is broken about an installed capture (empty when intact).
+
+    Besides the capture's own objects, checks that the table is still one whose row changes all
+    reach the log: a capture installed on a partitioned table (before install refused them), or a
+    table that has since gained inheritance children, is reported broken (``unsupported``), since
+    rows can leave it without a log entry.
+    """
     result = CaptureHealth(capture)
     oid = table_oid(conn, capture.source)
     if oid is None:
@@ -202,15 +295,30 @@ def health(conn: psycopg.Connection, capture: Capture) -> CaptureHealth:
     elif oid != capture.relid:
         result.problems.append(f"source table {capture.source} was dropped and recreated since install")
     else:
+        result.unsupported = unsupported_reason(conn, capture.source, oid)
+        if result.unsupported:
+            result.problems.append(result.unsupported)
         names = {
             r[0]
             for r in conn.execute(
                 "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::oid AND tgenabled <> 'D'", (oid,)
             ).fetchall()
         }
-        for trig in (ROW_TRIGGER, TRUNCATE_TRIGGER):
-            if trig not in names:
+        statement = set(STATEMENT_TRIGGERS.values())
+        parent = partition_parent(conn, oid)
+        if ROW_TRIGGER in names and not names & statement:
+            result.row_level = True  # a partition's capture, or an earlier version's (install upgrades it)
+        elif parent is not None:
+            result.problems.append(
+                f"source table {capture.source} became a partition of {parent} after capture was installed: "
+                f"rows written through {parent} do not fire its statement-level triggers, so changes may "
+                "be missing (capture of a partition uses row-level triggers)"
+            )
+        else:
+            for trig in sorted(statement - names):
                 result.problems.append(f"trigger {trig} on {capture.source} is missing or disabled")
+        if TRUNCATE_TRIGGER not in names:
+            result.problems.append(f"trigger {TRUNCATE_TRIGGER} on {capture.source} is missing or disabled")
     row = conn.execute(
         "SELECT to_regclass(%s), (SELECT cache_size FROM pg_sequences"
         " WHERE schemaname = %s AND sequencename = %s)",
@@ -239,6 +347,11 @@ def require_capture(conn: psycopg.Connection, source: TableRef) -> Capture:
             f"(add --dry-run to review the SQL first)."
         )
     state = health(conn, capture)
+    if state.unsupported:
+        raise CaptureMissing(
+            f"Change capture on {source} cannot be trusted: {state.unsupported} Remove it with "
+            f"`etl-assets cdc uninstall {source}`."
+        )
     if not state.intact:
         raise CaptureMissing(
             f"Change capture on {source} is broken: {'; '.join(state.problems)}. Reinstall it with "
@@ -275,18 +388,77 @@ def _resolve_key(
     return keys[0]
 
 
+def _key_object(key: Sequence[str], record: str) -> sql.Composable:
+    """``jsonb_build_object('k1', r.k1, …)``: the logged form of a row's key."""
+    return sql.SQL("jsonb_build_object({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.SQL(record), sql.Identifier(k)) for k in key
+        )
+    )
+
+
+def _function_header(fn_ident: sql.Identifier, body: sql.Composable) -> sql.Composed:
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
+        # TimeZone pinned: a timestamptz key logged from sessions in different time zones must give
+        # the same jsonb, or one row would look like two keys.
+        "SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS " + _DOLLAR + "{body}" + _DOLLAR
+    ).format(fn=fn_ident, body=body)
+
+
 def _function_sql(
     source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier, key: Sequence[str]
 ) -> sql.Composed:
-    def pairs(record: str) -> sql.Composable:
-        return sql.SQL(", ").join(
-            sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.SQL(record), sql.Identifier(k)) for k in key
-        )
+    """The statement-level trigger function: one ``INSERT … SELECT`` per statement and event.
 
+    An empty transition table (a statement that changed no row) logs nothing and, by returning
+    before ``pg_current_xact_id()``, does not make a read-only transaction take a transaction id.
+    """
     body = sql.SQL(
         """
 DECLARE
-    -- The transaction id first: the position below is drawn after it, which the reader relies on.
+    v_xid xid8;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO {log} (op, txid) VALUES ('T', pg_current_xact_id());
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        IF NOT EXISTS (SELECT FROM old_rows) THEN RETURN NULL; END IF;
+        -- The transaction id first: positions are drawn after it, which the reader relies on.
+        v_xid := pg_current_xact_id();
+        INSERT INTO {log} (op, key, txid) SELECT 'D', {old_key}, v_xid FROM old_rows o;
+    ELSIF TG_OP = 'INSERT' THEN
+        IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;
+        v_xid := pg_current_xact_id();
+        INSERT INTO {log} (op, key, data, txid)
+        SELECT 'I', {new_key}, to_jsonb(n), v_xid FROM new_rows n;
+    ELSE
+        IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;
+        v_xid := pg_current_xact_id();
+        -- OLD and NEW rows are not paired: match them by key. Unmatched old keys were deleted (or
+        -- moved away), unmatched new keys inserted (or moved here).
+        INSERT INTO {log} (op, key, data, txid)
+        SELECT CASE WHEN n.k IS NULL THEN 'D' WHEN o.k IS NULL THEN 'I' ELSE 'U' END,
+               coalesce(n.k, o.k), n.d, v_xid
+          FROM (SELECT {old_key} AS k FROM old_rows o) o
+          FULL JOIN (SELECT {new_key} AS k, to_jsonb(n) AS d FROM new_rows n) n ON n.k = o.k;
+    END IF;
+    RETURN NULL;
+END
+"""
+    ).format(log=log_ident, old_key=_key_object(key, "o"), new_key=_key_object(key, "n"))
+    return _function_header(fn_ident, body)
+
+
+def _row_function_sql(
+    source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier, key: Sequence[str]
+) -> sql.Composed:
+    """The row-level trigger function: for a partition (rows written through its parent fire the
+    partition's row triggers, not its statement triggers); earlier versions used it for every table
+    (``etl-assets bench`` measures both designs)."""
+    body = sql.SQL(
+        """
+DECLARE
     v_xid xid8 := pg_current_xact_id();
     v_key jsonb;
     v_old jsonb;
@@ -296,13 +468,13 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN
-        v_old := jsonb_build_object({old_pairs});
+        v_old := {old_key};
     END IF;
     IF TG_OP = 'DELETE' THEN
         INSERT INTO {log} (op, key, txid) VALUES ('D', v_old, v_xid);
         RETURN NULL;
     END IF;
-    v_key := jsonb_build_object({new_pairs});
+    v_key := {new_key};
     INSERT INTO {log} (op, key, old_key, data, txid)
     VALUES (CASE TG_OP WHEN 'INSERT' THEN 'I' ELSE 'U' END, v_key,
             CASE WHEN TG_OP = 'UPDATE' AND v_old IS DISTINCT FROM v_key THEN v_old END,
@@ -310,13 +482,50 @@ BEGIN
     RETURN NULL;
 END
 """
-    ).format(log=log_ident, old_pairs=pairs("OLD"), new_pairs=pairs("NEW"))
-    return sql.SQL(
-        "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
-        # TimeZone pinned: a timestamptz key logged from sessions in different time zones must give
-        # the same jsonb, or one row would look like two keys.
-        "SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS " + _DOLLAR + "{body}" + _DOLLAR
-    ).format(fn=fn_ident, body=body)
+    ).format(log=log_ident, old_key=_key_object(key, "OLD"), new_key=_key_object(key, "NEW"))
+    return _function_header(fn_ident, body)
+
+
+def _trigger_statements(
+    capture: Capture, *, row_level: bool = False, replace: bool = False
+) -> list[sql.Composable]:
+    """The function and the triggers logging ``capture.source``'s changes; with ``replace``, first
+    drop the capture triggers there (run in one transaction, so no statement goes unlogged)."""
+    source, fn = capture.source, capture.function_ident
+    make = _row_function_sql if row_level else _function_sql
+    statements: list[sql.Composable] = [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(t), source.ident)
+        for t in (ALL_TRIGGERS if replace else ())
+    ]
+    statements += [
+        make(source, capture.log_ident, fn, capture.key_columns),
+        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(fn),
+    ]
+    if row_level:
+        statements.append(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(ROW_TRIGGER), source.ident, fn)
+        )
+    else:
+        referencing = {
+            "INSERT": "REFERENCING NEW TABLE AS new_rows",
+            "UPDATE": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+            "DELETE": "REFERENCING OLD TABLE AS old_rows",
+        }
+        statements += [
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER " + event + " ON {} " + referencing[event]
+                + " FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(name), source.ident, fn)
+            for event, name in STATEMENT_TRIGGERS.items()
+        ]
+    statements.append(
+        sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+            sql.Identifier(TRUNCATE_TRIGGER), source.ident, fn
+        )
+    )
+    return statements
 
 
 def install_statements(
@@ -326,9 +535,17 @@ def install_statements(
     *,
     lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
     log_id: str | None = None,
+    row_level: bool | None = None,
 ) -> tuple[list[sql.Composable], Capture | None]:
     """The statements installing capture on ``source`` (empty when an intact capture exists), and the
-    capture they create. A broken capture (table recreated, trigger dropped) is replaced by a new log."""
+    capture they create. A broken capture (table recreated, trigger dropped) is replaced by a new log.
+
+    An intact capture installed by an earlier version with a row trigger is upgraded in place: the
+    same log, the function replaced and the triggers swapped in one transaction (which waits for
+    writers of the table and blocks new ones until it commits), so every change is logged by
+    exactly one of the two. ``row_level`` installs that earlier design (benchmarks, tests); by
+    default it is used only for a partition, whose rows written through its parent fire the
+    partition's row triggers but not its statement triggers."""
     relid = table_oid(conn, source)
     if relid is None:
         raise MissingObject(f"Source table {source} does not exist; check the name (schema.table).")
@@ -337,9 +554,17 @@ def install_statements(
         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout))
     ]
     statements += [sql.SQL(s) for s in REGISTRY_DDL]
+    refusal = unsupported_reason(conn, source, relid)
+    if refusal:
+        raise ConfigError(refusal)
+    if row_level is None:
+        row_level = partition_parent(conn, relid) is not None
     if existing is not None:
-        if health(conn, existing).intact:
-            return [], existing
+        state = health(conn, existing)
+        if state.intact:
+            if state.row_level == row_level:
+                return [], existing
+            return statements + _trigger_statements(existing, row_level=row_level, replace=True), existing
         statements += _drop_statements(conn, existing)
     key_cols = _resolve_key(conn, source, relid, key)
     for name in key_cols:
@@ -361,14 +586,7 @@ def install_statements(
 )"""
         ).format(log=capture.log_ident, seq_text=sql.Literal(f'{SCHEMA}."{seq}"')),
         sql.SQL("ALTER SEQUENCE {} OWNED BY {}.position").format(capture.sequence_ident, capture.log_ident),
-        _function_sql(source, capture.log_ident, capture.function_ident, key_cols),
-        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(capture.function_ident),
-        sql.SQL(
-            "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(ROW_TRIGGER), source.ident, capture.function_ident),
-        sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
-            sql.Identifier(TRUNCATE_TRIGGER), source.ident, capture.function_ident
-        ),
+        *_trigger_statements(capture, row_level=row_level),
         sql.SQL(
             "INSERT INTO etl_cdc.capture (source_schema, source_table, relid, log_table, log_sequence, "
             "log_function, log_id, key_columns) VALUES ({}, {}, {}, {}, {}, {}, {}, {})"
@@ -384,7 +602,7 @@ def install_statements(
 def _drop_statements(conn: psycopg.Connection, capture: Capture) -> list[sql.Composable]:
     statements: list[sql.Composable] = []
     if table_oid(conn, capture.source) == capture.relid:
-        for trig in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+        for trig in ALL_TRIGGERS:
             statements.append(
                 sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), capture.source.ident)
             )
@@ -438,9 +656,12 @@ def install(
     key: Sequence[str] | None = None,
     *,
     lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    row_level: bool | None = None,
 ) -> tuple[Capture, bool]:
-    """Install (or repair) capture on ``source``; returns the capture and whether anything changed."""
-    statements, capture = install_statements(conn, source, key, lock_timeout=lock_timeout)
+    """Install (repair, upgrade) capture on ``source``; returns the capture and whether anything changed."""
+    statements, capture = install_statements(
+        conn, source, key, lock_timeout=lock_timeout, row_level=row_level
+    )
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
         conn.commit()
     run_statements(conn, statements, f"Installing capture on {source}")

@@ -22,6 +22,16 @@ applies up to the newest earlier horizon that is final, and reports what holds i
 
 After the initial snapshot a range also skips the entries the snapshot already contains:
 ``pg_visible_in_snapshot(txid, snapshot)`` for positions up to the snapshot's highest visible one.
+
+Whole transactions: a window never ends between two entries of one source transaction, or the
+warehouse would show a state the source never had (half a transfer between two accounts). The end
+chosen by the horizon or the batch size is moved to a *clean cut*, a position that no transaction
+spans (:func:`whole_transactions_end`): first forward, to the last entry of the transactions that
+span it, as long as the range added is final (within the final bound, or every position in it is
+a committed, visible entry: no open transaction can hold one of them); otherwise back, to just
+before the first entry of the spanning transactions. A contiguous range ending at a clean cut holds
+each of its transactions whole, and for every key all of its events up to that cut, so it is
+replayed exactly as the source committed it.
 """
 
 from __future__ import annotations
@@ -283,6 +293,63 @@ def batch_end(conn: psycopg.Connection, capture: Capture, start: int, bound: int
         (start, bound, limit),
     ).fetchone()
     return bound if int(count) < limit else int(top)
+
+
+def _spanning(
+    conn: psycopg.Connection, capture: Capture, start: int, end: int
+) -> tuple[int | None, int | None, int | None]:
+    """Of the transactions with entries in ``(start, end]`` that also have entries after ``end``:
+    the first position of their entries in the range, the last position of their entries after it,
+    and the id of the one starting first (all None when ``end`` is a clean cut)."""
+    row = conn.execute(
+        sql.SQL(
+            """WITH w AS (SELECT txid, min(position) AS first FROM {log}
+                           WHERE position > %(s)s AND position <= %(e)s GROUP BY txid)
+               SELECT min(w.first), max(h.position), (array_agg(w.txid::text ORDER BY w.first))[1]
+                 FROM {log} h JOIN w ON h.txid = w.txid
+                WHERE h.position > %(e)s"""
+        ).format(log=capture.log_ident),
+        {"s": start, "e": end},
+    ).fetchone()
+    if row is None or row[1] is None:
+        return None, None, None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _dense(conn: psycopg.Connection, capture: Capture, after: int, through: int) -> bool:
+    """Whether every position in ``(after, through]`` is a visible entry: then none is held by an
+    open transaction (each position is drawn once), so the range is final in this snapshot."""
+    count = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE position > %s AND position <= %s").format(capture.log_ident),
+        (after, through),
+    ).fetchone()[0]
+    return int(count) == through - after
+
+
+def whole_transactions_end(
+    conn: psycopg.Connection, capture: Capture, start: int, end: int, final: int
+) -> tuple[int, int | None]:
+    """The end to use for a window ``(start, end]`` so that it holds whole transactions only.
+
+    ``final`` is the bound below which every position is final in the read transaction's snapshot
+    (``end <= final``). Returns ``(clean_end, None)``, or, when no clean cut above ``start`` exists
+    yet, ``(start, xid)`` with the transaction that spans the bound (its later entries lie beyond
+    positions still held by an open transaction; a later run applies it whole).
+    """
+    cut, forward = end, True
+    spanning_xid: int | None = None
+    while cut > start:
+        first, last, xid = _spanning(conn, capture, start, cut)
+        if last is None:
+            return cut, None
+        if forward and (last <= final or _dense(conn, capture, max(cut, final), last)):
+            cut = last  # the added range is final: extend to the end of the spanning transactions
+            continue
+        forward = False  # back to just before the spanning transactions (never forward again)
+        assert first is not None
+        cut = first - 1
+        spanning_xid = xid
+    return start, spanning_xid
 
 
 def pending_after(conn: psycopg.Connection, capture: Capture, position: int) -> tuple[int, float]:

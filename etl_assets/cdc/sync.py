@@ -271,8 +271,10 @@ def _apply_window(
     run_id: str | None,
     wait: float,
 ) -> CdcReport:
-    """Apply everything final, in batches of at most :func:`batch_changes` log entries, each batch
-    one warehouse transaction with its position (a crash loses at most the batch in flight)."""
+    """Apply everything final, in batches of about :func:`batch_changes` log entries, each batch
+    one warehouse transaction with its position (a crash loses at most the batch in flight). A
+    batch ends only between source transactions, so it may be larger by the rest of the last one
+    (a single transaction larger than the batch size is applied in one batch)."""
     target = spec.target
     applied = int(state["position"])
     horizons = [reader.Horizon(int(p), int(x)) for p, x in state.get("horizons", [])]
@@ -292,16 +294,27 @@ def _apply_window(
         if bound < now.position:
             report.held_back_by = reader.describe_transaction(src, reader.blocker(src, now, foreign))
         while True:
-            end = min(bound, reader.batch_end(src, fresh, applied, bound, batch_changes()))
+            # Each batch ends at a clean cut: whole source transactions only (see reader).
+            end, spanning = applied, None
+            if applied < bound:
+                limit = min(bound, reader.batch_end(src, fresh, applied, bound, batch_changes()))
+                end, spanning = reader.whole_transactions_end(src, fresh, applied, limit, bound)
             state = _apply_batch(src, wh, fresh, table, spec, state, end, candidates, run_id, report)
+            if end <= applied:
+                if spanning is not None and report.held_back_by is None:
+                    report.held_back_by = (
+                        f"transaction {spanning} (committed; its changes continue past position {bound}, "
+                        "beyond positions an open transaction still holds: it is applied whole later)"
+                    )
+                break
             applied = end
             if applied >= bound:
                 break
-        report.position_after = bound
+        report.position_after = applied
         report.rows_total = state.get("rows")
-        report.pending, report.lag_seconds = reader.pending_after(src, fresh, bound)
-    if bound != int(report.position_before or 0):
-        capture.register_consumer(src, fresh, consumer, str(target), bound)
+        report.pending, report.lag_seconds = reader.pending_after(src, fresh, applied)
+    if applied != int(report.position_before or 0):
+        capture.register_consumer(src, fresh, consumer, str(target), applied)
     return report
 
 

@@ -13,6 +13,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "etl_assets.transforms",
     "etl_assets.quality.defs",
     "etl_assets.housekeeping",
+    "etl_assets.automation",
 )
 
 

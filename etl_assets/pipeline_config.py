@@ -14,6 +14,9 @@ The keys are a public contract (users' files must keep working as the project gr
         fast_path: false         # optional: COPY-to-COPY, no frame in Python
         sensitive: [email]       # optional: stored for masking (data-quality)
         checks: [...]            # optional: stored raw, parsed by the data-quality module
+        automation: {interval: 30s}  # optional: {interval: ...} (incremental, cdc; default 30s),
+                                 # {cron: "0 2 * * *"} (default for full, chunked; UTC) or off
+        freshness: {warn: 2h, fail: 6h}  # optional; default derived from automation
 
 The whole file is validated when the Definitions load, so a mistake stops ``dagster dev`` and
 ``etl-assets`` with one message naming the file, the table (and its line), the key and what is
@@ -30,6 +33,14 @@ from typing import Any
 
 import yaml
 
+from etl_assets.automation.triggers import (
+    Freshness,
+    Trigger,
+    TriggerError,
+    default_freshness,
+    parse_freshness,
+    parse_trigger,
+)
 from etl_assets.errors import ConfigError
 from etl_assets.io.tables import TableRef
 from etl_assets.settings import PIPELINES_VAR
@@ -53,7 +64,7 @@ CONTROL_SCHEMA = "etl"
 
 TABLE_KEYS: tuple[str, ...] = (
     "name", "schema", "table", "extract", "primary_key", "cursor", "load", "target",
-    "chunk_size", "lag", "fast_path", "checks", "sensitive",
+    "chunk_size", "lag", "fast_path", "checks", "sensitive", "automation", "freshness",
 )
 TOP_LEVEL_KEYS: tuple[str, ...] = ("tables",)
 SHIPPED_DEMO = "demo.yaml"
@@ -76,6 +87,19 @@ class TableSpec:
     sensitive: tuple[str, ...] = ()
     checks: tuple[Any, ...] = field(default=(), hash=False, compare=False)
     line: int | None = field(default=None, compare=False)
+    automation: Trigger | None = None  # None: the extract mode's default (see .trigger)
+    freshness: Freshness | None = None  # None: derived from the trigger
+
+    @property
+    def trigger(self) -> Trigger:
+        """What starts this table's extract (etl_assets.automation): the declared ``automation:``
+        or the mode's default (a 30 s sensor for incremental and cdc, daily 02:00 UTC otherwise)."""
+        return self.automation or parse_trigger(None, self.extract)
+
+    @property
+    def freshness_windows(self) -> Freshness | None:
+        """The declared ``freshness:``, else windows derived from the trigger (None when off)."""
+        return self.freshness or default_freshness(self.trigger)
 
     @property
     def asset_key_path(self) -> list[str]:
@@ -256,11 +280,24 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
     if not isinstance(checks, list):
         raise t.error("checks", f"must be a list of rules, got {_kind(checks)}.")
 
+    automation = None
+    if "automation" in item:
+        try:
+            automation = parse_trigger(item["automation"], extract)
+        except TriggerError as exc:
+            raise t.error("automation", f"{exc}.") from None
+    freshness = None
+    if item.get("freshness") is not None:
+        try:
+            freshness = parse_freshness(item["freshness"])
+        except TriggerError as exc:
+            raise t.error("freshness", f"{exc}.") from None
+
     target = _target(t, source)
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), fast_path=fast_path,
-        sensitive=sensitive, checks=tuple(checks), line=line,
+        sensitive=sensitive, checks=tuple(checks), line=line, automation=automation, freshness=freshness,
     )
 
 

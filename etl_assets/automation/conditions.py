@@ -1,0 +1,41 @@
+"""Declarative automation downstream of the extracts, and the sensor that evaluates it.
+
+* Cleaned tables and aggregates (``etl_assets/transforms/assets.py``) run after an input
+  materializes, only when every blocking check of their inputs passed (``eager()`` alone still
+  requests after a failed blocking check: the failed run recorded the materialization), and whenever
+  they are missing, so an empty warehouse fills itself (``missing() & ~in_progress()``:
+  ``on_missing()`` ignores assets already missing when first evaluated).
+* The daily-partitioned aggregate gets the same condition limited to its latest day (``eager()``
+  already is; ``missing()`` over every day since 2025-01-01 would request hundreds of runs): older
+  days whose orders changed are requested by ``etl_assets.automation.partitions``.
+* Extracted tables are sensor- or schedule-driven; tables on a schedule (full, chunked) also get
+  :data:`FILL_MISSING`, so that an empty warehouse does not wait until 02:00 for them. Sensor-driven
+  tables need nothing: their sensor requests a table that was never extracted.
+
+Dagster's own ``default_automation_condition_sensor`` is STOPPED by default; the project declares
+:func:`automation_sensor` (RUNNING, every 10 s, STOPPED with ``ETL_AUTOMATION=off``).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+AC = dg.AutomationCondition
+
+FILL_MISSING = AC.missing() & ~AC.in_progress()
+DOWNSTREAM = (AC.eager() & AC.all_deps_blocking_checks_passed()) | FILL_MISSING
+DAILY = (AC.eager() & AC.all_deps_blocking_checks_passed()) | (FILL_MISSING & AC.in_latest_time_window())
+SENSOR_NAME = "etl_automation_conditions"
+
+
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    from etl_assets.automation.sensors import default_status
+
+    return dg.AutomationConditionSensorDefinition(
+        name=SENSOR_NAME,
+        target=dg.AssetSelection.all(),
+        minimum_interval_seconds=10,
+        default_status=default_status(),
+        description="Evaluates the automation conditions of the project's assets every 10 s "
+        "(cleaned tables and aggregates after their inputs; missing tables). docs/automation.md",
+    )

@@ -1,7 +1,8 @@
 """Declarative automation downstream of the extracts, and the sensor that evaluates it.
 
-* Cleaned tables and aggregates (``etl_assets/transforms/assets.py``) run after an input
-  materializes, only when every blocking check of their inputs passed (``eager()`` alone still
+* Cleaned tables and aggregates (``etl_assets/transforms/assets.py``) run after a run materializes
+  one of their inputs (not after a runless "checked, no change" heartbeat), only when every
+  blocking check of their inputs passed (``eager()`` alone still
   requests after a failed blocking check: the failed run recorded the materialization), and whenever
   they are missing, so an empty warehouse fills itself (``missing() & ~in_progress()``:
   ``on_missing()`` ignores assets already missing when first evaluated).
@@ -23,8 +24,18 @@ import dagster as dg
 AC = dg.AutomationCondition
 
 FILL_MISSING = AC.missing() & ~AC.in_progress()
-DOWNSTREAM = (AC.eager() & AC.all_deps_blocking_checks_passed()) | FILL_MISSING
-DAILY = (AC.eager() & AC.all_deps_blocking_checks_passed()) | (FILL_MISSING & AC.in_latest_time_window())
+# Dagster's any_deps_updated, counting only materializations made by a run: the extract sensors'
+# "checked, no change" heartbeats are runless (etl_assets.automation.sensors.heartbeats) and must
+# not rebuild anything. any_new_update_has_run_tags() without filters is true when one of the new
+# materializations came from a run (a runless one has no run id).
+DEPS_UPDATED_BY_A_RUN = AC.any_deps_match(
+    (AC.newly_updated() & AC.any_new_update_has_run_tags() & ~AC.executed_with_root_target()
+     ).with_label("newly_updated_by_a_run_without_root")
+    | AC.will_be_requested()
+).with_label("any_deps_updated")
+EAGER = AC.eager().replace("any_deps_updated", DEPS_UPDATED_BY_A_RUN)
+DOWNSTREAM = (EAGER & AC.all_deps_blocking_checks_passed()) | FILL_MISSING
+DAILY = (EAGER & AC.all_deps_blocking_checks_passed()) | (FILL_MISSING & AC.in_latest_time_window())
 SENSOR_NAME = "etl_automation_conditions"
 
 

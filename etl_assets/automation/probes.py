@@ -9,8 +9,8 @@ Two cases request a run although the newest value did not move:
 
 * **Late-commit window (incremental).** A row committed late with a cursor value below the newest
   one does not move ``max(cursor)``. While such a row can still appear — the table's ``lag`` has
-  not yet elapsed since the stored high-water mark (timestamp cursors), or a transaction that
-  started before the last extract read the source is still open — the table counts as moved. Each
+  not yet elapsed since the stored high-water mark (timestamp cursors), or a transaction that was
+  open when the last extract read the source may have committed since — the table counts as moved. Each
   such run re-reads the window (the extract's lower bound already covers it) and stores new state,
   so the next request has a new run key.
 * **CDC behind.** The applied position is below the newest committed position of the change log
@@ -71,43 +71,37 @@ def newest_cursor_query(spec: TableSpec, cursor_type: str | None) -> sql.Compose
     return sql.SQL("SELECT max({c})::text, true FROM {tb}").format(c=cur, tb=table)
 
 
-@dataclass(frozen=True)
-class SourceActivity:
-    """The source database's clock and its oldest open transaction (one read per database per tick)."""
-
-    now: str
-    oldest_open: str | None
-
-
-def source_activity(src: psycopg.Connection) -> SourceActivity:
-    row = src.execute(
-        """
-        SELECT clock_timestamp()::text,
-               (SELECT min(xact_start) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()
-                   AND xact_start IS NOT NULL
-                   AND backend_type NOT IN ('autovacuum worker', 'autovacuum launcher'))::text
-        """
-    ).fetchone()
-    return SourceActivity(row[0], row[1])
+def _mark(ctype: str) -> sql.Composable:
+    """The stored cursor text as a timestamptz (naive timestamps and dates in the server's zone)."""
+    if ctype.startswith("timestamp with") or ctype == "timestamptz":
+        return sql.SQL("%s::timestamptz")
+    return sql.SQL("%s::timestamp::timestamptz")
 
 
-def late_window(src: psycopg.Connection, spec: TableSpec, state: dict[str, Any], activity: SourceActivity
-                ) -> str | None:
-    """Why rows below the stored mark may still commit, or None when they cannot."""
-    observed = state.get("observed_at")
-    if activity.oldest_open and observed:
-        older = src.execute("SELECT %s::timestamptz <= %s::timestamptz",
-                            (activity.oldest_open, observed)).fetchone()[0]
+def late_window(src: psycopg.Connection, spec: TableSpec, state: dict[str, Any]) -> str | None:
+    """Why rows below the stored mark may still commit, or None when they cannot.
+
+    * A transaction that was open when the last extract read the source (``etl.state`` keeps the
+      oldest one's start, read from ``pg_stat_activity``) stamps rows from its start time on; if it
+      started at or before the mark, its rows may commit below it without moving ``max(cursor)``.
+      One more run (whose lower bound waits for it) is needed; that run stores the transactions open
+      then, so the window closes when none older than the mark is left.
+    * ``lag`` (timestamp cursors): rows stamped up to ``lag`` before they commit may still appear
+      until ``lag`` has elapsed after the mark.
+    """
+    cursor, ctype = state.get("cursor"), (state.get("cursor_type") or "").strip()
+    is_time = ctype.split("(")[0].strip() in TIME_BASES
+    oldest = state.get("oldest_open_transaction")
+    if oldest and cursor:
+        older = True
+        if is_time:
+            query = sql.SQL("SELECT %s::timestamptz <= {m}").format(m=_mark(ctype))
+            older = src.execute(query, (oldest, cursor)).fetchone()[0]
         if older:
-            return (f"a transaction open since {activity.oldest_open} (before the last extract read the "
-                    "source) may still commit rows below the mark")
-    cursor, ctype = state.get("cursor"), state.get("cursor_type") or ""
-    if spec.lag and cursor and ctype.split("(")[0].strip() in TIME_BASES:
-        if ctype.startswith("timestamp with") or ctype == "timestamptz":
-            mark = sql.SQL("%s::timestamptz")
-        else:  # a naive timestamp or a date: read in the server's time zone
-            mark = sql.SQL("%s::timestamp::timestamptz")
+            return (f"a transaction open at the last extract (since {oldest}) may have committed rows "
+                    "below the mark")
+    if spec.lag and cursor and is_time:
+        mark = _mark(ctype)
         query = sql.SQL(
             "SELECT ({m} + make_interval(secs => %s))::text, now() < {m} + make_interval(secs => %s)"
         ).format(m=mark)
@@ -117,8 +111,8 @@ def late_window(src: psycopg.Connection, spec: TableSpec, state: dict[str, Any],
     return None
 
 
-def probe_incremental(src: psycopg.Connection, spec: TableSpec, stored: tuple[str, dict[str, Any]] | None,
-                      activity: SourceActivity) -> Probe:
+def probe_incremental(src: psycopg.Connection, spec: TableSpec, stored: tuple[str, dict[str, Any]] | None
+                      ) -> Probe:
     """Compare the source's newest cursor value with the stored mark (see module docstring)."""
     from etl_assets.extract.source import cursor_index_warning
 
@@ -128,9 +122,10 @@ def probe_incremental(src: psycopg.Connection, spec: TableSpec, stored: tuple[st
     missing_index = cursor_index_warning(src, spec)
     if missing_index:
         warnings.append(f"configuration: {missing_index} The sensor's probe scans it too.")
-    newest, past = src.execute(newest_cursor_query(spec, state.get("cursor_type"))).fetchone()
-    fingerprint = _digest(state.get("cursor"), state.get("next_from"), state.get("observed_at"), newest)
     mark = state.get("cursor")
+    typed = state.get("cursor_type") if mark is not None else None
+    newest, past = src.execute(newest_cursor_query(spec, typed), (mark,) if typed else None).fetchone()
+    fingerprint = _digest(mark, state.get("next_from"), state.get("observed_at"), newest)
     if not state:
         return Probe(target, True, f"{target}: never extracted (newest {spec.cursor} {newest})",
                      fingerprint, warnings)
@@ -140,7 +135,7 @@ def probe_incremental(src: psycopg.Connection, spec: TableSpec, stored: tuple[st
     if past or mark is None:
         return Probe(target, True, f"{target}: newest {spec.cursor} {newest} is past the mark {mark}",
                      fingerprint, warnings)
-    window = late_window(src, spec, state, activity)
+    window = late_window(src, spec, state)
     if window:
         return Probe(target, True, f"{target}: no row newer than {mark}, but the late-commit window is "
                      f"open: {window}", fingerprint, warnings)

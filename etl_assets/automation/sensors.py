@@ -17,8 +17,7 @@ a daemon restart: the key is rebuilt from the databases and the instance, not fr
 cursor), while a failed run — whose key Dagster would skip forever — is retried under a new key, and
 so is a run that finished without moving the state (a change log held back by an old transaction).
 
-Tables whose source did not move are reported as an ``AssetObservation`` ("checked, no change")
-with the probed value, visible on the asset's page.
+Tables whose source did not move stay fresh: see :func:`heartbeats`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from etl_assets.automation.probes import (
     Probe,
     probe_cdc,
     probe_incremental,
-    source_activity,
     stored_states,
 )
 from etl_assets.db import PostgresResource
@@ -45,6 +43,7 @@ from etl_assets.pipeline_config import TableSpec
 
 AUTOMATION_TAG = "etl/automation"
 AUTOMATION_VAR = "ETL_AUTOMATION"
+HEARTBEAT_TAG = "etl/heartbeat"
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -139,13 +138,12 @@ def probe_all(specs: Sequence[TableSpec], source: Any, warehouse: Any) -> list[P
         states = stored_states(wh, targets)
     probes = []
     with source.connect(autocommit=True) as src:
-        activity = source_activity(src)
         for spec in specs:
             stored = states.get(str(spec.target))
             if spec.extract == "cdc":
                 probes.append(probe_cdc(src, spec, stored))
             else:
-                probes.append(probe_incremental(src, spec, stored, activity))
+                probes.append(probe_incremental(src, spec, stored))
     return probes
 
 
@@ -178,13 +176,7 @@ def evaluate(context: dg.SensorEvaluationContext, sensor_name: str, interval: fl
                              f"retrying {wait - (now - prev.ended):.0f} s from now")
                 continue
         wanted.append(probe)
-    events = [
-        dg.AssetObservation(
-            asset_key=asset_key(by_target[p.target]),
-            metadata={"checked": "no change", "seen": p.seen, "sensor": sensor_name},
-        )
-        for p in unchanged
-    ]
+    events = heartbeats(context.instance, [(by_target[p.target], p) for p in unchanged], sensor_name, now)
     seen = "; ".join([p.seen for p in probes] + notes)
     if not wanted:
         context.log.info(seen)
@@ -200,6 +192,45 @@ def evaluate(context: dg.SensorEvaluationContext, sensor_name: str, interval: fl
         tags={AUTOMATION_TAG: sensor_name},
     )
     return dg.SensorResult(run_requests=[request], asset_events=events)
+
+
+def heartbeat_after(spec: TableSpec) -> float | None:
+    """Seconds after its last materialization at which an unchanged table gets a heartbeat: half its
+    WARN window (else half its FAIL window); None without freshness windows."""
+    windows = spec.freshness_windows
+    if windows is None:
+        return None
+    return (windows.warn or windows.fail) / 2
+
+
+def heartbeats(instance: dg.DagsterInstance, unchanged: Sequence[tuple[TableSpec, Probe]], sensor_name: str,
+               now: float) -> list[dg.AssetMaterialization]:
+    """"Checked, no change", recorded so that freshness reflects it.
+
+    Dagster 1.13 evaluates a ``FreshnessPolicy.time_window`` on the asset's last *materialization*
+    only (``TimeWindowFreshnessPolicyEvaluator`` reads ``asset_entry.last_materialization``;
+    observations are not counted). So a table whose source did not move gets a runless
+    ``AssetMaterialization`` (the daemon reports a sensor's asset events through
+    ``report_runless_asset_event``) once it is half-way to its WARN window, carrying what the probe
+    saw. The downstream automation conditions ignore materializations that no run made
+    (``etl_assets.automation.conditions``), so a heartbeat never rebuilds a cleaned table.
+    """
+    events = []
+    for spec, probe in unchanged:
+        after = heartbeat_after(spec)
+        if after is None:
+            continue
+        key = asset_key(spec)
+        latest = instance.get_latest_materialization_event(key)
+        if latest is None or now - latest.timestamp < after:
+            continue  # never loaded (nothing to vouch for), or recent enough
+        events.append(dg.AssetMaterialization(
+            asset_key=key,
+            description="checked, no change",
+            metadata={"checked": "no change", "seen": probe.seen, "sensor": sensor_name},
+            tags={HEARTBEAT_TAG: "true"},
+        ))
+    return events
 
 
 def groups(specs: Sequence[TableSpec]) -> dict[float, list[TableSpec]]:

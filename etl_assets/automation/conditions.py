@@ -5,7 +5,8 @@
   blocking check of their inputs passed (``eager()`` alone still
   requests after a failed blocking check: the failed run recorded the materialization), and whenever
   they are missing, so an empty warehouse fills itself (``missing() & ~in_progress()``:
-  ``on_missing()`` ignores assets already missing when first evaluated).
+  ``on_missing()`` ignores assets already missing when first evaluated; see :data:`FILL_MISSING`
+  for the guards against retrying a failing fill every tick).
 * The daily-partitioned aggregate gets the same condition limited to its latest day (``eager()``
   already is; ``missing()`` over every day since 2025-01-01 would request hundreds of runs): older
   days whose orders changed are requested by ``etl_assets.automation.partitions``.
@@ -23,7 +24,13 @@ import dagster as dg
 
 AC = dg.AutomationCondition
 
-FILL_MISSING = AC.missing() & ~AC.in_progress()
+# Missing and not being made; not after its last run failed (that would retry every 10 s: a failed
+# fill waits for its inputs to update, then eager() asks again); not while an input is missing
+# (a sensor-driven extract that has not run yet) or being made.
+FILL_MISSING = (
+    AC.missing() & ~AC.in_progress() & ~AC.execution_failed()
+    & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()
+).with_label("fill_missing")
 # Dagster's any_deps_updated, counting only materializations made by a run: the extract sensors'
 # "checked, no change" heartbeats are runless (etl_assets.automation.sensors.heartbeats) and must
 # not rebuild anything. any_new_update_has_run_tags() without filters is true when one of the new

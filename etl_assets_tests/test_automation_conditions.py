@@ -22,6 +22,7 @@ from dagster._daemon.freshness import FreshnessDaemon
 
 from etl_assets.automation import conditions, sensors
 from etl_assets.automation.probes import Probe
+from etl_assets.automation.versions import DATA_VERSION_TAG, latest_data_version
 from etl_assets.settings import PROJECT_ROOT
 
 
@@ -92,6 +93,36 @@ def test_downstream_fills_when_missing_follows_runs_and_stops_on_a_failed_blocki
     assert twin_requested[-1] == 1  # eager() alone would
 
 
+def test_an_input_run_that_changed_nothing_rebuilds_nothing(instance) -> None:
+    """An extract run that changed no row keeps its data version (etl_assets.automation.versions)."""
+    version = {"v": "a"}
+    key = dg.AssetKey(["raw", f"v{secrets.token_hex(3)}"])
+
+    @dg.asset(key=key)
+    def up() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion(version["v"]))
+
+    @dg.asset(key=dg.AssetKey(["clean", key.path[-1]]), deps=[key],
+              automation_condition=conditions.DOWNSTREAM)
+    def down() -> None:
+        return None
+
+    defs = dg.Definitions(assets=[up, down])
+    assert dg.materialize([up], instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert result.get_num_requested(down.key) == 1
+    assert dg.materialize([down], instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_num_requested(down.key) == 0
+    assert dg.materialize([up], instance=instance).success  # same version: nothing changed
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_num_requested(down.key) == 0
+    version["v"] = "b"
+    assert dg.materialize([up], instance=instance).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_num_requested(down.key) == 1
+
+
 def test_failed_fill_is_not_retried_every_tick(instance) -> None:
     passing = {"ok": True}
     up, up_ok, _ = _graph(passing)
@@ -146,7 +177,8 @@ def test_unchanged_source_stays_fresh_through_heartbeats(etl_env: dict[str, str]
         with freeze_time(now + dt.timedelta(minutes=6)):
             assert _freshness(instance, ctx, daemon, key) == FreshnessState.WARN  # nothing recorded
             (beat,) = sensors.heartbeats(instance, unchanged, "watch", t0 + 360)
-            assert beat.asset_key == key and beat.tags == {sensors.HEARTBEAT_TAG: "true"}
+            assert beat.asset_key == key and beat.tags[sensors.HEARTBEAT_TAG] == "true"
+            assert beat.tags[DATA_VERSION_TAG] == latest_data_version(instance, key)  # data unchanged
             instance.report_runless_asset_event(beat)  # what the sensor daemon does with asset_events
             assert _freshness(instance, ctx, daemon, key) == FreshnessState.PASS
         with freeze_time(now + dt.timedelta(minutes=6 + 16)):

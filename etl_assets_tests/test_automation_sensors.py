@@ -218,3 +218,26 @@ def test_cdc_probe_compares_newest_and_applied_positions(dbs, instance, source_c
     sync_now()
     assert "no change after position" in _skip(_tick(sensor, job, [spec], instance, dbs))
     capture.uninstall(source_conn, ref)
+
+
+def test_extract_run_that_changes_nothing_keeps_its_data_version(dbs, instance) -> None:
+    from etl_assets.automation.versions import latest_data_version
+
+    schema = _events(dbs, rows=20)
+    spec = _spec(schema)
+    asset = extract_asset(spec, "test.yaml")
+    resources = {"source": PostgresResource(dsn=dbs["source"], role="source"),
+                 "warehouse": PostgresResource(dsn=dbs["warehouse"], role="warehouse")}
+    key = dg.AssetKey(spec.asset_key_path)
+
+    def materialize() -> str | None:
+        assert dg.materialize([asset], instance=instance, resources=resources).success
+        return latest_data_version(instance, key)
+
+    first = materialize()
+    assert first is not None
+    assert materialize() == first  # nothing changed at the source
+    execute(dbs["source"], sql.SQL("UPDATE {} SET v = 'new', updated_at = now() WHERE id = 3").format(
+        sql.Identifier(schema, "events")))
+    changed = materialize()
+    assert changed not in (None, first)

@@ -77,7 +77,8 @@ def dev_server(etl_env: dict[str, str], source_dsn: str, tmp_path) -> Iterator[S
     proc = subprocess.Popen(
         [sys.executable, "-m", "etl_assets.cli", "dev", "--port", str(port), "--host", "127.0.0.1"],
         cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
+        # Automation off: this test launches its own run; sensors and schedules would race it.
+        env={**os.environ, "ETL_AUTOMATION": "off"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -35,8 +35,11 @@ FILL_MISSING = (
 # "checked, no change" heartbeats are runless (etl_assets.automation.sensors.heartbeats) and must
 # not rebuild anything. any_new_update_has_run_tags() without filters is true when one of the new
 # materializations came from a run (a runless one has no run id).
+# And only when the dependency's data version changed: an extract run that changed no row keeps its
+# version (etl_assets.automation.versions); other assets get a new version on every run.
 DEPS_UPDATED_BY_A_RUN = AC.any_deps_match(
-    (AC.newly_updated() & AC.any_new_update_has_run_tags() & ~AC.executed_with_root_target()
+    (AC.newly_updated() & AC.any_new_update_has_run_tags() & AC.data_version_changed()
+     & ~AC.executed_with_root_target()
      ).with_label("newly_updated_by_a_run_without_root")
     | AC.will_be_requested()
 ).with_label("any_deps_updated")

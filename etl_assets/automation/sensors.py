@@ -38,6 +38,7 @@ from etl_assets.automation.probes import (
     probe_incremental,
     stored_states,
 )
+from etl_assets.automation.versions import DATA_VERSION_TAG, latest_data_version
 from etl_assets.db import PostgresResource
 from etl_assets.pipeline_config import TableSpec
 
@@ -224,11 +225,15 @@ def heartbeats(instance: dg.DagsterInstance, unchanged: Sequence[tuple[TableSpec
         latest = instance.get_latest_materialization_event(key)
         if latest is None or now - latest.timestamp < after:
             continue  # never loaded (nothing to vouch for), or recent enough
+        tags = {HEARTBEAT_TAG: "true"}
+        version = latest_data_version(instance, key)
+        if version:
+            tags[DATA_VERSION_TAG] = version  # the data did not change: neither does its version
         events.append(dg.AssetMaterialization(
             asset_key=key,
             description="checked, no change",
             metadata={"checked": "no change", "seen": probe.seen, "sensor": sensor_name},
-            tags={HEARTBEAT_TAG: "true"},
+            tags=tags,
         ))
     return events
 

@@ -92,6 +92,12 @@ def build_cdc_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
 
         with warehouse.connect() as conn:
             profile = profile_after_write(conn, spec.target, {"sensitive": list(spec.sensitive)}, context.log)
-        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()})
+        # A run that applied no change keeps the previous data version (etl_assets.automation.versions).
+        from etl_assets.automation.versions import extract_data_version
+
+        changed = bool(report.changes) or report.mode == "snapshot"
+        version = extract_data_version(context.instance, key, context.run.run_id, changed)
+        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()},
+                                    data_version=version)
 
     return _cdc

@@ -78,7 +78,14 @@ def extract_asset(spec: TableSpec, origin: str) -> dg.AssetsDefinition:
 
         with warehouse.connect() as conn:
             profile = profile_after_write(conn, spec.target, {"sensitive": list(spec.sensitive)}, context.log)
-        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()})
+        # A run that changed no row keeps the previous data version, so automation downstream does not
+        # rebuild for nothing (etl_assets.automation.versions).
+        from etl_assets.automation.versions import extract_data_version
+
+        changed = bool(report.inserted or report.updated or report.deleted)
+        version = extract_data_version(context.instance, key, context.run.run_id, changed)
+        return dg.MaterializeResult(asset_key=key, metadata={**profile, **report.metadata()},
+                                    data_version=version)
 
     return _extract
 

@@ -26,6 +26,11 @@ def build_definitions() -> dg.Definitions:
     from etl_assets.extract.assets import prune_undeclared
 
     merged, _left_out = prune_undeclared(merged)
+    # Automation (etl_assets.automation): per-table freshness windows derived from each table's
+    # trigger, and fill-when-missing on schedule-driven extracts; before the quality defaults.
+    from etl_assets.automation.defs import apply_automation
+
+    merged = apply_automation(merged)
     # Project-wide policies at the root (etl_assets.quality.defs): run-metrics hooks on every asset,
     # freshness on extracted tables, Python-declared quality checks, column-schema change checks.
     from etl_assets.quality.defs import apply_quality

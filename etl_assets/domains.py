@@ -15,6 +15,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "etl_assets.housekeeping",
     "etl_assets.alerts",
     "etl_assets.stream.assets",
+    "etl_assets.automation",
 )
 
 

@@ -18,6 +18,9 @@ The keys are a public contract (users' files must keep working as the project gr
         checks: [...]            # optional: stored raw, parsed by the data-quality module
         deletes: delete          # optional, incremental / chunked upsert: delete | flag | off (see
                                  # docs/operations-daemon.md, "Delete detection")
+        automation: {interval: 30s}  # optional: {interval: ...} (incremental, cdc; default 30s),
+                                 # {cron: "0 2 * * *"} (default for full, chunked; UTC) or off
+        freshness: {warn: 2h, fail: 6h}  # optional; default derived from automation
 
 The whole file is validated when the Definitions load, so a mistake stops ``dagster dev`` and
 ``etl-assets`` with one message naming the file, the table (and its line), the key and what is
@@ -36,6 +39,14 @@ from typing import Any
 
 import yaml
 
+from etl_assets.automation.triggers import (
+    Freshness,
+    Trigger,
+    TriggerError,
+    default_freshness,
+    parse_freshness,
+    parse_trigger,
+)
 from etl_assets.errors import ConfigError
 from etl_assets.io.tables import TableRef
 from etl_assets.settings import PIPELINES_VAR
@@ -60,6 +71,7 @@ CONTROL_SCHEMA = "etl"
 TABLE_KEYS: tuple[str, ...] = (
     "name", "schema", "table", "extract", "primary_key", "cursor", "load", "target",
     "chunk_size", "lag", "fast_path", "checks", "sensitive", "cursor_time_zone", "late_commits", "deletes",
+    "automation", "freshness",
 )
 LATE_COMMITS: tuple[str, ...] = ("wait", "ignore")
 # A ``lag`` this long covers any difference between two time zones' clocks (UTC-12 .. UTC+14), so a
@@ -91,6 +103,19 @@ class TableSpec:
     deletes: str = "off"  # delete detection (etl_assets.housekeeping.deletes): delete | flag | off
     line: int | None = field(default=None, compare=False)
     origin: str | None = field(default=None, compare=False)  # the file that declares it
+    automation: Trigger | None = None  # None: the extract mode's default (see .trigger)
+    freshness: Freshness | None = None  # None: derived from the trigger
+
+    @property
+    def trigger(self) -> Trigger:
+        """What starts this table's extract (etl_assets.automation): the declared ``automation:``
+        or the mode's default (a 30 s sensor for incremental and cdc, daily 02:00 UTC otherwise)."""
+        return self.automation or parse_trigger(None, self.extract)
+
+    @property
+    def freshness_windows(self) -> Freshness | None:
+        """The declared ``freshness:``, else windows derived from the trigger (None when off)."""
+        return self.freshness or default_freshness(self.trigger)
 
     @property
     def asset_key_path(self) -> list[str]:
@@ -381,13 +406,26 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
     if not isinstance(checks, list):
         raise t.error("checks", f"must be a list of rules, got {_kind(checks)}.")
 
+    automation = None
+    if "automation" in item:
+        try:
+            automation = parse_trigger(item["automation"], extract)
+        except TriggerError as exc:
+            raise t.error("automation", f"{exc}.") from None
+    freshness = None
+    if item.get("freshness") is not None:
+        try:
+            freshness = parse_freshness(item["freshness"])
+        except TriggerError as exc:
+            raise t.error("freshness", f"{exc}.") from None
+
     target = _target(t, source)
     deletes = _deletes(t, extract, load)
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), cursor_time_zone=cursor_time_zone,
-        late_commits=late_commits, fast_path=fast_path,
-        sensitive=sensitive, checks=tuple(checks), deletes=deletes, line=line, origin=origin,
+        late_commits=late_commits, fast_path=fast_path, sensitive=sensitive, checks=tuple(checks),
+        deletes=deletes, line=line, origin=origin, automation=automation, freshness=freshness,
     )
 
 

@@ -7,8 +7,10 @@ UI had launched them, and show up there afterwards.
 Partitions: a Dagster job holds assets of one partitions definition only, so the selection is split
 into groups by partitions definition and the groups run one after another, upstream groups first
 (one Dagster run each). Unpartitioned assets run as they are. A partitioned group runs for
-``--partition KEY`` when given; otherwise a time-partitioned group runs its latest complete partition
-(yesterday for daily partitions) and any other partitioned group runs each of its partitions.
+``--partition KEY`` when given, or for ``--partition-range FROM..TO`` in ONE run covering the whole
+range (the assets read and replace the range's window at once; the daily aggregate declares
+``BackfillPolicy.single_run()``); otherwise a time-partitioned group runs its latest complete
+partition (yesterday for daily partitions) and any other partitioned group runs each of its partitions.
 
 Dead runs: an in-process run has no daemon watching it. A run killed with SIGKILL stays STARTED in the
 instance and keeps the pool slots its steps claimed, which would block later runs' steps forever.
@@ -283,6 +285,47 @@ def plan_groups(defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> list[Group
     return [groups[gid] for gid in order]
 
 
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """``--partition-range FIRST..LAST`` (both included)."""
+
+    first: str
+    last: str
+
+    def __str__(self) -> str:
+        return f"{self.first}..{self.last}"
+
+    @classmethod
+    def parse(cls, text: str) -> PartitionRange:
+        first, sep, last = text.partition("..")
+        if not sep or not first.strip() or not last.strip():
+            raise ConfigError(f"--partition-range {text}: give FROM..TO, e.g. 2026-11-01..2026-11-14.")
+        return cls(first.strip(), last.strip())
+
+    def tags(self) -> dict[str, str]:
+        return {RANGE_START_TAG: self.first, RANGE_END_TAG: self.last}
+
+
+def partition_range_plan(group: Group, requested: PartitionRange) -> list[PartitionRange | None]:
+    """The group's plan for a range: one run covering it (unpartitioned groups run as they are)."""
+    pdef = group.partitions_def
+    if pdef is None:
+        return [None]
+    names = ", ".join(k.to_user_string() for k in group.keys)
+    keys = list(pdef.get_partition_keys())
+    for key in (requested.first, requested.last):
+        if key not in keys:
+            span = f" (partitions run from {keys[0]} to {keys[-1]})" if keys else ""
+            raise ConfigError(f"--partition-range {requested}: {key} is not a partition of {names}{span}.")
+    if keys.index(requested.first) > keys.index(requested.last):
+        raise ConfigError(f"--partition-range {requested}: FROM comes after TO.")
+    return [requested]
+
+
 def partition_keys(group: Group, requested: str | None) -> list[str | None]:
     pdef = group.partitions_def
     if pdef is None:
@@ -505,6 +548,7 @@ def run(
     select: Sequence[str] | None = None,
     partition: str | None = None,
     *,
+    partition_range: str | None = None,
     defs: dg.Definitions | None = None,
     instance: dg.DagsterInstance | None = None,
     out: Callable[[str], None] = print,
@@ -534,9 +578,17 @@ def run(
         record_run_by_id(instance, run_id)
     keys = resolve_selection(defs, select)
     groups = plan_groups(defs, keys)
-    if partition is not None and all(g.partitions_def is None for g in groups):
-        raise ConfigError("--partition was given but none of the selected assets is partitioned.")
-    plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
+    if partition is not None and partition_range is not None:
+        raise ConfigError("--partition and --partition-range exclude each other; give one.")
+    if (partition or partition_range) is not None and all(g.partitions_def is None for g in groups):
+        option = "--partition" if partition is not None else "--partition-range"
+        raise ConfigError(f"{option} was given but none of the selected assets is partitioned.")
+    plans: list[tuple[Group, str | PartitionRange | None]]
+    if partition_range is not None:
+        wanted = PartitionRange.parse(partition_range)
+        plans = [(g, pk) for g in groups for pk in partition_range_plan(g, wanted)]
+    else:
+        plans = [(g, pk) for g in groups for pk in partition_keys(g, partition)]
     group_jobs = job_names(groups)
     jobs = [dg.define_asset_job(name, selection=g.keys) for name, g in zip(group_jobs, groups, strict=True)]
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
@@ -567,8 +619,10 @@ def run(
             continue
         job = resolved.resolve_job_def(group_jobs[groups.index(group)])
         progress.labels.update(step_labels(job))
+        key = pk if isinstance(pk, str) else None
+        tags = {**run_tags, **pk.tags()} if isinstance(pk, PartitionRange) else run_tags
         if distributed:
-            run_id, success = _execute_on_workers(instance, group.keys, pk, run_tags, progress, out)
+            run_id, success = _execute_on_workers(instance, group.keys, key, tags, progress, out)
             summary.run_ids.append(run_id)
         else:
             run_id = str(uuid.uuid4())
@@ -579,10 +633,10 @@ def run(
             success = job.execute_in_process(
                 run_config=_QUIET,
                 instance=instance,
-                partition_key=pk,
+                partition_key=key,
                 raise_on_error=False,
                 run_id=run_id,
-                tags=run_tags,
+                tags=tags,
             ).success
         result_success = success
         if not result_success and not summary.failed_steps and not summary.failed_error_checks:

@@ -188,7 +188,8 @@ def dev_server(etl_env: dict[str, str], source_dsn: str, tmp_path) -> Iterator[D
     proc = subprocess.Popen(
         [sys.executable, "-m", "etl_assets.cli", "dev", "--port", str(port), "--host", "127.0.0.1"],
         cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
+        # Automation off: the tests launch their own runs; sensors and schedules would race them.
+        env={**os.environ, "ETL_AUTOMATION": "off"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

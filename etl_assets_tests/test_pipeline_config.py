@@ -100,6 +100,24 @@ BASE = "tables:\n  - name: shop.orders\n"
         ("    extract: cdc\n", ["'primary_key'", "extract: cdc"]),
         ("    extract: cdc\n    primary_key: [id]\n    load: swap\n",
          ["'load'", "cdc cannot use load: swap"]),
+        # automation and freshness (etl_assets.automation.triggers)
+        ("    extract: full\n    automation: {interval: 30s}\n",
+         ["'automation'", "line 2", "needs extract: incremental or cdc", "cron"]),
+        ("    extract: cdc\n    primary_key: [id]\n    automation: {interval: soon}\n",
+         ["'automation'", "interval must be a duration", "30s, 5m"]),
+        ("    extract: cdc\n    primary_key: [id]\n    automation: {interval: 1s}\n",
+         ["'automation'", "at least 5s"]),
+        ("    extract: full\n    automation: {cron: \"every day\"}\n",
+         ["'automation'", "five-field cron", "'every day'"]),
+        ("    extract: full\n    automation: {cron: \"61 2 * * *\"}\n", ["'automation'", "five-field cron"]),
+        ("    extract: full\n    automation: on\n", ["'automation'", "must be off", "True"]),
+        ("    extract: full\n    automation: {cron: \"0 2 * * *\", interval: 30s}\n",
+         ["'automation'", "exactly one of interval, cron"]),
+        ("    extract: full\n    freshness: {warn: 6h, fail: 2h}\n",
+         ["'freshness'", "warn (6h) must be shorter than fail (2h)"]),
+        ("    extract: full\n    freshness: {warn: 2h}\n", ["'freshness'", "fail required"]),
+        ("    extract: full\n    freshness: {fail: 2 weeks}\n", ["'freshness'", "fail must be a duration"]),
+        ("    extract: full\n    freshness: {fail: 10s}\n", ["'freshness'", "at least 1m"]),
     ],
 )
 def test_each_mistake_names_table_key_and_allowed(body: str, expected: list[str]) -> None:
@@ -240,3 +258,42 @@ def test_bad_project_settings_say_what_to_fix(
         load_pipelines()
     assert expected in str(info.value)
     assert "pyproject.toml" in str(info.value)
+
+
+def _one(body: str):
+    return parse_pipelines(BASE + body, "f.yaml").tables[0]
+
+
+def test_automation_defaults_per_mode_and_derived_freshness() -> None:
+    inc = _one("    extract: incremental\n    primary_key: [id]\n    cursor: u\n")
+    assert (inc.trigger.kind, inc.trigger.interval, inc.trigger.label) == ("sensor", 30.0, "every_30s")
+    assert inc.automation is None and inc.freshness is None
+    assert (inc.freshness_windows.warn, inc.freshness_windows.fail) == (300.0, 900.0)
+    full = _one("    extract: full\n")
+    assert (full.trigger.kind, full.trigger.cron) == ("schedule", "0 2 * * *")
+    assert full.trigger.label == "daily_0200"
+    # daily: WARN one day plus an hour after the last run, FAIL two days plus an hour
+    assert (full.freshness_windows.warn, full.freshness_windows.fail) == (25 * 3600.0, 49 * 3600.0)
+    chunked = _one("    extract: chunked\n    primary_key: [id]\n")
+    assert chunked.trigger.cron == "0 2 * * *"
+    cdc = _one("    extract: cdc\n    primary_key: [id]\n")
+    assert cdc.trigger.interval == 30.0
+
+
+def test_automation_and_freshness_keys_are_read() -> None:
+    spec = _one("    extract: cdc\n    primary_key: [id]\n    automation: {interval: 2m}\n"
+                "    freshness: {warn: 2h, fail: 6h}\n")
+    assert (spec.trigger.kind, spec.trigger.interval, spec.trigger.label) == ("sensor", 120.0, "every_2m")
+    assert (spec.freshness_windows.warn, spec.freshness_windows.fail) == (7200.0, 21600.0)
+    hourly = _one("    extract: full\n    automation: {cron: \"15  * * * *\"}\n")
+    assert (hourly.trigger.cron, hourly.trigger.label) == ("15 * * * *", "hourly_at_15")
+    assert hourly.freshness_windows.warn == 2 * 3600.0
+    weekly = _one("    extract: full\n    automation: {cron: \"0 3 * * 1\"}\n")
+    assert weekly.trigger.label == "cron_0_3_1"
+    for off in ("off", "'off'", "false"):
+        spec = _one(f"    extract: incremental\n    primary_key: [id]\n    cursor: u\n"
+                    f"    automation: {off}\n")
+        assert spec.trigger.kind == "off" and spec.freshness_windows is None, off
+    # freshness alone on a table whose trigger is off
+    spec = _one("    extract: full\n    automation: off\n    freshness: {fail: 1d}\n")
+    assert spec.freshness_windows.fail == 86400.0 and spec.freshness_windows.warn is None

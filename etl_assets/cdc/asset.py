@@ -96,6 +96,12 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         from etl_assets.quality.scope import after_extract
 
         quality = after_extract(spec, warehouse, None, context.log, context.run.run_id)
-        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()})
+        # A run that applied no change keeps the previous data version (etl_assets.automation.versions).
+        from etl_assets.automation.versions import extract_data_version
+
+        changed = bool(report.changes) or report.mode == "snapshot"
+        version = extract_data_version(context.instance, key, context.run.run_id, changed)
+        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()},
+                                    data_version=version)
 
     return _cdc

@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="partition key for partitioned assets (default: the latest complete time window, "
         "or every partition of a non-time partitioning)",
     )
+    p.add_argument(
+        "--partition-range",
+        metavar="FROM..TO",
+        help="run partitioned assets for every partition from FROM to TO (both included) in one run, "
+        "e.g. 2026-11-01..2026-11-14 (a backfill)",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on the same databases")
@@ -111,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         flush=True,
     )
     runner.preflight(env.source_dsn, env.warehouse_dsn, env.dagster_url)
-    summary = runner.run(select=args.select, partition=args.partition, out=lambda s: print(s, flush=True))
+    summary = runner.run(select=args.select, partition=args.partition, partition_range=args.partition_range,
+                         out=lambda s: print(s, flush=True))
     print(runner.format_summary(summary), flush=True)
     return summary.exit_code
 

@@ -83,7 +83,14 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         # Data quality (etl_assets.quality.scope): the column profile on its cadence, the new-rows
         # marker for the checks; the extract's own metadata wins on clashes.
         quality = after_extract(spec, warehouse, marker, context.log, context.run.run_id)
-        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()})
+        # A run that changed no row keeps the previous data version, so automation downstream does not
+        # rebuild for nothing (etl_assets.automation.versions).
+        from etl_assets.automation.versions import extract_data_version
+
+        changed = bool(report.inserted or report.updated or report.deleted)
+        version = extract_data_version(context.instance, key, context.run.run_id, changed)
+        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()},
+                                    data_version=version)
 
     return _extract
 

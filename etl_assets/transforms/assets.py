@@ -21,6 +21,8 @@ import polars as pl
 from pydantic import Field
 
 from etl_assets import dlq
+from etl_assets.automation.conditions import DAILY as DAILY_CONDITION
+from etl_assets.automation.conditions import DOWNSTREAM
 from etl_assets.db import PostgresResource
 from etl_assets.errors import EtlError
 from etl_assets.http_source import FX_URL_VAR, FxRatesSource
@@ -123,6 +125,7 @@ def capture_output(
     kinds={"postgres", "polars"},
     pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
+    automation_condition=DOWNSTREAM,
     description="Exchange rates from ETL_FX_URL (or the resource's url), else the shipped snapshot.",
     metadata={"write_mode": "truncate_insert", "primary_key": ["base", "currency"]},
 )
@@ -153,6 +156,7 @@ def fx_rates(context: dg.AssetExecutionContext, fx_source: FxRatesSource) -> dg.
     kinds={"postgres", "polars"},
     pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
+    automation_condition=DOWNSTREAM,
     description="Customers with full_name, email_domain and created_date, transformed row by row; "
     "rows that fail are dead-lettered.",
     metadata={"write_mode": "truncate_insert", "primary_key": ["id"]},
@@ -188,6 +192,7 @@ def _rate(rates: Any, config: OrdersConfig) -> float:
     kinds={"postgres", "polars"},
     pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
+    automation_condition=DOWNSTREAM,
     description="Orders validated and converted to the reporting currency (polars batch transform); "
     "invalid rows are dead-lettered.",
     metadata={"write_mode": "truncate_insert", "primary_key": ["id"]},
@@ -210,6 +215,7 @@ def clean_orders(
     kinds={"postgres", "pandas"},
     pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
+    automation_condition=DOWNSTREAM,
     description="The same batch transform as clean/orders on pandas; the check "
     "clean_orders_engines_agree compares the two tables.",
     metadata={"write_mode": "truncate_insert", "primary_key": ["id"]},
@@ -251,6 +257,7 @@ def clean_orders_engines_agree(warehouse: PostgresResource) -> dg.AssetCheckResu
     kinds={"postgres", "polars"},
     pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
+    automation_condition=DOWNSTREAM,
     description="Clean orders with their category; orders with an unknown category are kept "
     "(category_matched = false), counted and reported.",
     metadata={"write_mode": "truncate_insert", "primary_key": ["id"]},
@@ -275,6 +282,8 @@ def orders_enriched(
     kinds={"postgres", "polars"},
     pool="warehouse",
     retry_policy=STEP_RETRY_POLICY,
+    automation_condition=DAILY_CONDITION,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Per day and category: total amount (shop and reporting currency), event count and "
     "unique users. One partition per day, replaced alone.",
     metadata={"write_mode": "insert", "partition_expr": "order_date",

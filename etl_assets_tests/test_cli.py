@@ -193,7 +193,7 @@ def test_dev_binds_the_webserver_to_loopback_unless_told(
 ) -> None:
     """`etl-assets dev` hands dagster dev `-h 127.0.0.1` unless --host is given; the command line is
     captured where it would start the server (the UI has no authentication: docs/security.md)."""
-    from etl_assets.cli import core, main
+    from etl_assets.cli import main
 
     if host != "127.0.0.1":  # once: dagster dev itself reads -h as the webserver's host
         help_text = subprocess.run(
@@ -202,14 +202,13 @@ def test_dev_binds_the_webserver_to_loopback_unless_told(
         assert "-h, --host" in help_text
     started: list[list[str]] = []
 
-    class NotStarted:
-        def __init__(self, command: list[str], **kwargs: object) -> None:
-            started.append(command)
+    def not_started(command: list[str], **kwargs: object) -> int:
+        started.append(list(command))
+        return 0
 
-        def wait(self, timeout: float | None = None) -> int:
-            return 0
+    import etl_assets.processes
 
-    monkeypatch.setattr(core.subprocess, "Popen", NotStarted)
+    monkeypatch.setattr(etl_assets.processes, "supervise", not_started)
     assert main(argv) == 0
     [command] = started
     assert command[1:4] == ["-m", "dagster", "dev"]

@@ -23,6 +23,8 @@ Why each step:
 * The swap step itself runs in a savepoint with ``lock_timeout``: if readers hold the table longer,
   it gives up the lock request (so readers queued behind it are not stalled) and tries again a few
   times. The renames take ACCESS EXCLUSIVE for milliseconds, held to the commit of the write.
+  A swapped-in table is not MVCC-safe: a REPEATABLE READ reader whose snapshot predates the commit
+  finds it empty (docs/load-modes.md says what readers see in each mode).
 * The old table stays as ``<name>__etl_prev`` until the next swap, recorded in ``etl.swap_history``;
   :func:`rollback` exchanges it back (and a rollback can be rolled back the same way).
 """

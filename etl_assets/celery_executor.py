@@ -94,15 +94,9 @@ def build_executor():
 
 
 def project_queues() -> list[str]:
-    """Every queue the project's steps may be sent to: the default one (and, with named sources,
-    one per source: see :func:`etl_assets.sources.source_queues`)."""
-    queues = [default_queue()]
-    try:
-        from etl_assets.sources import source_queues
-    except ImportError:  # named sources not present in this version
-        return queues
-    queues.extend(q for q in source_queues() if q not in queues)
-    return queues
+    """Every queue the project's steps are sent to: today the default one (steps name no other queue
+    through the ``dagster-celery/queue`` op tag)."""
+    return [default_queue()]
 
 
 def make_worker_app(queues: Sequence[str] | None = None):

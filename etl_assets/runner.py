@@ -744,6 +744,10 @@ def _execute_on_workers(
     finally:
         finished.set()
         follower.join(timeout=60)
+    # A step whose result never came back (the broker connection dropped) keeps the pool slot the run
+    # claimed for it; the daemon's run monitoring frees those after a run ends, and there is no daemon
+    # here. The run is over, so free them now: later runs would otherwise wait on them forever.
+    instance.event_log_storage.free_concurrency_slots_for_run(result.run_id)
     return result.run_id, result.success
 
 

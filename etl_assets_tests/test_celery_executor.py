@@ -152,6 +152,34 @@ def test_executor_follows_the_broker_variable(monkeypatch: pytest.MonkeyPatch) -
     assert executor_config()["backend"] == {"env": "ETL_CELERY_BACKEND"}
 
 
+def test_definitions_carry_the_celery_executor_only_with_a_broker(
+    etl_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs launched from the UI or by automation use the Definitions' executor: Celery when the broker
+    is set, Dagster's default otherwise."""
+    from etl_assets.definitions import build_definitions
+
+    monkeypatch.delenv(BROKER_VAR, raising=False)
+    default_job = build_definitions().resolve_implicit_global_asset_job_def()
+    assert default_job.executor_def.name != "etl_celery"
+    monkeypatch.setenv(BROKER_VAR, BROKER_URL)
+    celery_job = build_definitions().resolve_implicit_global_asset_job_def()
+    assert celery_job.executor_def.name == "etl_celery"
+
+
+def test_worker_without_a_broker_is_one_clear_error(etl_env: dict[str, str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != BROKER_VAR}
+    result = subprocess.run(etl_command("worker"), env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "etl-assets: error: ETL_CELERY_BROKER is not set; a worker needs the broker URL the runs use, "
+        "e.g. export ETL_CELERY_BROKER=pyamqp://guest:guest@127.0.0.1:5672//"
+    ]
+    bad = subprocess.run(etl_command("worker", "--concurrency", "0"), env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--concurrency must be at least 1" in bad.stderr
+
+
 def test_demo_graph_on_two_workers_equals_a_single_process_run(
     broker: str, site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

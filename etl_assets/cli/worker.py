@@ -29,13 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from etl_assets.celery_executor import run_worker
+    from etl_assets.celery_executor import BROKER_VAR, celery_enabled, run_worker
     from etl_assets.errors import ConfigError
     from etl_assets.migrations import ensure_migrated
     from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1.")
+    if not celery_enabled():
+        raise ConfigError(
+            f"{BROKER_VAR} is not set; a worker needs the broker URL the runs use, e.g. "
+            f"export {BROKER_VAR}=pyamqp://guest:guest@127.0.0.1:5672//"
+        )
     env = ensure_environment()
     # Tools a step may start by name (dagster, celery) come from this interpreter's environment.
     bin_dir = os.path.dirname(sys.executable)

@@ -489,7 +489,7 @@ def test_a_captured_table_attached_as_a_partition_is_reported(
     assert assert_equal(source_conn, warehouse_conn, spec) == 2
 
 
-def test_merge_deleting_and_reinserting_a_key_in_one_statement(
+def test_merge_and_upsert_statements(
     source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
 ) -> None:
     """MERGE fires the statement triggers of its actions in the order delete, update, insert, so a
@@ -513,3 +513,12 @@ def test_merge_deleting_and_reinserting_a_key_in_one_statement(
     query = sql.SQL("SELECT id, name FROM {} WHERE id <= 2").format(spec.target.ident)
     names = dict(warehouse_conn.execute(query))
     assert names == {1: "reinserted", 2: "kept"}
+    # INSERT … ON CONFLICT DO UPDATE fires the update and the insert statement triggers.
+    source_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, name) VALUES (2, 'upserted'), (9, 'new') "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name"
+        ).format(ref.ident)
+    )
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 1, "insert": 1}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 6

@@ -487,3 +487,38 @@ def test_a_captured_table_attached_as_a_partition_is_reported(
     source_conn.execute(sql.SQL("UPDATE {} SET v = 'x' WHERE id > 300").format(parent.ident))
     assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 2}
     assert assert_equal(source_conn, warehouse_conn, spec) == 2
+
+
+def test_merge_and_upsert_statements(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """MERGE fires the statement triggers of its actions in the order delete, update, insert, so a
+    key deleted and inserted again by one MERGE is logged delete first: the target keeps the row."""
+    ref = make_items(source_conn, 5)
+    capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(
+        sql.SQL(
+            """MERGE INTO {t} t
+               USING (VALUES (1, 'name 1', 'gone'), (1, 'no match', 'reinserted'), (2, 'name 2', 'kept'))
+                     AS s(id, name, note) ON t.name = s.name
+               WHEN MATCHED AND s.note = 'gone' THEN DELETE
+               WHEN MATCHED THEN UPDATE SET name = s.note
+               WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.note)"""
+        ).format(t=ref.ident)
+    )
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"delete": 1, "update": 1, "insert": 1}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 5
+    query = sql.SQL("SELECT id, name FROM {} WHERE id <= 2").format(spec.target.ident)
+    names = dict(warehouse_conn.execute(query))
+    assert names == {1: "reinserted", 2: "kept"}
+    # INSERT … ON CONFLICT DO UPDATE fires the update and the insert statement triggers.
+    source_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, name) VALUES (2, 'upserted'), (9, 'new') "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name"
+        ).format(ref.ident)
+    )
+    assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 1, "insert": 1}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 6

@@ -1,6 +1,7 @@
 """CDC benchmark: changes applied per second for a batch of mixed changes; the trigger's cost.
 
     python -m etl_assets.bench.cdc [--changes 100000] [--rows 100000] [--repeat 3]
+    python -m etl_assets.bench.cdc --triggers [--rows 200000] [--repeat 3]
 
 Creates two scratch databases on the server of ``ETL_SOURCE_DSN`` (the embedded server when unset),
 a source table of ``--rows`` rows with capture installed, takes the snapshot, then makes
@@ -10,6 +11,12 @@ without capture, which gives the trigger's overhead on writers: for set-based bu
 for 2,000 single-row updates in their own transactions (how applications usually write). Every
 run is verified: row count and an md5 over every column must match between source and target.
 Prints one JSON line per repetition and a summary (medians).
+
+``--triggers`` measures the capture designs side by side on the writers' side only: a
+``--rows``-row INSERT … SELECT, UPDATE of every row, UPDATE of every key and DELETE, and 2,000
+single-row updates in their own transactions, on a table without capture, with the row-level
+trigger of earlier versions and with the statement-level triggers (transition tables) used now;
+each statement's time is reported with its ratio to the table without capture.
 """
 
 from __future__ import annotations
@@ -146,6 +153,49 @@ def run_once(source_dsn: str, warehouse_dsn: str, rows: int, changes: int) -> di
     }
 
 
+TRIGGER_STATEMENTS = (
+    ("insert_select", "INSERT INTO {t} SELECT g, 'name ' || g, mod(g, 1000) + 0.25, 'new', "
+     "timestamptz '2025-01-01' + g * interval '1 second', timestamptz '2025-01-01' "
+     "FROM generate_series(1, %(rows)s) g"),
+    ("update_all", "UPDATE {t} SET amount = amount + 1, status = 'paid', updated_at = now()"),
+    ("update_keys", "UPDATE {t} SET id = id + 10000000"),
+    ("delete_all", "DELETE FROM {t}"),
+)
+
+
+def trigger_costs(dsn: str, rows: int) -> dict[str, object]:
+    """Seconds per set-based statement and for 2,000 single-row transactions, per capture design."""
+    result: dict[str, object] = {"rows": rows}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for design in ("none", "row", "statement"):
+            conn.execute("DROP SCHEMA IF EXISTS bench_trg CASCADE")
+            conn.execute("CREATE SCHEMA bench_trg")
+            ref = TableRef("bench_trg", "items")
+            conn.execute(sql.SQL(DDL).format(t=ref.ident))
+            if design != "none":
+                capture.install(conn, ref, row_level=design == "row")
+            conn.execute("CHECKPOINT")
+            timings: dict[str, float] = {}
+            for name, text in TRIGGER_STATEMENTS:
+                if name == "update_keys":  # the single-row transactions while the keys are 1..rows
+                    timings["oltp_2000"] = _oltp(conn, ref, 2000)
+                started = time.perf_counter()
+                conn.execute(sql.SQL(text).format(t=ref.ident), {"rows": rows})
+                timings[name] = time.perf_counter() - started
+            if design != "none":
+                cap = capture.get_capture(conn, ref)
+                logged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(cap.log_ident)).fetchone()[0]
+                timings["log_entries"] = int(logged)
+                capture.uninstall(conn, ref)
+            result[design] = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
+        conn.execute("DROP SCHEMA bench_trg CASCADE")
+    for design in ("row", "statement"):
+        result[f"{design}_ratio"] = {
+            k: round(result[design][k] / result["none"][k], 2) for k in result["none"]  # type: ignore[index]
+        }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m etl_assets.bench.cdc", description=__doc__.splitlines()[0]
@@ -153,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--triggers", action="store_true", help="compare the capture trigger designs")
     args = parser.parse_args(argv)
     env = ensure_environment(seed_demo=False)
     admin = with_database(env.source_dsn, "postgres")
@@ -162,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
+        if args.triggers:
+            return _trigger_main(with_database(admin, names[0]), args.rows, args.repeat)
         results = []
         for _ in range(args.repeat):
             result = run_once(
@@ -187,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0 if all(r["verified"] for r in results) else 1
+
+
+def _trigger_main(dsn: str, rows: int, repeat: int) -> int:
+    results = []
+    for _ in range(repeat):
+        result = trigger_costs(dsn, rows)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    summary: dict[str, object] = {"summary": "median", "rows": rows}
+    for design in ("row_ratio", "statement_ratio"):
+        keys = results[0][design].keys()  # type: ignore[union-attr]
+        summary[design] = {k: statistics.median(r[design][k] for r in results) for k in keys}  # type: ignore[index]
+    print(json.dumps(summary), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -63,3 +63,25 @@ def test_readme_is_a_short_entry_page() -> None:
     first_blocks = FENCE.findall(text)[:2]
     assert first_blocks[0].strip() == "pip install -e . && etl-assets run"
     assert first_blocks[1].strip() == "pip install -e '.[test]' && pytest -n 2"
+
+
+def test_every_environment_variable_the_code_reads_is_documented() -> None:
+    code = "\n".join(p.read_text() for p in (ROOT / "etl_assets").rglob("*.py"))
+    used = set(re.findall(r"\"(ETL_[A-Z0-9_]+)\"", code))
+    documented = set(re.findall(r"`(ETL_[A-Z0-9_]+)`", (ROOT / "docs" / "configuration.md").read_text()))
+    assert used - documented == set()
+
+
+def test_every_command_and_flag_is_in_the_command_line_page() -> None:
+    page = (ROOT / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = []
+    for name, command in sub.choices.items():
+        if f"`etl-assets {name}" not in page:
+            missing.append(name)
+        for action in command._actions:
+            flags = [f for f in action.option_strings if f.startswith("--") and f != "--help"]
+            if flags and not any(f in page for f in flags):
+                missing.append(f"{name} {flags[0]}")
+    assert missing == []

@@ -446,6 +446,7 @@ def _time_zone(t: _Table, extract: str) -> str | None:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise t.error("cursor_time_zone", f"unknown time zone {value!r}; use an IANA name such as UTC or "
                       "America/Los_Angeles (the zone the writers' sessions stamp the cursor in).") from None
+    return value
 
 
 def _deletes(t: _Table, extract: str, load: str) -> str:

@@ -162,6 +162,26 @@ def test_swap_extract_goes_through_public_io_swap(dbs: dict[str, str], fast: boo
         TableRef(spec.target.schema, spec.target.name + "__etl_prev").ident)) == 500
 
 
+def _collation_sorting_a_before_B(dsn: str) -> str:
+    """A collation of this server under which 'a' < 'B' (linguistic order, unlike "C"). A build
+    without ICU and without libc locales (the embedded server's) has none: the case cannot be
+    built there, and the test says so as a skip; CI's second pass runs it on PostgreSQL 15."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT collname FROM pg_collation WHERE collprovider IN ('i', 'c') "
+            "AND collencoding IN (-1, pg_char_to_encoding('UTF8')) "
+            "ORDER BY collname <> 'en-x-icu', collname <> 'und-x-icu', collname LIMIT 200")]
+        for name in names:
+            try:
+                probe = sql.SQL("SELECT 'a' < 'B' COLLATE {}").format(sql.Identifier(name))
+                if conn.execute(probe).fetchone()[0]:
+                    return name
+            except psycopg.Error:
+                continue
+    pytest.skip("this PostgreSQL build has no collation that sorts 'a' before 'B' (no ICU, no libc "
+                "locales); the case runs on a server that has one (CI's second pass)")
+
+
 @pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
 @pytest.mark.parametrize("load", ["insert", "upsert"])
 def test_chunked_text_key_checkpoint_follows_the_source_collation(dbs: dict[str, str], load: str,
@@ -171,11 +191,12 @@ def test_chunked_text_key_checkpoint_follows_the_source_collation(dbs: dict[str,
     source's order, or a chunk is read twice (with insert: a duplicate key on every retry)."""
     schema = f"coll_{load}_{int(fast)}"
     keys = ["a", "B", "c", "D", "e", "F", "g"]
+    collation = _collation_sorting_a_before_B(dbs["source"])
     execute(dbs["source"], sql.SQL(
         "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};"
-        'CREATE TABLE {s}.t (k text COLLATE "en-x-icu" PRIMARY KEY, v int);'
+        "CREATE TABLE {s}.t (k text COLLATE {c} PRIMARY KEY, v int);"
         "INSERT INTO {s}.t SELECT k, n FROM unnest({keys}::text[]) WITH ORDINALITY u(k, n)"
-    ).format(s=sql.Identifier(schema), keys=sql.Literal(keys)))
+    ).format(s=sql.Identifier(schema), c=sql.Identifier(collation), keys=sql.Literal(keys)))
     assert scalar(dbs["warehouse"], "SELECT 'B' < 'a'")  # the warehouse sorts text in "C" order
     spec = spec_of(f"tables:\n  - name: {schema}.t\n    extract: chunked\n    load: {load}\n"
                    f"    primary_key: [k]\n    chunk_size: 2\n    fast_path: {str(fast).lower()}\n"

@@ -127,18 +127,30 @@ TABLE_TYPES: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _on_this_server(conn: psycopg.Connection, types: dict[str, tuple[str, str, str]]
+                    ) -> dict[str, tuple[str, str, str]]:
+    """The types this server can hold: a build without libxml (the embedded server's) has no xml
+    values, so the xml column is covered where the server has it (CI's second pass, PostgreSQL 15)."""
+    try:
+        conn.execute("SELECT '<a/>'::xml")
+    except psycopg.errors.FeatureNotSupported:
+        return {c: t for c, t in types.items() if t[0] != "xml"}
+    return types
+
+
 def test_frame_path_into_json_xml_point_columns(conn, fresh_schema):
     t = TableRef(fresh_schema, "odd_types")
+    table_types = _on_this_server(conn, TABLE_TYPES)
     cols = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(typ)) for c, (typ, _, _) in TABLE_TYPES.items()
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(typ)) for c, (typ, _, _) in table_types.items()
     )
     conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, {})").format(t.ident, cols))
-    before, after = _one_change_per_row({c: (a, b, pl.String) for c, (_, a, b) in TABLE_TYPES.items()})
+    before, after = _one_change_per_row({c: (a, b, pl.String) for c, (_, a, b) in table_types.items()})
     assert write_frame(conn, before, t, "upsert", primary_key=["id"]).inserted == before.height
     again = write_frame(conn, before, t, "upsert", primary_key=["id"])
     assert (again.updated, again.unchanged) == (0, before.height)
     changed = write_frame(conn, after, t, "upsert", primary_key=["id"])
-    assert (changed.inserted, changed.updated, changed.unchanged) == (0, len(TABLE_TYPES), 1)
+    assert (changed.inserted, changed.updated, changed.unchanged) == (0, len(table_types), 1)
     expected = TableRef(fresh_schema, "expected")
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(expected.ident, t.ident))
     write_frame(conn, after, expected, "insert")
@@ -170,25 +182,27 @@ SOURCE_TYPES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _seed_source(dsn: str, name: str) -> None:
+def _seed_source(dsn: str, name: str, types: dict[str, tuple[str, str, str]]) -> None:
     cols = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(typ)) for c, (typ, _, _) in SOURCE_TYPES.items()
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(typ)) for c, (typ, _, _) in types.items()
     )
     table = sql.Identifier("src", name)
     execute(dsn, "CREATE SCHEMA IF NOT EXISTS src")
     execute(dsn, sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, {})").format(table, cols))
     firsts = sql.SQL(", ").join(
-        sql.SQL("{}::{}").format(sql.Literal(a), sql.SQL(typ)) for typ, a, _ in SOURCE_TYPES.values()
+        sql.SQL("{}::{}").format(sql.Literal(a), sql.SQL(typ)) for typ, a, _ in types.values()
     )
     execute(dsn, sql.SQL("INSERT INTO {} SELECT g, {} FROM generate_series(0, {}) g").format(
-        table, firsts, sql.Literal(len(SOURCE_TYPES))))
+        table, firsts, sql.Literal(len(types))))
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["frame", "copy"])
 @pytest.mark.parametrize("extract", ["full", "incremental"])
 def test_extract_upsert_detects_a_change_of_every_type(dbs, fast, extract):
     name = f"types_{extract}_{'copy' if fast else 'frame'}"
-    _seed_source(dbs["source"], name)
+    with psycopg.connect(dbs["source"], autocommit=True) as probe:
+        source_types = _on_this_server(probe, SOURCE_TYPES)
+    _seed_source(dbs["source"], name, source_types)
     cursor = ""
     if extract == "incremental":
         execute(dbs["source"], sql.SQL("ALTER TABLE {} ADD COLUMN seq bigint NOT NULL DEFAULT 0").format(
@@ -198,26 +212,29 @@ def test_extract_upsert_detects_a_change_of_every_type(dbs, fast, extract):
         f"tables:\n  - name: src.{name}\n    extract: {extract}\n    load: upsert\n    primary_key: [id]\n"
         f"    fast_path: {'true' if fast else 'false'}\n    target: raw.{name}\n" + cursor
     )
-    rows = len(SOURCE_TYPES) + 1
+    rows = len(source_types) + 1
     first = run(spec, dbs, "r1")
     assert (first.inserted, first.updated) == (rows, 0)
     same = run(spec, dbs, "r2")
     assert (same.inserted, same.updated, same.unchanged) == (0, 0, same.rows_read)
-    for i, (column, (typ, _, changed)) in enumerate(SOURCE_TYPES.items(), start=1):
+    for i, (column, (typ, _, changed)) in enumerate(source_types.items(), start=1):
         execute(dbs["source"], sql.SQL("UPDATE {} SET {} = {}::{}{} WHERE id = {}").format(
             sql.Identifier("src", name), sql.Identifier(column), sql.Literal(changed), sql.SQL(typ),
             sql.SQL(", seq = 1" if cursor else ""), sql.Literal(i)))
     report = run(spec, dbs, "r3")
-    assert (report.inserted, report.updated) == (0, len(SOURCE_TYPES))
-    assert report.unchanged == report.rows_read - len(SOURCE_TYPES)
+    assert (report.inserted, report.updated) == (0, len(source_types))
+    assert report.unchanged == report.rows_read - len(source_types)
     assert_equal(dbs, spec)
     with psycopg.connect(dbs["warehouse"]) as wh:
-        got = wh.execute(sql.SQL("SELECT js::text, x::text, p::text, bx::text, iv::text, num::text "
-                                 "FROM {} WHERE id > 0 ORDER BY id").format(spec.target.ident)).fetchall()
-    order = list(SOURCE_TYPES)
-    picked = {c: got[order.index(c)][k] for k, c in enumerate(["js", "x", "p", "bx", "iv", "num"])}
-    assert picked == {"js": '{"a": 1}', "x": "<a>2</a>", "p": "(1,2.0000001)", "bx": "(3,3),(1,1)",
-                      "iv": "24:00:00", "num": "1.00"}
+        shown = [c for c in ("js", "x", "p", "bx", "iv", "num") if c in source_types]
+        got = wh.execute(sql.SQL("SELECT {} FROM {} WHERE id > 0 ORDER BY id").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in shown),
+            spec.target.ident)).fetchall()
+    order = list(source_types)
+    picked = {c: got[order.index(c)][k] for k, c in enumerate(shown)}
+    expected = {"js": '{"a": 1}', "x": "<a>2</a>", "p": "(1,2.0000001)", "bx": "(3,3),(1,1)",
+                "iv": "24:00:00", "num": "1.00"}
+    assert picked == {c: expected[c] for c in shown}
 
 
 # --------------------------------------------------------------------------------------------------

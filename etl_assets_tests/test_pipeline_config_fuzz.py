@@ -13,7 +13,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from etl_assets.errors import ConfigError
-from etl_assets.pipeline_config import EXTRACT_MODES, LOAD_MODES, TABLE_KEYS, PipelineConfig, parse_pipelines
+from etl_assets.pipeline_config import (
+    DELETE_MODES,
+    EXTRACT_MODES,
+    LATE_COMMITS,
+    LOAD_MODES,
+    TABLE_KEYS,
+    PipelineConfig,
+    parse_pipelines,
+)
 
 ORIGIN = "fuzz.yaml"
 
@@ -73,7 +81,15 @@ TYPE_OK = {
     "lag": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
     "fast_path": lambda v: isinstance(v, bool),
     "checks": lambda v: v is None or isinstance(v, list),
+    "cursor_time_zone": lambda v: isinstance(v, str) and bool(v.strip()),
+    "late_commits": lambda v: v is None or v in LATE_COMMITS,
+    "deletes": lambda v: v is False or v in DELETE_MODES,
+    # parsed by etl_assets.automation (test_pipeline_config refuses their bad values one by one):
+    # any value may load or be refused here, but never with another exception
+    "automation": lambda v: True,
+    "freshness": lambda v: True,
 }
+assert set(TYPE_OK) == set(TABLE_KEYS), "every table key has its type rule here"
 
 
 def must_refuse(entry: Any) -> bool:

@@ -253,7 +253,8 @@ def test_no_password_leaks_anywhere_after_a_demo_run(cluster: Cluster, tmp_path:
 # Least privilege: the roles of docs/roles.md, created exactly as documented
 # --------------------------------------------------------------------------------------------------
 
-WAREHOUSE_SCHEMAS = ("etl", "raw", "clean", "mart", "ref")  # the demo's; one per target schema in general
+# the demo's (one per target schema in general; stream and serve for the stream and Lambda assets)
+WAREHOUSE_SCHEMAS = ("etl", "raw", "clean", "mart", "ref", "stream", "serve")
 
 
 def grant_source_role(admin_source_dsn: str, role: str, database: str) -> None:

@@ -256,6 +256,17 @@ def run(
                     run_id=run_id,
                     max_deliveries=config.max_deliveries,
                 )
+                if batch.claimed:
+                    stats.add(batch)
+                    if reporter:
+                        reporter.submit(batch, stats)
+                if batch.claimed >= config.max_events:
+                    continue
+                if config.stop_when_idle and not batch.claimed:
+                    break
+                # The wait listens on the source too: an outage can surface here as well as in a batch.
+                if _wait(listen, config.poll_s, stop.is_set) and config.max_wait_ms:
+                    stop.wait(config.max_wait_ms / 1000)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -266,17 +277,6 @@ def run(
                 what = type(exc).__name__
                 out(f"stream run: database unreachable ({what}); retry {failures} in {wait:.2f} s")
                 stop.wait(wait)
-                continue
-            if batch.claimed:
-                stats.add(batch)
-                if reporter:
-                    reporter.submit(batch, stats)
-            if batch.claimed >= config.max_events:
-                continue
-            if config.stop_when_idle and not batch.claimed:
-                break
-            if _wait(listen, config.poll_s, stop.is_set) and config.max_wait_ms:
-                stop.wait(config.max_wait_ms / 1000)
     finally:
         conns.close()
         if reporter:

@@ -21,10 +21,12 @@ from decimal import Decimal
 
 import psycopg
 
+from etl_assets.io.catalog import ensure_schema
+
 SINK_ASSET = "stream/orders"
 
+# Schemas ``stream`` and ``serve`` are made by ensure_schema (a least-privilege role owns them).
 DDL: tuple[str, ...] = (
-    "CREATE SCHEMA IF NOT EXISTS stream",
     """CREATE TABLE IF NOT EXISTS stream.orders (
     order_id     bigint PRIMARY KEY,
     version      integer NOT NULL,
@@ -44,7 +46,6 @@ DDL: tuple[str, ...] = (
     enqueued_at   timestamptz,
     processed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 )""",
-    "CREATE SCHEMA IF NOT EXISTS serve",
     """CREATE TABLE IF NOT EXISTS serve.speed_deltas (
     event_id     bigint  NOT NULL,
     day          date    NOT NULL,
@@ -68,6 +69,8 @@ def ensure_tables(conn: psycopg.Connection) -> None:
     ensure_migrated(conn)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('etl_assets.stream.sink'))")
+        ensure_schema(conn, "stream")
+        ensure_schema(conn, "serve")
         for statement in DDL:
             conn.execute(statement)
         from etl_assets.stream.lambda_.serving import ensure_serving

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import psycopg
 
+from etl_assets.io.catalog import ensure_schema
+
 VIEW = "serve.daily_category_totals"
 
-DDL: tuple[str, ...] = (
-    "CREATE SCHEMA IF NOT EXISTS serve",
+DDL: tuple[str, ...] = (  # in schema serve, made by ensure_schema
     """CREATE TABLE IF NOT EXISTS serve.batch_daily_category (
     day          date    NOT NULL,
     category_id  integer NOT NULL,
@@ -46,5 +47,6 @@ HAVING sum(orders) <> 0""",
 
 def ensure_serving(conn: psycopg.Connection) -> None:
     """Create the batch tables and the view in the caller's transaction (after the speed table)."""
+    ensure_schema(conn, "serve")
     for statement in DDL:
         conn.execute(statement)

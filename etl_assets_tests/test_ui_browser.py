@@ -42,7 +42,11 @@ def browser_page(dev_server: DevServer):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # Dagster's "Join the community" dialog opens a second after a page loads on localhost and
+        # covers what the test clicks; mark it dismissed the way its Skip button does (local storage).
+        context.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
+        page = context.new_page()
         page.console_errors = []  # type: ignore[attr-defined]
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))

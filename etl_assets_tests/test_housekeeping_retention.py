@@ -105,3 +105,47 @@ def test_housekeeping_schedules_are_running_by_default(etl_env: dict[str, str]) 
     job = defs.get_job_def("detect_source_deletes")
     # the demo's one incremental table
     assert [n.name for n in job.graph.nodes] == ["detect_deletes__raw__orders"]
+
+
+def test_stream_prune_forgets_only_ids_that_cannot_come_back(
+    stream_dbs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 events processed; a crash between the sink's COMMIT and the acknowledgement is staged by
+    putting 10 processed messages back in the queue. The prune keeps the ids of those 10 and every
+    later one (they may be delivered again), and nothing processed within the retention; the
+    redelivered 10 are still recognised and skipped afterwards."""
+    from etl_assets.stream import producer
+    from etl_assets_tests.stream_helpers import drain, outcome_counts, queue_size
+
+    src, wh = stream_dbs["source"], stream_dbs["warehouse"]
+    producer.produce(src, 60, seed=3, dirty_share=0)
+    with psycopg.connect(src) as conn:
+        events = conn.execute("SELECT id, payload FROM etl_stream.events ORDER BY id").fetchall()
+    drain(src, wh)
+    assert queue_size(src) == 0 and sum(outcome_counts(wh).values()) == 60
+    with psycopg.connect(src) as conn, conn.transaction():  # 10 acknowledgements "lost"
+        conn.execute(
+            "INSERT INTO etl_stream.events (id, payload) SELECT id, payload FROM"
+            " jsonb_to_recordset(%s) AS e(id bigint, payload jsonb)",
+            (psycopg.types.json.Jsonb([{"id": i, "payload": p} for i, p in events[40:50]]),),
+        )
+    monkeypatch.setenv(retention.STREAM_RETENTION_VAR, "0")
+    result = retention.stream_prune_job.execute_in_process(resources=_resources(src, wh))
+    assert _output(result) == {"processed_ids_removed": 40, "retention_days": 0.0}
+    with psycopg.connect(wh) as conn:
+        kept = [r[0] for r in conn.execute("SELECT event_id FROM stream.processed_events ORDER BY 1")]
+    assert kept == [e[0] for e in events[40:]]
+    drain(src, wh)  # the 10 come back and are skipped: nothing applied twice
+    assert queue_size(src) == 0 and sum(outcome_counts(wh).values()) == 20
+
+    # Within the retention nothing goes; with an empty queue every older id may go.
+    monkeypatch.setenv(retention.STREAM_RETENTION_VAR, "1")
+    result = retention.stream_prune_job.execute_in_process(resources=_resources(src, wh))
+    assert _output(result)["processed_ids_removed"] == 0
+    with psycopg.connect(wh) as conn:
+        conn.execute("UPDATE stream.processed_events SET processed_at = now() - interval '2 days'")
+    result = retention.stream_prune_job.execute_in_process(resources=_resources(src, wh))
+    assert _output(result)["processed_ids_removed"] == 20
+    monkeypatch.setenv(retention.STREAM_RETENTION_VAR, "-2")
+    with pytest.raises(ConfigError, match=r"ETL_STREAM_RETENTION_DAYS='-2' is not a number of days >= 0"):
+        retention.stream_retention()

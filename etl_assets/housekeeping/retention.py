@@ -6,8 +6,11 @@
 - ``housekeeping_dead_letter_retention`` (daily, 03:20 UTC): delete dead letters that were resolved
   (replayed or discarded) more than ``ETL_DLQ_RETENTION_DAYS`` days ago (default 30). Pending ones
   are kept whatever their age.
+- ``housekeeping_stream_prune`` (daily, 03:30 UTC): forget the stream's processed event ids that can
+  never be delivered again, processed more than ``ETL_STREAM_RETENTION_DAYS`` ago (default 7)
+  (``etl_assets.stream.sink.prune_processed``).
 
-Both schedules are RUNNING by default. Their counts go to the op's output metadata and the log.
+The schedules are RUNNING by default. Their counts go to the op's output metadata and the log.
 """
 
 # No `from __future__ import annotations`: Dagster inspects the op's context annotation at runtime.
@@ -23,22 +26,33 @@ DLQ_RETENTION_VAR = "ETL_DLQ_RETENTION_DAYS"
 DEFAULT_DLQ_RETENTION_DAYS = 30
 CDC_PRUNE_CRON = "10 3 * * *"
 DLQ_RETENTION_CRON = "20 3 * * *"
+STREAM_RETENTION_VAR = "ETL_STREAM_RETENTION_DAYS"
+DEFAULT_STREAM_RETENTION_DAYS = 7
+STREAM_PRUNE_CRON = "30 3 * * *"
 
 
-def dlq_retention() -> _dt.timedelta:
-    """``ETL_DLQ_RETENTION_DAYS`` as a timedelta; a bad value is a one-line configuration error."""
-    raw = os.environ.get(DLQ_RETENTION_VAR)
+def _days(var: str, default: float) -> _dt.timedelta:
+    """A number of days from ``var``; a bad value is a one-line configuration error."""
+    raw = os.environ.get(var)
     if raw is None or raw.strip() == "":
-        return _dt.timedelta(days=DEFAULT_DLQ_RETENTION_DAYS)
+        return _dt.timedelta(days=default)
     try:
         days = float(raw)
     except ValueError:
         days = -1.0
     if not days >= 0:
-        raise ConfigError(
-            f"{DLQ_RETENTION_VAR}={raw!r} is not a number of days >= 0 (e.g. 30, or 0.5 for 12 hours)."
-        )
+        raise ConfigError(f"{var}={raw!r} is not a number of days >= 0 (e.g. 30, or 0.5 for 12 hours).")
     return _dt.timedelta(days=days)
+
+
+def dlq_retention() -> _dt.timedelta:
+    """``ETL_DLQ_RETENTION_DAYS`` as a timedelta."""
+    return _days(DLQ_RETENTION_VAR, DEFAULT_DLQ_RETENTION_DAYS)
+
+
+def stream_retention() -> _dt.timedelta:
+    """``ETL_STREAM_RETENTION_DAYS`` as a timedelta."""
+    return _days(STREAM_RETENTION_VAR, DEFAULT_STREAM_RETENTION_DAYS)
 
 
 @dg.op(
@@ -98,6 +112,31 @@ def purge_resolved_dead_letters(context: dg.OpExecutionContext) -> dg.Output[int
     )
 
 
+@dg.op(
+    name="prune_processed_events",
+    required_resource_keys={"source", "warehouse"},
+    description=f"Forget processed stream event ids that cannot be delivered again, older than "
+    f"{STREAM_RETENTION_VAR} days (default {DEFAULT_STREAM_RETENTION_DAYS}).",
+)
+def prune_processed_events(context: dg.OpExecutionContext) -> dg.Output[int]:
+    from etl_assets.stream import sink
+
+    older_than = stream_retention()
+    with context.resources.source.connect(autocommit=True) as src, \
+            context.resources.warehouse.connect(autocommit=True) as wh:
+        result = sink.prune_processed(src, wh, older_than)
+    bound = "no message queued" if result.below_event_id is None else f"below event {result.below_event_id}"
+    context.log.info(f"removed {result.removed} processed event id(s) ({bound}, older than {older_than.days} "
+                     f"day(s))")
+    return dg.Output(
+        result.removed,
+        metadata={
+            "processed_ids_removed": dg.MetadataValue.int(result.removed),
+            "retention_days": dg.MetadataValue.float(older_than.total_seconds() / 86400),
+        },
+    )
+
+
 @dg.job(name="housekeeping_cdc_prune", description="Prune applied change-log entries of every capture.")
 def cdc_prune_job() -> None:
     prune_cdc_logs()
@@ -109,6 +148,14 @@ def cdc_prune_job() -> None:
 )
 def dead_letter_retention_job() -> None:
     purge_resolved_dead_letters()
+
+
+@dg.job(
+    name="housekeeping_stream_prune",
+    description="Forget processed stream event ids that cannot come back (ETL_STREAM_RETENTION_DAYS).",
+)
+def stream_prune_job() -> None:
+    prune_processed_events()
 
 
 cdc_prune_schedule = dg.ScheduleDefinition(
@@ -130,8 +177,18 @@ dead_letter_retention_schedule = dg.ScheduleDefinition(
 )
 
 
+stream_prune_schedule = dg.ScheduleDefinition(
+    name="housekeeping_stream_prune_daily",
+    job=stream_prune_job,
+    cron_schedule=STREAM_PRUNE_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily: forget processed stream event ids older than ETL_STREAM_RETENTION_DAYS (default 7).",
+)
+
+
 def build_defs() -> dg.Definitions:
     return dg.Definitions(
-        jobs=[cdc_prune_job, dead_letter_retention_job],
-        schedules=[cdc_prune_schedule, dead_letter_retention_schedule],
+        jobs=[cdc_prune_job, dead_letter_retention_job, stream_prune_job],
+        schedules=[cdc_prune_schedule, dead_letter_retention_schedule, stream_prune_schedule],
     )

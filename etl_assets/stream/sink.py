@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import psycopg
 
 from etl_assets.io.catalog import ensure_schema
+from etl_assets.stream import queue
 
 SINK_ASSET = "stream/orders"
 
@@ -196,3 +197,34 @@ def add_deltas(conn: psycopg.Connection, deltas: Sequence[Delta]) -> None:
         cols,
         binary=True,
     )
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    removed: int
+    below_event_id: int | None  # rows kept from this id up (the oldest message still in the queue)
+
+
+def prune_processed(source: psycopg.Connection, warehouse: psycopg.Connection,
+                    older_than: timedelta) -> PruneResult:
+    """Forget processed event ids that can never come back, processed more than ``older_than`` ago.
+
+    An id is needed only while its message may be delivered again, that is while it is still in the
+    queue (a crash between the sink's COMMIT and the acknowledgement leaves it there). Ids become
+    visible in commit order (the producers' lock, :mod:`etl_assets.stream.queue`), so every message
+    committed later has a higher id than any processed one: the rows below the oldest message still
+    queued (all of them when the queue is empty) can go. ``older_than`` keeps recent outcomes for
+    ``etl-assets stream status``.
+    """
+    if not warehouse.execute("SELECT to_regclass('stream.processed_events') IS NOT NULL").fetchone()[0]:
+        return PruneResult(0, None)
+    oldest = None
+    if queue.is_installed(source):
+        oldest = source.execute("SELECT min(id) FROM etl_stream.events").fetchone()[0]
+    with warehouse.transaction():
+        removed = warehouse.execute(
+            "DELETE FROM stream.processed_events WHERE processed_at < clock_timestamp() - %s"
+            " AND (%s::bigint IS NULL OR event_id < %s::bigint)",
+            (older_than, oldest, oldest),
+        ).rowcount
+    return PruneResult(removed, oldest)

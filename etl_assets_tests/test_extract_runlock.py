@@ -166,6 +166,32 @@ def test_waiting_run_starts_when_the_holder_lets_go(dbs: dict[str, str]) -> None
     assert_lone_run_state(dbs, spec, "chunked", "waiter", passes=1)
 
 
+def test_an_earlier_attempt_of_the_same_run_is_waited_for_even_by_a_manual_run(
+    dbs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step delivered again (Celery, after a broker cut) while its first copy still runs waits for it."""
+    monkeypatch.setenv("ETL_EXTRACT_LOCK_WAIT", "30")
+    spec = spec_of(yaml_of("full", "raw.items_attempts"))
+    locked = threading.Event()
+
+    def first_attempt() -> None:
+        with extract_lock(spec.target, connector(dbs["warehouse"]), "the-run-id"):
+            locked.set()
+            time.sleep(1.5)
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    locked.wait(10)
+    lines: list[str] = []
+    report = run_extract(spec, connector(dbs["source"]), connector(dbs["warehouse"]), "the-run-id", wait=0,
+                         log=lines.append)
+    thread.join()
+    assert report.lock_waited_seconds > 0.5 and report.rows_read == ROWS
+    assert lines[0].startswith("raw.items_attempts is being extracted by an earlier attempt of this run, "
+                               "run the-run-… (pid ")
+    assert_equal(dbs, spec)
+
+
 def test_a_stale_row_names_nobody_and_an_unrecorded_session_is_named_by_its_pid(dbs: dict[str, str]) -> None:
     spec = spec_of(yaml_of("full", "raw.items_stale"))
     with extract_lock(spec.target, connector(dbs["warehouse"]), "first"):
@@ -236,14 +262,20 @@ def test_the_asset_refuses_a_manual_run_and_waits_in_an_automated_one(
     spec = spec_of("tables:\n  - name: app.things\n    extract: full\n    primary_key: [id]\n")
     asset = extract_asset(spec, "test.yaml")
     warehouse = connector(etl_env["ETL_WAREHOUSE_DSN"])
-    with extract_lock(spec.target, warehouse, "holder-run"):
-        result = dg.materialize([asset], resources=build_resources(), raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
-    cause = failure.step_failure_data.error.cause  # the step's error wraps the extract's
-    assert cause.cls_name == "ExtractBusy"
-    assert cause.message.startswith("etl_assets.errors.ExtractBusy: raw.things is being extracted by run "
-                                    "holder-r… (pid"), cause.message
+    # `etl-assets run` (a manual run): the step fails at once, with the one line in the summary.
+    from etl_assets import runner
+
+    started = time.monotonic()
+    with extract_lock(spec.target, warehouse, "holder-run"), dg.DagsterInstance.get() as instance:
+        summary = runner.run(defs=dg.Definitions(assets=[asset], resources=build_resources()),
+                             instance=instance, out=lambda _line: None)
+    assert time.monotonic() - started < 60  # no waiting (the run itself costs a few seconds)
+    assert summary.exit_code == 1 and summary.materialized == []
+    ((step, message),) = summary.failed_steps
+    assert step == "raw/things" and "\n" not in message
+    assert re.search(r"raw\.things is being extracted by run holder-r… \(pid \d+ on host .+, since .+ UTC\); "
+                     r"retry later\.$", message), message
+    assert scalar(etl_env["ETL_WAREHOUSE_DSN"], "SELECT to_regclass('raw.things')") is None
 
     monkeypatch.setenv("ETL_EXTRACT_LOCK_WAIT", "60")
     locked = threading.Event()

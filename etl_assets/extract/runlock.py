@@ -178,9 +178,14 @@ def _record(conn: psycopg.Connection, target: TableRef, run_id: str | None) -> N
     )
 
 
-def _acquire(conn: psycopg.Connection, target: TableRef, key: int, wait: float,
+def _acquire(conn: psycopg.Connection, target: TableRef, key: int, run_id: str | None, wait: float,
              log: Callable[[str], None]) -> float:
-    """Take the lock; returns the seconds waited. Raises :class:`ExtractBusy` when it stays held."""
+    """Take the lock; returns the seconds waited. Raises :class:`ExtractBusy` when it stays held.
+
+    An earlier attempt of the SAME run (a Celery task delivered again after a broker cut, while its
+    first copy still finishes) is waited for like automation waits, manual run or not: refusing
+    would fail a run whose extract is, in fact, being done.
+    """
     started = time.monotonic()
     announced: Holder | None = None
     while True:
@@ -189,12 +194,16 @@ def _acquire(conn: psycopg.Connection, target: TableRef, key: int, wait: float,
         holder = holder_of(conn, target, key)
         if holder is None:
             continue  # let go between the two statements: try again
+        same_run = run_id is not None and holder.run_id == run_id
+        limit = max(wait, lock_wait_seconds()) if same_run else wait
         waited = time.monotonic() - started
-        remaining = wait - waited
+        remaining = limit - waited
         if remaining <= 0:
-            raise ExtractBusy(busy_message(target, holder, waited if wait > 0 else None))
+            raise ExtractBusy(busy_message(target, holder, waited if limit > 0 else None))
         if holder != announced:
-            log(f"{target} is being extracted by {holder}; this automated run waits for it "
+            who = "an earlier attempt of this run, " if same_run else ""
+            log(f"{target} is being extracted by {who}{holder}; this "
+                f"{'attempt' if same_run else 'automated run'} waits for it "
                 f"(at most {remaining:.0f} s more, {WAIT_VAR})")
             announced = holder
         if _lock_within(conn, key, min(remaining, WAIT_SLICE_SECONDS)):
@@ -208,7 +217,8 @@ def extract_lock(target: TableRef, warehouse: Callable, run_id: str | None, *, w
 
     ``warehouse``: a ``connect(autocommit=...)`` callable; the lock lives on a connection of its own,
     idle while the extract works. ``wait``: 0 refuses at once if another run holds the table;
-    otherwise wait up to that many seconds, saying whom for through ``log``.
+    otherwise wait up to that many seconds, saying whom for through ``log``. An earlier attempt of
+    the same ``run_id`` is always waited for (up to ``ETL_EXTRACT_LOCK_WAIT``).
     """
     from .common import migrated
 
@@ -217,7 +227,7 @@ def extract_lock(target: TableRef, warehouse: Callable, run_id: str | None, *, w
     with warehouse(autocommit=True) as conn:
         migrated(conn)
         key = _key(conn, target)
-        held.waited_seconds = _acquire(conn, target, key, wait, log)
+        held.waited_seconds = _acquire(conn, target, key, run_id, wait, log)
         held.acquired_at = time.time()
         try:
             _record(conn, target, run_id)

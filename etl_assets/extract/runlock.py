@@ -40,6 +40,9 @@ WAIT_VAR = "ETL_EXTRACT_LOCK_WAIT"
 DEFAULT_WAIT_SECONDS = 600.0
 HOLD_VAR = "ETL_TEST_EXTRACT_HOLD"  # tests only: seconds to sleep while holding the lock
 WAIT_SLICE_SECONDS = 30.0  # a waiting run says again whom it waits for after each slice
+# A holder whose process is gone (killed a moment ago on this host) is waited for this long even by a
+# manual run: the server ends its session, and frees its lock, as soon as it sees the connection closed.
+DEAD_HOLDER_GRACE_SECONDS = 10.0
 # Tags that mark a run launched by a sensor, a schedule or an automation condition. The project's
 # own sensors and schedules tag their runs with etl_assets.automation.sensors.AUTOMATION_TAG.
 AUTOMATION_TAGS = ("etl/automation", "dagster/sensor_name", "dagster/schedule_name",
@@ -178,13 +181,27 @@ def _record(conn: psycopg.Connection, target: TableRef, run_id: str | None) -> N
     )
 
 
+def _process_gone(holder: Holder) -> bool:
+    """Whether the holder's process is known to be gone: it ran on this host and no such pid exists."""
+    if not holder.recorded or holder.host != socket.gethostname() or holder.pid is None:
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: someone else's live process
+        return False
+    return False
+
+
 def _acquire(conn: psycopg.Connection, target: TableRef, key: int, run_id: str | None, wait: float,
              log: Callable[[str], None]) -> float:
     """Take the lock; returns the seconds waited. Raises :class:`ExtractBusy` when it stays held.
 
     An earlier attempt of the SAME run (a Celery task delivered again after a broker cut, while its
     first copy still finishes) is waited for like automation waits, manual run or not: refusing
-    would fail a run whose extract is, in fact, being done.
+    would fail a run whose extract is, in fact, being done. A holder whose process is gone (same
+    host, no such pid) is waited for briefly: a run started right after a kill is not refused.
     """
     started = time.monotonic()
     announced: Holder | None = None
@@ -196,15 +213,21 @@ def _acquire(conn: psycopg.Connection, target: TableRef, key: int, run_id: str |
             continue  # let go between the two statements: try again
         same_run = run_id is not None and holder.run_id == run_id
         limit = max(wait, lock_wait_seconds()) if same_run else wait
+        if _process_gone(holder):  # killed a moment ago: its session is ending, its lock with it
+            limit = max(limit, DEAD_HOLDER_GRACE_SECONDS)
         waited = time.monotonic() - started
         remaining = limit - waited
         if remaining <= 0:
             raise ExtractBusy(busy_message(target, holder, waited if limit > 0 else None))
         if holder != announced:
-            who = "an earlier attempt of this run, " if same_run else ""
-            log(f"{target} is being extracted by {who}{holder}; this "
-                f"{'attempt' if same_run else 'automated run'} waits for it "
-                f"(at most {remaining:.0f} s more, {WAIT_VAR})")
+            if _process_gone(holder):
+                log(f"{target} is held by {holder}, whose process is gone; waiting for the warehouse to "
+                    f"end its session (at most {remaining:.0f} s)")
+            else:
+                who = "an earlier attempt of this run, " if same_run else ""
+                log(f"{target} is being extracted by {who}{holder}; this "
+                    f"{'attempt' if same_run else 'automated run'} waits for it "
+                    f"(at most {remaining:.0f} s more, {WAIT_VAR})")
             announced = holder
         if _lock_within(conn, key, min(remaining, WAIT_SLICE_SECONDS)):
             return time.monotonic() - started

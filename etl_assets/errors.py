@@ -38,3 +38,7 @@ class ServerError(EtlError):
 
 class DuplicateKeys(SchemaMismatch):
     """Rows to upsert share a value of the declared key: one of them would be lost, so none is written."""
+
+
+class ExtractBusy(EtlError):
+    """Another run holds the extract of this table (etl_assets/extract/runlock.py): retry later."""

@@ -72,8 +72,19 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         source: PostgresResource = getattr(context.resources, keys.source)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
-        marker = before_extract(spec, warehouse)  # where this run's new rows start (checks on them)
-        report = run_extract(spec, source.connect, warehouse.connect, context.run.run_id)
+        from etl_assets.extract.runlock import launched_by_automation, lock_wait_seconds
+
+        # One run per table at a time (etl_assets/extract/runlock.py): a manual run refuses at once
+        # when another holds the table; an automated one waits, so its run key is not spent.
+        wait = lock_wait_seconds() if launched_by_automation(context.run.tags) else 0.0
+        markers: list = []
+
+        def on_locked() -> None:  # inside the lock: where this run's new rows start (checks on them)
+            markers.append(before_extract(spec, warehouse))
+
+        report = run_extract(spec, source.connect, warehouse.connect, context.run.run_id, wait=wait,
+                             log=context.log.info, on_locked=on_locked)
+        marker = markers[0]
         for warning in report.warnings:
             context.log.warning(warning)
         context.log.info(

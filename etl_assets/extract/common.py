@@ -56,6 +56,9 @@ class ExtractReport:
     columns_added: list[str] = field(default_factory=list)
     column_schema: Any = None
     started: float = field(default_factory=time.perf_counter)
+    lock_waited_seconds: float = 0.0  # waited for another run of this table (etl_assets/extract/runlock.py)
+    lock_acquired_at: float | None = None  # time.time() when this run took the table's run lock
+    lock_released_at: float | None = None  # time.time() just before it let go (after its last commit)
 
     def finish(self) -> ExtractReport:
         self.seconds = time.perf_counter() - self.started
@@ -94,6 +97,8 @@ class ExtractReport:
         if self.extract == "chunked":
             meta["chunks"] = self.chunks
             meta["resumed_after_key"] = "(no)" if self.resumed_after is None else str(self.resumed_after)
+        if self.lock_waited_seconds >= 0.01:
+            meta["lock_wait_seconds"] = round(self.lock_waited_seconds, 2)
         if self.columns_added:
             meta["columns_added"] = ", ".join(self.columns_added)
         if self.warnings:

@@ -359,8 +359,10 @@ def _key_string(key: dg.AssetKey | None) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    """``1 asset``, ``2 assets``."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    """``1 asset``, ``2 assets`` (see :func:`etl_assets.console.plural`)."""
+    from etl_assets.console import plural as _plural
+
+    return _plural(count, noun)
 
 
 def step_labels(job: dg.JobDefinition) -> dict[str, str]:

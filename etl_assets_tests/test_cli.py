@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -115,6 +116,54 @@ def test_run_prints_progress_and_summary(etl_env: dict[str, str], source_dsn: st
     assert "raw/categories: 12 rows" in result.stdout
     assert "materialized: 1 asset\n" in result.stdout
     assert "result: OK" in result.stdout
+    assert "None" not in result.stdout + result.stderr
+
+
+def _stored(stdout: str, asset: str) -> str:
+    """The text after ``stored     <asset>: `` in ``etl-assets run`` output."""
+    [line] = [ln for ln in stdout.splitlines() if f"] stored     {asset}: " in ln]
+    return line.split(f"stored     {asset}: ", 1)[1]
+
+
+def test_run_prints_what_each_extract_did(etl_env: dict[str, str], source_dsn: str) -> None:
+    """Per extract: rows read, inserted, updated, deleted, unchanged and where the cursor (or the
+    change-log position) moved; the second run's counts are the simulated changes."""
+    from etl_assets.demo.seed import seed
+
+    seed(source_dsn, rows=500, seed=3)
+    first = etl("run", "--select", "raw/orders", "--select", "raw/customers")
+    assert first.returncode == 0, first.stdout + first.stderr
+    orders = _stored(first.stdout, "raw/orders")
+    assert orders.startswith(
+        "500 rows; read 500, inserted 500, updated 0, deleted 0, unchanged 0; cursor first run → "
+    ), orders
+    cursor = orders.rsplit(" → ", 1)[1]
+    customers = _stored(first.stdout, "raw/customers")
+    assert customers.startswith(
+        "50 rows; read 50, inserted 50, updated 0, deleted 0; snapshot at change-log position "
+    ), customers
+    position = customers.rsplit(" ", 1)[1]
+    header = next(ln for ln in first.stdout.splitlines() if ln.strip().startswith("asset "))
+    assert header.split() == ["asset", "rows", "read", "inserted", "updated", "deleted", "unchanged"]
+
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE shop.customers SET first_name = first_name || ' jr' WHERE id <= 40")
+        conn.execute("DELETE FROM shop.customers WHERE id BETWEEN 41 AND 43")
+        conn.execute("UPDATE shop.orders SET status = 'refunded', updated_at = now() WHERE id <= 7")
+    second = etl("run", "--select", "raw/orders", "--select", "raw/customers")
+    assert second.returncode == 0, second.stdout + second.stderr
+    orders = _stored(second.stdout, "raw/orders")
+    # the look-back (lag: 3600) re-reads the last hour before the cursor: those rows are unchanged
+    counts = re.fullmatch(rf"500 rows; read (\d+), inserted 0, updated 7, deleted 0, unchanged (\d+); "
+                          rf"cursor {re.escape(cursor)} → \d{{4}}-.+", orders)
+    assert counts and int(counts[1]) == 7 + int(counts[2]), orders
+    customers = _stored(second.stdout, "raw/customers")
+    assert customers.startswith(
+        f"47 rows; read 43, inserted 0, updated 40, deleted 3; change-log position {position} → "
+    ), customers
+    [row] = [ln for ln in second.stdout.splitlines() if ln.strip().startswith("raw/customers ")]
+    assert row.split() == ["raw/customers", "47", "43", "0", "40", "3", "-"]
+    assert "None" not in second.stdout + second.stderr
 
 
 def test_bad_selection_is_one_clear_line(etl_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,6 +71,19 @@ def test_seed_and_simulate_commands(etl_env: dict[str, str], source_dsn: str) ->
         "seeded 60 customers, 12 categories, 600 orders (created in the year before 2025-07-01)"
         in result.stdout
     )
+    # not a terminal: plain progress lines instead of a bar, and no carriage returns anywhere
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("seeding the demo source (shop in ") and lines[0].endswith(
+        "): 600 orders, seed 5, dirty share 0.02…"
+    )
+    assert lines[1:3] == ["  shop.customers: 60 of 660 rows", "  shop.orders: 660 of 660 rows"]
+    assert "\r" not in result.stdout + result.stderr
+    # ETL_PROGRESS=on draws tqdm's bar (on standard error) even here; the plain lines go away
+    drawn = etl("seed", "--rows", "600", "--seed", "5", "--until", "2025-07-01",
+                env={**os.environ, "ETL_PROGRESS": "on"})
+    assert drawn.returncode == 0, drawn.stderr
+    assert "seeding shop" in drawn.stderr and "660/660" in drawn.stderr
+    assert "  shop.orders: 660 of 660 rows" not in drawn.stdout
     with psycopg.connect(source_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 600
     result = etl("simulate", "--changes", "100", "--seed", "2")

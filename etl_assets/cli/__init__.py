@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pipelines:
         os.environ["ETL_PIPELINES"] = os.path.abspath(args.pipelines)
+    from etl_assets.console import enable_announcements
+
+    enable_announcements()  # "starting the embedded PostgreSQL under …" on standard error
     try:
         return int(args.handler(args) or 0)
     except EtlError as exc:

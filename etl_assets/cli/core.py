@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 
+from etl_assets import console
 from etl_assets.errors import ConfigError, ServerError
 
 
@@ -165,20 +166,19 @@ def cmd_seed(args: argparse.Namespace) -> int:
     if rows < 0 or not 0 <= share <= 1:
         raise ConfigError("--rows must be >= 0 and --dirty-share between 0 and 1.")
     print(
-        f"seeding shop in {redact_dsn(env.source_dsn)}: {rows:,} orders, seed {seed_value}, "
-        f"dirty share {share}"
+        f"seeding the demo source (shop in {redact_dsn(env.source_dsn)}): {rows:,} orders, "
+        f"seed {seed_value}, dirty share {share}…",
+        flush=True,
     )
-    result = demo.seed(
-        env.source_dsn,
-        rows=rows,
-        seed=seed_value,
-        dirty_share=share,
-        progress=lambda s: print(f"  {s}", flush=True),
-        until=args.until,
-    )
+    # A bar on a terminal; elsewhere a plain line per statement (ETL_PROGRESS, etl_assets.console).
+    with console.progress(rows + demo.customer_count(rows), "seeding shop", unit="rows", lines=True) as bar:
+        result = demo.seed(
+            env.source_dsn, rows=rows, seed=seed_value, dirty_share=share, progress=bar.update,
+            until=args.until,
+        )
     print(
         f"seeded {result.customers:,} customers, {result.categories} categories, {result.orders:,} orders "
-        f"(created in the year before {result.until}) in {result.seconds:.1f}s"
+        f"(created in the year before {result.until}) in {console.duration_text(result.seconds)}"
     )
     print("incremental extracts keep their cursors: run `etl-assets reset` for a full reload of the new demo")
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
@@ -202,17 +201,3 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], **kwar
     for line in format_table(headers, rows, **kwargs):
         print(line)
 
-
-class Ticker:
-    """Calls ``fn`` at most every ``seconds`` (plain progress lines that do not flood a log)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._last = 0.0
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now - self._last >= self.seconds:
-            self._last = now
-            return True
-        return False

@@ -105,3 +105,11 @@ def test_announce_only_when_enabled() -> None:
     finally:
         console.enable_announcements(False)
     assert out.getvalue() == "starting the embedded PostgreSQL under /x…\n"
+
+
+def test_run_metrics_summary_names_its_window_in_words() -> None:
+    from etl_assets.quality.metrics import summary_markdown
+
+    text = summary_markdown([], dt.timedelta(days=7))
+    assert text.splitlines()[0] == "Run metrics over the last 7 days (etl.run_metrics)"
+    assert "0:00:00" not in text

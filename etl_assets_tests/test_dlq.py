@@ -215,6 +215,13 @@ def test_cli_lists_without_payloads_discards_and_replays(
     assert main(["dlq", "list"]) == 0
     out = capsys.readouterr().out
     assert "clean/customers" in out and "pending" in out and "InvalidEmail" in out
+    lines = out.splitlines()
+    assert lines[0].split() == ["asset", "status", "rows"]  # every table has its header
+    assert lines[1].split() == ["clean/customers", "pending", "3"]
+    assert lines[3].split() == [
+        "id", "asset", "partition", "stage", "error", "tries", "last", "failed", "status"
+    ]
+    assert lines[4].split()[-1] == "pending" and "None" not in out
     assert "ann.secret" not in out and "was broken" not in out  # neither payloads nor messages
 
     assert main(["dlq", "discard", "--id", str(ids[7])]) == 0

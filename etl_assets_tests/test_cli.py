@@ -115,7 +115,7 @@ def test_reset_forgets_named_targets_or_all(etl_env: dict[str, str], warehouse_d
     assert left == ["raw.categories", "raw.customers"]
     result = etl("reset")
     assert result.returncode == 0, result.stderr
-    assert "reset 2 target(s): raw.categories, raw.customers" in result.stdout
+    assert "reset 2 targets: raw.categories, raw.customers" in result.stdout
     with psycopg.connect(warehouse_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM etl.state").fetchone()[0] == 0
 

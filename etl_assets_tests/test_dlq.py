@@ -225,7 +225,7 @@ def test_cli_lists_without_payloads_discards_and_replays(
     assert "ann.secret" not in out and "was broken" not in out  # neither payloads nor messages
 
     assert main(["dlq", "discard", "--id", str(ids[7])]) == 0
-    assert "discarded 1" in capsys.readouterr().out
+    assert "discarded 1 dead letter\n" in capsys.readouterr().out
 
     assert main(["dlq", "replay", "--asset", "clean/customers"]) == 0
     out = capsys.readouterr().out

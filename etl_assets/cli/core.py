@@ -229,7 +229,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         for target in unknown:
             print(f"no stored state for {target} (nothing to reset)")
     else:
-        print(f"reset {len(removed)} target(s): " + (", ".join(removed) if removed else "none had state"))
+        print(f"reset {console.plural(len(removed), 'target')}: "
+              + (", ".join(removed) if removed else "none had state"))
     return 0
 
 

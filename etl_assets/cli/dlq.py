@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from etl_assets.console import print_table
+from etl_assets.console import plural, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -126,5 +126,5 @@ def cmd_discard(args: argparse.Namespace) -> int:
         ensure_migrated(conn)
         with conn.transaction():
             n = dlq.discard(conn, ids=args.ids, asset_key=args.asset, by=f"cli:{getpass.getuser()}")
-    print(f"discarded {n} dead letter(s)")
+    print(f"discarded {plural(n, 'dead letter')}")
     return 0

@@ -210,9 +210,10 @@ def _simulate_events(source_dsn: str, args: argparse.Namespace) -> int:
         raise ConfigError("--events must be >= 0 and --rate > 0.")
     result = produce(source_dsn, args.events, rate=args.rate, seed=args.seed)
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.by_kind.items()))
+    ids = f"; event ids {result.first_id}..{result.last_id}" if result.first_id is not None else ""
     print(
-        f"wrote {result.events:,} order events ({kinds}) in {result.batches:,} transactions, "
-        f"{result.seconds:.1f} s; event ids {result.first_id}..{result.last_id}"
+        f"wrote {console.plural(result.events, 'order event')}" + (f" ({kinds})" if kinds else "")
+        + f" in {console.plural(result.batches, 'transaction')}, {console.duration_text(result.seconds)}{ids}"
     )
     return 0
 

@@ -836,6 +836,8 @@ def _execute_on_workers(
 
 def format_summary(summary: RunSummary) -> str:
     """The human summary printed at the end of ``etl-assets run``."""
+    from etl_assets.console import duration_text
+
     lines = ["", "Summary"]
     lines.append(f"  runs: {', '.join(summary.run_ids) or 'none'}")
     lines.append(f"  materialized: {plural(len(summary.materialized), 'asset')}")
@@ -883,6 +885,6 @@ def format_summary(summary: RunSummary) -> str:
             lines.append(f"    {label(*key):<{width}} " + ", then ".join(str(p) for p in places))
     if summary.cleaned_runs:
         lines.append(f"  dead runs marked failed: {', '.join(summary.cleaned_runs)}")
-    lines.append(f"  duration: {summary.seconds:.1f}s")
+    lines.append(f"  duration: {duration_text(summary.seconds)}")
     lines.append(f"  result: {'OK' if summary.ok else 'FAILED'}")
     return "\n".join(lines)

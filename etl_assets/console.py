@@ -62,7 +62,8 @@ class Progress:
     """A progress bar (tqdm) on a terminal; plain lines, or nothing, elsewhere.
 
     ``lines`` prints a plain line per :meth:`update` when no bar is drawn (for long work whose log
-    should still show it advancing); ``out`` is where those lines go.
+    should still show it advancing); ``out`` is where those lines go. ``quiet`` shows nothing at all;
+    ``leave=False`` erases the bar when done; ``initial`` counts work done before (a resumed pass).
     """
 
     def __init__(
@@ -74,20 +75,24 @@ class Progress:
         lines: bool = False,
         out: Callable[[str], None] | None = None,
         stream: IO[str] | None = None,
+        quiet: bool = False,
+        leave: bool = True,
+        initial: int = 0,
     ) -> None:
         self.total = total
         self.description = description
         self.unit = unit
-        self.count = 0
-        self.lines = lines
+        self.count = initial
+        self.lines = lines and not quiet
         self.out = out or (lambda s: print(s, flush=True))
         self._bar: Any = None
-        if bar_enabled(stream):
+        if not quiet and bar_enabled(stream):
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=total, desc=description, unit=f" {unit}", unit_scale=True, file=stream or sys.stderr,
-                leave=True, dynamic_ncols=True,
+                total=total, desc=description, unit=f" {unit}", unit_scale=unit == "rows",
+                file=stream or sys.stderr,
+                leave=leave, dynamic_ncols=True, initial=initial,
             )
 
     @property
@@ -121,6 +126,13 @@ class Progress:
 def progress(total: int | None, description: str, **kwargs: Any) -> Progress:
     """A :class:`Progress` for ``total`` units of work (None: unknown)."""
     return Progress(total, description, **kwargs)
+
+
+def command_progress(total: int | None, description: str, **kwargs: Any) -> Progress:
+    """A :class:`Progress` for work deep inside a run (a chunked extract): drawn only in a command
+    line process (see :func:`enable_announcements`), never in a Dagster code server or daemon,
+    whatever ``ETL_PROGRESS`` says. The bar disappears when done; the run's own line follows."""
+    return Progress(total, description, quiet=not _announce, leave=False, **kwargs)
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

@@ -113,3 +113,24 @@ def test_run_metrics_summary_names_its_window_in_words() -> None:
     text = summary_markdown([], dt.timedelta(days=7))
     assert text.splitlines()[0] == "Run metrics over the last 7 days (etl.run_metrics)"
     assert "0:00:00" not in text
+
+
+def test_command_progress_only_in_a_command_line_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bars deep inside a run (chunked extracts) are drawn by `etl-assets run` only: a Dagster code
+    server or daemon never draws one, even with ETL_PROGRESS=on."""
+    monkeypatch.setenv(console.PROGRESS_VAR, "on")
+    quiet = io.StringIO()
+    console.enable_announcements(False)
+    with console.command_progress(4, "shop.big", unit="chunks", stream=quiet) as bar:
+        bar.update(1)
+    assert not bar.drawn and quiet.getvalue() == ""
+    drawn = io.StringIO()
+    console.enable_announcements(True)
+    try:
+        with console.command_progress(4, "shop.big", unit="chunks", stream=drawn, initial=1) as bar:
+            assert bar.drawn
+            bar.update(3)
+    finally:
+        console.enable_announcements(False)
+    assert "shop.big" in drawn.getvalue() and "1/4" in drawn.getvalue() and bar.count == 4
+    assert drawn.getvalue().endswith("\r")  # erased when done: the run's stored line follows

@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -138,7 +139,27 @@ def _stored(stdout: str, asset: str) -> str:
     return line.split(f"stored     {asset}: ", 1)[1]
 
 
-def test_run_prints_what_each_extract_did(etl_env: dict[str, str], source_dsn: str) -> None:
+@pytest.fixture
+def forget_state(etl_env: dict[str, str], warehouse_dsn: str) -> Iterator[None]:
+    """The session's warehouse is shared: extracts run here leave neither cursors nor their tables
+    for later tests (a later first run must be a first run), and find none left by earlier ones."""
+
+    def forget() -> None:
+        with psycopg.connect(warehouse_dsn) as conn:
+            from etl_assets.migrations import migrate
+
+            migrate(conn)
+            conn.execute("DELETE FROM etl.state WHERE target = ANY(%s)",
+                         (["raw.orders", "raw.customers", "chunky.orders"],))
+            conn.execute("DROP TABLE IF EXISTS raw.orders, raw.customers")
+            conn.execute("DROP SCHEMA IF EXISTS chunky CASCADE")
+
+    forget()
+    yield
+    forget()
+
+
+def test_run_prints_what_each_extract_did(etl_env: dict[str, str], source_dsn: str, forget_state) -> None:
     """Per extract: rows read, inserted, updated, deleted, unchanged and where the cursor (or the
     change-log position) moved; the second run's counts are the simulated changes."""
     from etl_assets.demo.seed import seed
@@ -302,7 +323,7 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(
 
 
 def test_chunked_extract_draws_a_bar_of_chunks(
-    etl_env: dict[str, str], source_dsn: str, tmp_path: Path
+    etl_env: dict[str, str], source_dsn: str, tmp_path: Path, forget_state
 ) -> None:
     """`etl-assets run` on a terminal (forced here with ETL_PROGRESS=on) shows chunks done of the
     planner's estimate during a chunked extract; the stored line then says what it did."""

@@ -242,15 +242,26 @@ class Rule:
             "not_null": f"{cols} is never NULL",
             "unique": f"({cols}) is unique",
             "accepted_values": f"{cols} is one of the accepted values",
-            "range": f"{cols} lies in [{self.min}, {self.max}]",
+            "range": f"{cols} {_bounds(self.min, self.max)}",
             "pattern": f"{cols} matches {self.regex}",
             "not_in_future": f"{cols} is not in the future",
             "references": f"({cols}) exists in {self.to_table}",
-            "row_count": f"row count lies in [{self.min}, {self.max}]",
+            "row_count": f"row count {_bounds(self.min, self.max)}",
             "sql": "custom SQL",
             "polars": "custom polars expression",
         }[self.kind]
         return f"{summary} ({self.severity})"
+
+
+def _bounds(low: Any, high: Any) -> str:
+    """``lies in [0, 100]``, ``is at least 0``, ``is at most 100``: never a ``None`` bound."""
+    if low is not None and high is not None:
+        return f"lies in [{low}, {high}]"
+    if low is not None:
+        return f"is at least {low}"
+    if high is not None:
+        return f"is at most {high}"
+    return "is unbounded"
 
 
 def _is_polars_expr(value: Any) -> bool:

@@ -109,6 +109,9 @@ def ensure_running(home: Path | None = None) -> EmbeddedServer:
         running = _read_running(pgdata)
         if running:
             return running
+        from etl_assets.console import announce
+
+        announce(f"starting the embedded PostgreSQL under {pgdata}…")
         pgs = _pgserver()
         try:
             server = pgs.get_server(pgdata, cleanup_mode=None, start=False)

@@ -83,6 +83,18 @@ SHIPPED_DEMO = "demo.yaml"
 
 
 @dataclass(frozen=True)
+class KeyLines:
+    """Where a YAML mapping starts and where each of its keys is written (1-based lines)."""
+
+    line: int | None = None
+    keys: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+
+    def of(self, key: str) -> int | None:
+        """The line of ``key``, else the mapping's own line."""
+        return self.keys.get(key, self.line)
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One declared table, validated. ``checks`` and ``sensitive`` are kept as written for the
     data-quality module, which owns their format."""
@@ -103,6 +115,11 @@ class TableSpec:
     deletes: str = "off"  # delete detection (etl_assets.housekeeping.deletes): delete | flag | off
     line: int | None = field(default=None, compare=False)
     origin: str | None = field(default=None, compare=False)  # the file that declares it
+    # Where each key is written (1-based lines), so later validation (the data-quality module's
+    # ``checks:`` parser) can point at the line too: the table's keys, and per check its own line
+    # and its keys' lines.
+    key_lines: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+    check_lines: tuple[KeyLines, ...] = field(default=(), hash=False, compare=False)
     automation: Trigger | None = None  # None: the extract mode's default (see .trigger)
     freshness: Freshness | None = None  # None: derived from the trigger
 
@@ -291,11 +308,11 @@ def _parse_pipelines(text: str, origin: str) -> PipelineConfig:
     tables = data.get("tables")
     if not isinstance(tables, list):
         raise ConfigError(f"{origin}: 'tables' must be a list of table declarations (got {_kind(tables)}).")
-    lines = _item_lines(root)
+    nodes = _item_nodes(root)
     specs: list[TableSpec] = []
     for index, item in enumerate(tables):
-        line = lines[index] if index < len(lines) else None
-        specs.append(_parse_table(item, index, line, origin))
+        node = nodes[index] if index < len(nodes) else None
+        specs.append(_parse_table(item, index, node, origin))
     by_target: dict[TableRef, TableSpec] = {}
     for spec in specs:
         other = by_target.get(spec.target)
@@ -308,15 +325,38 @@ def _parse_pipelines(text: str, origin: str) -> PipelineConfig:
     return PipelineConfig(path=origin, tables=tuple(specs))
 
 
-def _item_lines(root: yaml.Node | None) -> list[int]:
-    """1-based line of each item of the ``tables`` list, for messages."""
+def _item_nodes(root: yaml.Node | None) -> list[yaml.Node]:
+    """The YAML nodes of the ``tables`` list's items (their lines go into messages)."""
     if not isinstance(root, yaml.MappingNode):
         return []
     for key, value in root.value:
         is_tables = isinstance(key, yaml.ScalarNode) and key.value == "tables"
         if is_tables and isinstance(value, yaml.SequenceNode):
-            return [item.start_mark.line + 1 for item in value.value]
+            return list(value.value)
     return []
+
+
+def key_lines(node: yaml.Node | None) -> KeyLines:
+    """Where ``node`` starts and, for a mapping, the line of each of its (text) keys."""
+    if node is None:
+        return KeyLines()
+    keys: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                keys.setdefault(str(key.value), key.start_mark.line + 1)
+    return KeyLines(node.start_mark.line + 1, keys)
+
+
+def _check_lines(node: yaml.Node | None) -> tuple[KeyLines, ...]:
+    """:class:`KeyLines` of each item of a table node's ``checks:`` list."""
+    if not isinstance(node, yaml.MappingNode):
+        return ()
+    for key, value in node.value:
+        is_checks = isinstance(key, yaml.ScalarNode) and key.value == "checks"
+        if is_checks and isinstance(value, yaml.SequenceNode):
+            return tuple(key_lines(item) for item in value.value)
+    return ()
 
 
 def _printable(text: str) -> str:
@@ -334,24 +374,30 @@ def _kind(value: object) -> str:
 class _Table:
     """Collects one table's messages with a consistent prefix."""
 
-    def __init__(self, origin: str, index: int, line: int | None, item: dict[str, Any]) -> None:
+    def __init__(self, origin: str, index: int, lines: KeyLines, item: dict[str, Any]) -> None:
         self.item = item
+        self.lines = lines
         name = item.get("name") or ".".join(str(item.get(k, "?")) for k in ("schema", "table"))
-        where = f", line {line}" if line else ""
+        where = f", line {lines.line}" if lines.line else ""
         self.prefix = f"{origin}: table #{index + 1} ({_printable(str(name))}{where})"
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.prefix}: key '{key}': {message}")
+        """The message names the offending key and the line it is written on."""
+        line = self.lines.keys.get(key)
+        where = f" (line {line})" if line is not None and line != self.lines.line else ""
+        return ConfigError(f"{self.prefix}: key '{key}'{where}: {message}")
 
 
-def _parse_table(item: object, index: int, line: int | None, origin: str) -> TableSpec:
+def _parse_table(item: object, index: int, node: yaml.Node | None, origin: str) -> TableSpec:
+    lines = key_lines(node)
+    line = lines.line
     if not isinstance(item, dict):
         where = f" (line {line})" if line else ""
         raise ConfigError(
             f"{origin}: table #{index + 1}{where} must be a mapping with keys such as name, extract, "
             f"primary_key (got {_kind(item)})."
         )
-    t = _Table(origin, index, line, item)
+    t = _Table(origin, index, lines, item)
     unknown = [str(k) for k in item if k not in TABLE_KEYS]
     if unknown:
         raise t.error(unknown[0], f"unknown key; allowed keys: {', '.join(TABLE_KEYS)}.")
@@ -426,6 +472,7 @@ def _parse_table(item: object, index: int, line: int | None, origin: str) -> Tab
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), cursor_time_zone=cursor_time_zone,
         late_commits=late_commits, fast_path=fast_path, sensitive=sensitive, checks=tuple(checks),
         deletes=deletes, line=line, origin=origin, automation=automation, freshness=freshness,
+        key_lines=dict(lines.keys), check_lines=_check_lines(node),
     )
 
 

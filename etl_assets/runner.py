@@ -28,8 +28,9 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -56,6 +57,13 @@ class AssetOutcome:
     rows: int | None
     partition: str | None = None
     table: str | None = None  # "dagster/table_name": None for an asset that stores no table
+    # What this run did to the rows (None: the asset reports no such count), see change_counts()
+    read: int | None = None
+    inserted: int | None = None
+    updated: int | None = None
+    deleted: int | None = None
+    unchanged: int | None = None
+    detail: str = ""  # the rest of the story: "cursor first run → 2026-11-30 …", "position 12 → 40"
 
     @property
     def rows_text(self) -> str:
@@ -63,6 +71,80 @@ class AssetOutcome:
         if self.rows is not None:
             return f"{self.rows:,} rows"
         return "(no table)" if self.table is None else "rows unknown"
+
+
+    @property
+    def counts_text(self) -> str:
+        """``read 2,000, inserted 1,990, updated 10, deleted 0, unchanged 0`` (only the counts known)."""
+        parts = [
+            f"{name} {value:,}"
+            for name, value in (
+                ("read", self.read), ("inserted", self.inserted), ("updated", self.updated),
+                ("deleted", self.deleted), ("unchanged", self.unchanged),
+            )
+            if value is not None
+        ]
+        return ", ".join(parts)
+
+    @property
+    def line(self) -> str:
+        """The progress line's text: rows in the table, then what this run did."""
+        return "; ".join(p for p in (self.rows_text, self.counts_text, self.detail) if p)
+
+
+def _meta_value(metadata: Mapping[str, Any], name: str) -> Any:
+    entry = metadata.get(name)
+    return getattr(entry, "value", entry) if entry is not None else None
+
+
+def _meta_int(metadata: Mapping[str, Any], name: str) -> int | None:
+    value = _meta_value(metadata, name)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _mark_text(value: Any, none: str) -> str:
+    """A cursor or position for a person: ``first run`` / ``none`` instead of Python's None or -1."""
+    if value is None or value == -1 or (isinstance(value, str) and value.startswith("(none")):
+        return none
+    return str(value)
+
+
+def outcome_from_metadata(
+    key: str, rows: int | None, partition: str | None, table: str | None, metadata: Mapping[str, Any]
+) -> AssetOutcome:
+    """An :class:`AssetOutcome` from a materialization's metadata: the row counts the extracts
+    (``rows_read``…), CDC (``changes_applied``…) and the IO manager (``rows_written``…) report, and
+    where the cursor or change-log position moved."""
+    outcome = AssetOutcome(key, rows, partition, table)
+    for name in ("inserted", "updated", "deleted", "unchanged"):
+        setattr(outcome, name, _meta_int(metadata, f"rows_{name}"))
+    outcome.read = _meta_int(metadata, "rows_read")
+    mode = _meta_value(metadata, "cdc_mode")
+    details: list[str] = []
+    if mode is not None:  # CDC: the change log was read, rows applied
+        after = _mark_text(_meta_value(metadata, "position_after"), "none")
+        if mode == "snapshot":  # the source table was copied whole; changes after `after` follow
+            outcome.read = _meta_int(metadata, "snapshot_rows")
+            details.append(f"snapshot at change-log position {after}")
+        else:
+            outcome.read = _meta_int(metadata, "changes_applied")
+            before = _mark_text(_meta_value(metadata, "position_before"), "none")
+            details.append(f"change-log position {before} → {after}")
+        pending = _meta_int(metadata, "pending_changes")
+        if pending:
+            details.append(f"{pending:,} changes pending")
+    if _meta_value(metadata, "cursor_before") is not None:
+        before = _mark_text(_meta_value(metadata, "cursor_before"), "first run")
+        after = _mark_text(_meta_value(metadata, "cursor_after"), "none")
+        details.append(f"cursor {before} → {after}" if before != after else f"cursor unchanged at {after}")
+    chunks = _meta_int(metadata, "chunks")
+    if chunks:
+        details.append(plural(chunks, "chunk"))
+    outcome.detail = "; ".join(details)
+    return outcome
 
 
 @dataclass
@@ -359,8 +441,10 @@ def _key_string(key: dg.AssetKey | None) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    """``1 asset``, ``2 assets``."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    """``1 asset``, ``2 assets`` (see :func:`etl_assets.console.plural`)."""
+    from etl_assets.console import plural as _plural
+
+    return _plural(count, noun)
 
 
 def step_labels(job: dg.JobDefinition) -> dict[str, str]:
@@ -468,10 +552,9 @@ class _Progress:
             table = str(table_meta.value) if table_meta is not None else None
             key = _key_string(mat.asset_key)
             self.done.add(key)
-            outcome = AssetOutcome(key, rows, mat.partition, table)
+            outcome = outcome_from_metadata(key, rows, mat.partition, table, mat.metadata)
             self.summary.materialized.append(outcome)
-            shown = outcome.rows_text
-            self._line(f"stored     {key}{f' [{mat.partition}]' if mat.partition else ''}: {shown}")
+            self._line(f"stored     {key}{f' [{mat.partition}]' if mat.partition else ''}: {outcome.line}")
         elif et == DagsterEventType.ASSET_CHECK_EVALUATION:
             ev = event.event_specific_data
             outcome = CheckOutcome(
@@ -753,14 +836,23 @@ def _execute_on_workers(
 
 def format_summary(summary: RunSummary) -> str:
     """The human summary printed at the end of ``etl-assets run``."""
+    from etl_assets.console import duration_text
+
     lines = ["", "Summary"]
     lines.append(f"  runs: {', '.join(summary.run_ids) or 'none'}")
     lines.append(f"  materialized: {plural(len(summary.materialized), 'asset')}")
-    width = max((len(a.key) for a in summary.materialized), default=10)
-    for a in summary.materialized:
-        rows = f"{a.rows:>12,} rows" if a.rows is not None else f"{a.rows_text:>17}"
-        part = f"  [{a.partition}]" if a.partition else ""
-        lines.append(f"    {a.key:<{width}} {rows}{part}")
+    if summary.materialized:
+        from etl_assets.console import format_table
+
+        partitioned = any(a.partition for a in summary.materialized)
+        headers = ["asset", "rows", "read", "inserted", "updated", "deleted", "unchanged"]
+        table = [
+            [a.key, a.rows if a.rows is not None else a.rows_text, a.read, a.inserted, a.updated, a.deleted,
+             a.unchanged] + ([a.partition or ""] if partitioned else [])
+            for a in summary.materialized
+        ]
+        lines.extend(format_table(headers + (["partition"] if partitioned else []), table,
+                                  right=range(1, 7), indent="    "))
     if summary.not_materialized:
         lines.append(f"  not materialized: {', '.join(summary.not_materialized)}")
     if summary.checks:
@@ -793,6 +885,6 @@ def format_summary(summary: RunSummary) -> str:
             lines.append(f"    {label(*key):<{width}} " + ", then ".join(str(p) for p in places))
     if summary.cleaned_runs:
         lines.append(f"  dead runs marked failed: {', '.join(summary.cleaned_runs)}")
-    lines.append(f"  duration: {summary.seconds:.1f}s")
+    lines.append(f"  duration: {duration_text(summary.seconds)}")
     lines.append(f"  result: {'OK' if summary.ok else 'FAILED'}")
     return "\n".join(lines)

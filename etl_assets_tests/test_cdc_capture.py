@@ -98,6 +98,10 @@ def test_install_uninstall_and_dry_run(source_conn, etl_env, capsys) -> None:
     assert main(["cdc", "status", str(ref)]) == 0
     out = capsys.readouterr().out
     assert "4 entries" in out and "no consumer yet" in out
+    first = out.splitlines()[0]
+    assert first.startswith(f"{ref}: log etl_cdc.")
+    assert first.endswith(", 4 entries, positions 1..4, never pruned")
+    assert "None" not in out
 
     assert main(["cdc", "uninstall", str(ref), "--dry-run"]) == 0
     assert "DROP TRIGGER" in capsys.readouterr().out
@@ -212,6 +216,8 @@ def test_status_and_prune_commands(source_conn, etl_env, capsys) -> None:
     assert main(["cdc", "status", str(ref)]) == 0
     out = capsys.readouterr().out
     assert "-> cdc_cli_target.items" in out and "4 pending" in out and "oldest unapplied" in out
+    assert "  -> cdc_cli_target.items: applied through position 0, 4 pending, oldest unapplied #1 at " in out
+    assert out.rstrip().endswith(" ago)") and "None" not in out
     assert main(["cdc", "prune", str(ref), "--dry-run"]) == 0
     assert "nothing applied beyond" in capsys.readouterr().out
     _run(spec, etl_env["ETL_SOURCE_DSN"], etl_env["ETL_WAREHOUSE_DSN"], prune_after=False)
@@ -219,6 +225,10 @@ def test_status_and_prune_commands(source_conn, etl_env, capsys) -> None:
     assert "DELETE FROM" in capsys.readouterr().out
     assert main(["cdc", "prune", str(ref)]) == 0
     assert "removed 4 applied entries" in capsys.readouterr().out
+    assert main(["cdc", "status", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(", 0 entries, empty, pruned through 4"), out
+    assert "applied through position 4, 0 pending, up to date" in out
     assert main(["cdc", "status", "no_such.table"]) == 0
     assert main(["cdc", "install", "nodot"]) == 2
 

@@ -64,6 +64,9 @@ def test_changes_across_runs_equal_source(
     assert report.pending == 0 and report.held_back_by is None
     assert assert_equal(source_conn, warehouse_conn, spec) == 300 + 10 - 21
     assert report.rows_total == 289 and report.metadata()["dagster/row_count"] == 289
+    # Warehouse rows by what happened to them: 1002..1010 and the 5 moved keys are new, ids 1..20
+    # rewritten, 40..59 and the 5 old keys gone (1001 came and went inside the window: not counted).
+    assert (report.rows_inserted, report.rows_updated, report.rows_deleted) == (14, 20, 25)
 
     # Run 3: key moves chained inside one window (a -> free, b -> a's old key), a delete then a
     # re-insert of the same key, and an update of a row moved in run 2.
@@ -203,6 +206,31 @@ def test_dagster_asset_applies_changes(
     assert meta["pending_changes"].value == 0
     assert {"position_before", "position_after", "lag_seconds", "duration_seconds"} <= set(meta)
     assert_equal(source_conn, warehouse_conn, spec)
+
+
+def test_updates_are_not_called_deletes(
+    items, source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """40 updates and 7 deletes read as 40 updated and 7 deleted rows, in the report, its metadata and
+    its summary line (the apply deletes and reinserts updated keys internally: not a delete)."""
+    spec = spec_for(items, fresh_schema)
+    first = _run(spec, source_dsn, warehouse_dsn)
+    assert (first.rows_inserted, first.rows_updated, first.rows_deleted) == (300, 0, 0)
+    assert first.metadata()["rows_replaced"] == 0
+    t = items.ident
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'forty' WHERE id BETWEEN 1 AND 40").format(t))
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id BETWEEN 101 AND 107").format(t))
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.applied == {"update": 40, "delete": 7}
+    assert (report.rows_inserted, report.rows_updated, report.rows_deleted) == (0, 40, 7)
+    meta = report.metadata()
+    assert (meta["rows_inserted"], meta["rows_updated"], meta["rows_deleted"], meta["rows_written"]) == (
+        0, 40, 7, 40
+    )
+    assert "rows 0 inserted, 40 updated, 7 deleted" in report.summary()
+    assert f"position {first.position_after} -> {report.position_after}" in report.summary()
+    assert "None" not in first.summary() and "position none -> " in first.summary()
+    assert report.rows_total == 293 and assert_equal(source_conn, warehouse_conn, spec) == 293
 
 
 def test_missing_capture_names_the_command(source_conn, source_dsn, warehouse_dsn, fresh_schema) -> None:

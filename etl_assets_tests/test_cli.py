@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -70,6 +72,19 @@ def test_seed_and_simulate_commands(etl_env: dict[str, str], source_dsn: str) ->
         "seeded 60 customers, 12 categories, 600 orders (created in the year before 2025-07-01)"
         in result.stdout
     )
+    # not a terminal: plain progress lines instead of a bar, and no carriage returns anywhere
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("seeding the demo source (shop in ") and lines[0].endswith(
+        "): 600 orders, seed 5, dirty share 0.02…"
+    )
+    assert lines[1:3] == ["  shop.customers: 60 of 660 rows", "  shop.orders: 660 of 660 rows"]
+    assert "\r" not in result.stdout + result.stderr
+    # ETL_PROGRESS=on draws tqdm's bar (on standard error) even here; the plain lines go away
+    drawn = etl("seed", "--rows", "600", "--seed", "5", "--until", "2025-07-01",
+                env={**os.environ, "ETL_PROGRESS": "on"})
+    assert drawn.returncode == 0, drawn.stderr
+    assert "seeding shop" in drawn.stderr and "660/660" in drawn.stderr
+    assert "  shop.orders: 660 of 660 rows" not in drawn.stdout
     with psycopg.connect(source_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 600
     result = etl("simulate", "--changes", "100", "--seed", "2")
@@ -101,7 +116,7 @@ def test_reset_forgets_named_targets_or_all(etl_env: dict[str, str], warehouse_d
     assert left == ["raw.categories", "raw.customers"]
     result = etl("reset")
     assert result.returncode == 0, result.stderr
-    assert "reset 2 target(s): raw.categories, raw.customers" in result.stdout
+    assert "reset 2 targets: raw.categories, raw.customers" in result.stdout
     with psycopg.connect(warehouse_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM etl.state").fetchone()[0] == 0
 
@@ -115,6 +130,74 @@ def test_run_prints_progress_and_summary(etl_env: dict[str, str], source_dsn: st
     assert "raw/categories: 12 rows" in result.stdout
     assert "materialized: 1 asset\n" in result.stdout
     assert "result: OK" in result.stdout
+    assert "None" not in result.stdout + result.stderr
+
+
+def _stored(stdout: str, asset: str) -> str:
+    """The text after ``stored     <asset>: `` in ``etl-assets run`` output."""
+    [line] = [ln for ln in stdout.splitlines() if f"] stored     {asset}: " in ln]
+    return line.split(f"stored     {asset}: ", 1)[1]
+
+
+@pytest.fixture
+def forget_state(etl_env: dict[str, str], warehouse_dsn: str) -> Iterator[None]:
+    """The session's warehouse is shared: extracts run here leave neither cursors nor their tables
+    for later tests (a later first run must be a first run), and find none left by earlier ones."""
+
+    def forget() -> None:
+        with psycopg.connect(warehouse_dsn) as conn:
+            from etl_assets.migrations import migrate
+
+            migrate(conn)
+            conn.execute("DELETE FROM etl.state WHERE target = ANY(%s)",
+                         (["raw.orders", "raw.customers", "chunky.orders"],))
+            conn.execute("DROP TABLE IF EXISTS raw.orders, raw.customers")
+            conn.execute("DROP SCHEMA IF EXISTS chunky CASCADE")
+
+    forget()
+    yield
+    forget()
+
+
+def test_run_prints_what_each_extract_did(etl_env: dict[str, str], source_dsn: str, forget_state) -> None:
+    """Per extract: rows read, inserted, updated, deleted, unchanged and where the cursor (or the
+    change-log position) moved; the second run's counts are the simulated changes."""
+    from etl_assets.demo.seed import seed
+
+    seed(source_dsn, rows=500, seed=3)
+    first = etl("run", "--select", "raw/orders", "--select", "raw/customers")
+    assert first.returncode == 0, first.stdout + first.stderr
+    orders = _stored(first.stdout, "raw/orders")
+    assert orders.startswith(
+        "500 rows; read 500, inserted 500, updated 0, deleted 0, unchanged 0; cursor first run → "
+    ), orders
+    cursor = orders.rsplit(" → ", 1)[1]
+    customers = _stored(first.stdout, "raw/customers")
+    assert customers.startswith(
+        "50 rows; read 50, inserted 50, updated 0, deleted 0; snapshot at change-log position "
+    ), customers
+    position = customers.rsplit(" ", 1)[1]
+    header = next(ln for ln in first.stdout.splitlines() if ln.strip().startswith("asset "))
+    assert header.split() == ["asset", "rows", "read", "inserted", "updated", "deleted", "unchanged"]
+
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE shop.customers SET first_name = first_name || ' jr' WHERE id <= 40")
+        conn.execute("DELETE FROM shop.customers WHERE id BETWEEN 41 AND 43")
+        conn.execute("UPDATE shop.orders SET status = 'refunded', updated_at = now() WHERE id <= 7")
+    second = etl("run", "--select", "raw/orders", "--select", "raw/customers")
+    assert second.returncode == 0, second.stdout + second.stderr
+    orders = _stored(second.stdout, "raw/orders")
+    # the look-back (lag: 3600) re-reads the last hour before the cursor: those rows are unchanged
+    counts = re.fullmatch(rf"500 rows; read (\d+), inserted 0, updated 7, deleted 0, unchanged (\d+); "
+                          rf"cursor {re.escape(cursor)} → \d{{4}}-.+", orders)
+    assert counts and int(counts[1]) == 7 + int(counts[2]), orders
+    customers = _stored(second.stdout, "raw/customers")
+    assert customers.startswith(
+        f"47 rows; read 43, inserted 0, updated 40, deleted 3; change-log position {position} → "
+    ), customers
+    [row] = [ln for ln in second.stdout.splitlines() if ln.strip().startswith("raw/customers ")]
+    assert row.split() == ["raw/customers", "47", "43", "0", "40", "3", "-"]
+    assert "None" not in second.stdout + second.stderr
 
 
 def test_bad_selection_is_one_clear_line(etl_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,3 +320,25 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(
     logged = Path(err.rsplit("traceback: ", 1)[1].rstrip(")\n")).read_text(encoding="utf-8")
     assert "Traceback (most recent call last)" in logged and "explode" in logged
     assert "s3cret" not in logged
+
+
+def test_chunked_extract_draws_a_bar_of_chunks(
+    etl_env: dict[str, str], source_dsn: str, tmp_path: Path, forget_state
+) -> None:
+    """`etl-assets run` on a terminal (forced here with ETL_PROGRESS=on) shows chunks done of the
+    planner's estimate during a chunked extract; the stored line then says what it did."""
+    from etl_assets.demo.seed import seed
+
+    seed(source_dsn, rows=500, seed=3)
+    tables = tmp_path / "chunked.yaml"
+    tables.write_text(
+        "tables:\n  - name: shop.orders\n    extract: chunked\n    primary_key: [id]\n"
+        "    chunk_size: 100\n    target: chunky.orders\n"
+    )
+    result = etl("--pipelines", str(tables), "run", "--select", "chunky/orders",
+                 env={**os.environ, "ETL_PROGRESS": "on"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "shop.orders:   0%" in result.stderr and "0/5 [" in result.stderr, result.stderr
+    assert "BetaWarning" not in result.stderr  # the project's own deliberate beta use is not news
+    stored = _stored(result.stdout, "chunky/orders")
+    assert stored == "500 rows; read 500, inserted 500, updated 0, deleted 0, unchanged 0; 5 chunks", stored

@@ -215,10 +215,17 @@ def test_cli_lists_without_payloads_discards_and_replays(
     assert main(["dlq", "list"]) == 0
     out = capsys.readouterr().out
     assert "clean/customers" in out and "pending" in out and "InvalidEmail" in out
+    lines = out.splitlines()
+    assert lines[0].split() == ["asset", "status", "rows"]  # every table has its header
+    assert lines[1].split() == ["clean/customers", "pending", "3"]
+    assert lines[3].split() == [
+        "id", "asset", "partition", "stage", "error", "tries", "last", "failed", "status"
+    ]
+    assert lines[4].split()[-1] == "pending" and "None" not in out
     assert "ann.secret" not in out and "was broken" not in out  # neither payloads nor messages
 
     assert main(["dlq", "discard", "--id", str(ids[7])]) == 0
-    assert "discarded 1" in capsys.readouterr().out
+    assert "discarded 1 dead letter\n" in capsys.readouterr().out
 
     assert main(["dlq", "replay", "--asset", "clean/customers"]) == 0
     out = capsys.readouterr().out

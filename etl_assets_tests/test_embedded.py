@@ -84,6 +84,10 @@ def test_run_from_an_empty_home_twice_and_shared_by_dagster(empty_home: tuple[Pa
     first = etl(env, "run")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "raw/orders: 3,000 rows" in first.stdout  # seeded automatically on first use
+    # it says what it is doing first (on standard error: `etl-assets env` output stays evaluable)
+    assert f"starting the embedded PostgreSQL under {embedded.pgdata_dir(home.resolve())}…" in first.stderr
+    assert "seeding the demo source: 3,000 orders…" in first.stderr
+    assert "\r" not in first.stderr  # no terminal here: no progress bar drawn
     assert "result: OK" in first.stdout
     pid = server_pid(env)
 
@@ -91,6 +95,7 @@ def test_run_from_an_empty_home_twice_and_shared_by_dagster(empty_home: tuple[Pa
     assert second.returncode == 0, second.stdout + second.stderr
     assert "result: OK" in second.stdout
     assert server_pid(env) == pid  # the same server, reused
+    assert "starting the embedded" not in second.stderr and "seeding" not in second.stderr
 
     # A plain Dagster command in another process, with README's `eval "$(etl-assets env)"`, uses the
     # same server (its run, materialization and check results land in the same instance).

@@ -297,3 +297,36 @@ def test_automation_and_freshness_keys_are_read() -> None:
     # freshness alone on a table whose trigger is off
     spec = _one("    extract: full\n    automation: off\n    freshness: {fail: 1d}\n")
     assert spec.freshness_windows.fail == 86400.0 and spec.freshness_windows.warn is None
+
+
+def test_a_table_error_points_at_the_offending_keys_line() -> None:
+    text = BASE + "    extract: incremental\n    primary_key: [id]\n    cursor: updated_at\n    lag: -5\n"
+    message = _error(text)
+    assert message.startswith("f.yaml: table #1 (shop.orders, line 2): key 'lag' (line 6): "), message
+    message = _error(BASE + "    extract: full\n\n\n    primry_key: [id]\n")
+    assert "key 'primry_key' (line 6): unknown key" in message
+
+
+def test_check_errors_give_the_file_and_line_like_table_errors() -> None:
+    """The data-quality module validates ``checks:`` later (when the Definitions load); its messages
+    still name the file, the table and the check's (or the offending key's) line."""
+    from etl_assets.quality.defs import declared_rule_sets
+
+    text = (BASE + "    extract: full\n    checks:\n"
+            "      - {name: ok, kind: not_null, column: id}\n"
+            "      - name: bad\n"
+            "        kind: not_null\n"
+            "        colour: red\n")
+    config = parse_pipelines(text, "f.yaml")
+    assert config.tables[0].check_lines[1].line == 6
+    with pytest.raises(ConfigError) as info:
+        declared_rule_sets(config)
+    assert str(info.value).startswith(
+        "f.yaml: table shop.orders, check 'bad' (line 8): unknown key 'colour' for kind not_null"
+    ), info.value
+    missing = parse_pipelines(BASE + "    extract: full\n    checks:\n      - {kind: not_null}\n", "f.yaml")
+    expected = r"^f\.yaml: table shop\.orders, check #1 \(line 5\): missing required key 'name'"
+    with pytest.raises(ConfigError, match=expected):
+        declared_rule_sets(missing)
+    sensitive = parse_pipelines(BASE + "    extract: full\n    sensitive: [email]\n", "f.yaml")
+    assert sensitive.tables[0].key_lines["sensitive"] == 4

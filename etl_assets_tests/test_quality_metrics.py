@@ -141,6 +141,9 @@ def test_metrics_command_prints_success_rate(etl_env, warehouse_dsn, conn, fresh
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith(asset))
     assert line.split() == [asset, "2", "50.0%", "1", "3.00", "3.90", "4.00", "10", "0", "failed"]
+    header = out.splitlines()[1]  # under the title line, a header over every column
+    assert header.split() == ["asset", "runs", "success", "failures", "avg", "s", "p95", "s", "max", "s",
+                              "records", "failed", "last"]
     assert main(["metrics", "--window", "24h", "--asset", asset, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(a["asset"], a["runs"], a["success_rate"]) for a in data["assets"]] == [(asset, 2, 0.5)]

@@ -273,3 +273,17 @@ def test_accepted_values_with_null_in_list_and_date_range(warehouse_conn, table)
         Rule(name="r", kind="range", columns=["created_at"], min="2000-01-01", max="2999-12-31"),
     )
     assert (dates.passed, dates.failing_rows) == (True, 0)
+
+
+@pytest.mark.parametrize(
+    ("item", "text"),
+    [
+        ({"name": "r", "kind": "range", "column": "a", "min": 0, "max": 9}, "a lies in [0, 9] (error)"),
+        ({"name": "r", "kind": "range", "column": "a", "min": 0}, "a is at least 0 (error)"),
+        ({"name": "r", "kind": "range", "column": "a", "max": 9}, "a is at most 9 (error)"),
+        ({"name": "r", "kind": "row_count", "min": 1}, "row count is at least 1 (error)"),
+    ],
+)
+def test_describe_never_shows_a_missing_bound_as_none(item, text) -> None:
+    (rule,) = parse_rules("shop.orders", [item])
+    assert rule.describe() == text and "None" not in rule.describe()

@@ -98,6 +98,8 @@ def test_incremental_run_checks_new_rows_and_full_cadence_checks_the_table(
         second_meta = second.asset_materializations_for_node("extract__raw__sc_items")[0].metadata
         assert "profile/amount/null_count" not in second_meta  # within the cadence: no full scan
         assert "profile/skipped" in second_meta and "profile/last_full_at" in second_meta
+        # the cadence in words, never a timedelta repr ("1 day, 0:00:00")
+        assert second_meta["profile/skipped"].value.startswith("full profile at most every 1 day (")
         assert second_meta["dagster/row_count"].value == 200  # the count still comes from etl.state
 
         # The daily full-table cadence: the checks alone, on every row.

@@ -90,7 +90,23 @@ def test_run_materializes_the_demo_graph(
     assert "stored     etl/run_metrics_summary: (no table)" in text
     [summary_line] = [ln for ln in runner.format_summary(summary).splitlines()
                       if ln.strip().startswith("etl/run_metrics_summary")]
-    assert summary_line.split() == ["etl/run_metrics_summary", "(no", "table)"]
+    assert summary_line.split() == ["etl/run_metrics_summary", "(no", "table)", "-", "-", "-", "-", "-"]
+    # what each extract did: counts and where its cursor moved, never a Python None
+    [orders_line] = [ln for ln in lines if "stored     raw/orders:" in ln]
+    assert orders_line.split(": ", 1)[1].startswith(
+        "2,000 rows; read 2,000, inserted 2,000, updated 0, deleted 0, unchanged 0; cursor first run → "
+    ), orders_line
+    [customers_line] = [ln for ln in lines if "stored     raw/customers:" in ln]  # CDC: a snapshot first
+    assert "200 rows; read 200, inserted 200, updated 0, deleted 0; snapshot at change-log position " in (
+        customers_line
+    ), customers_line
+    summary_lines = runner.format_summary(summary).splitlines()
+    header = next(ln for ln in summary_lines if ln.strip().startswith("asset "))
+    assert header.split() == [
+        "asset", "rows", "read", "inserted", "updated", "deleted", "unchanged", "partition"
+    ]
+    [orders_row] = [ln for ln in summary_lines if ln.strip().startswith("raw/orders ")]
+    assert orders_row.split() == ["raw/orders", "2,000", "2,000", "2,000", "0", "0", "0"]
     assert "? rows" not in text and "rows unknown" not in text
     assert "result: OK" in text
 

@@ -112,9 +112,26 @@ def check_unchanged(current: dict[str, Any] | None, expected: dict[str, Any], ta
 
 @dataclass
 class ApplyCounts:
-    deleted: int = 0  # warehouse rows removed (touched keys, truncates)
-    written: int = 0  # warehouse rows inserted with their final image
-    truncated: int = 0
+    """What applying a window did to the warehouse rows, named as a person would.
+
+    The apply deletes every touched key and inserts the final rows (see the module doc); those
+    internal deletes are not reported as deletes: a key that was there and has a final row is
+    ``updated``, a key whose final state is gone and that was there is ``deleted``.
+    """
+
+    inserted: int = 0  # keys not in the target before, now there
+    updated: int = 0  # keys in the target before, rewritten with their final image
+    deleted: int = 0  # keys in the target before whose final state is deleted
+    truncated: int = 0  # rows removed by a TRUNCATE in the window
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+    @property
+    def removed(self) -> int:
+        """Rows the target lost (for its exact row count): deletes and truncated rows."""
+        return self.deleted + self.truncated
 
 
 def apply_net_effect(
@@ -141,14 +158,17 @@ def apply_net_effect(
     conn.execute("ANALYZE etl_cdc_stage")
     match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
     key_list = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(k)) for k in key)
-    counts.deleted = conn.execute(
+    deleted, replaced = conn.execute(
         sql.SQL(
-            "DELETE FROM {target} t USING (SELECT {keys} FROM etl_cdc_stage s "
-            "CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.k) r) d WHERE {match}"
+            "WITH gone AS (DELETE FROM {target} t USING (SELECT {keys}, s.is_delete AS etl_cdc_is_delete "
+            "FROM etl_cdc_stage s CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.k) r) d "
+            "WHERE {match} RETURNING d.etl_cdc_is_delete) "
+            "SELECT count(*) FILTER (WHERE etl_cdc_is_delete), count(*) FILTER (WHERE NOT etl_cdc_is_delete) "
+            "FROM gone"
         ).format(target=target.ident, keys=key_list, match=match)
-    ).rowcount
+    ).fetchone()
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    counts.written = conn.execute(
+    written = conn.execute(
         sql.SQL(
             "INSERT INTO {target} ({cols}) SELECT {rcols} FROM etl_cdc_stage s "
             "CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.data) r WHERE NOT s.is_delete"
@@ -158,6 +178,9 @@ def apply_net_effect(
             rcols=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns),
         )
     ).rowcount
+    counts.deleted = int(deleted)
+    counts.updated = int(replaced)  # rewritten: every non-delete key of the stage is inserted below
+    counts.inserted = written - counts.updated
     return counts
 
 

@@ -23,6 +23,7 @@ import dagster as dg
 import psycopg
 
 from etl_assets.cdc import apply, capture, reader, snapshot
+from etl_assets.console import value_text
 from etl_assets.db import connect
 from etl_assets.errors import ConfigError
 from etl_assets.extract.common import Connector
@@ -54,14 +55,23 @@ class CdcReport:
     lag_seconds: float = 0.0
     seconds: float = 0.0
     rows_snapshot: int = 0
-    rows_deleted: int = 0
-    rows_written: int = 0
+    # Warehouse rows, named for what happened to them (the apply's internal delete-then-insert of an
+    # updated key is an update, never a delete): see etl_assets.cdc.apply.ApplyCounts.
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_deleted: int = 0  # deletes, and rows removed by a TRUNCATE
+    rows_replaced: int = 0  # snapshot: rows of the previous copy the snapshot replaced
     rows_total: int | None = None  # rows in the target after the run
     column_schema: dg.TableSchema | None = None
     held_back_by: str | None = None
     notes: list[str] = field(default_factory=list)
     notes_about_missing: bool = False
     batches: int = 0  # warehouse transactions this run committed
+
+    @property
+    def rows_written(self) -> int:
+        """Rows inserted or rewritten in the warehouse."""
+        return self.rows_inserted + self.rows_updated
 
     @property
     def changes(self) -> int:
@@ -78,12 +88,15 @@ class CdcReport:
             "pending_changes": self.pending,
             "lag_seconds": round(self.lag_seconds, 3),
             "duration_seconds": round(self.seconds, 3),
+            "rows_inserted": self.rows_inserted,
+            "rows_updated": self.rows_updated,
             "rows_deleted": self.rows_deleted,
             "rows_written": self.rows_written,
             "batches": self.batches,
         }
         if self.mode == "snapshot":
             meta["snapshot_rows"] = self.rows_snapshot
+            meta["rows_replaced"] = self.rows_replaced
         if self.column_schema is not None:
             meta["dagster/column_schema"] = self.column_schema
         if self.rows_total is not None:
@@ -99,8 +112,10 @@ class CdcReport:
     def summary(self) -> str:
         ops = ", ".join(f"{op} {n}" for op, n in sorted(self.applied.items())) or "none"
         text = (
-            f"{self.target}: {self.mode}; changes applied: {ops}; position {self.position_before} -> "
-            f"{self.position_after}; pending {self.pending}; lag {self.lag_seconds:.1f} s; "
+            f"{self.target}: {self.mode}; changes applied: {ops}; rows {self.rows_inserted} inserted, "
+            f"{self.rows_updated} updated, {self.rows_deleted} deleted; position "
+            f"{value_text(self.position_before, 'none')} -> {value_text(self.position_after, 'none')}; "
+            f"pending {self.pending}; lag {self.lag_seconds:.1f} s; "
             f"{self.seconds:.2f} s"
         )
         if self.mode == "snapshot":
@@ -246,8 +261,8 @@ def _snapshot(
         pending,
         lag,
         rows_snapshot=result.rows,
-        rows_deleted=result.replaced,
-        rows_written=result.rows,
+        rows_inserted=result.rows,
+        rows_replaced=result.replaced,
         rows_total=result.rows,
     )
 
@@ -356,8 +371,9 @@ def _apply_batch(
                 reader.stream_net_effect(src, window),
                 truncate_first=window.last_truncate is not None,
             )
-            report.rows_deleted += counts.deleted + counts.truncated
-            report.rows_written += counts.written
+            report.rows_inserted += counts.inserted
+            report.rows_updated += counts.updated
+            report.rows_deleted += counts.removed
             if shape.added:
                 report.notes.append(f"columns added: {', '.join(shape.added)}")
             if shape.missing_in_source and not report.notes_about_missing:
@@ -367,7 +383,7 @@ def _apply_batch(
                     + ", ".join(shape.missing_in_source)
                 )
             if "rows" in state:  # kept exactly: rows after = before - removed + written
-                new_state["rows"] = int(state["rows"]) - counts.deleted - counts.truncated + counts.written
+                new_state["rows"] = int(state["rows"]) - counts.removed + counts.inserted
         if new_state != state:
             apply.save(wh, target, new_state, run_id)
             report.batches += 1

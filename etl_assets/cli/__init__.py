@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from etl_assets.errors import EtlError
 
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pipelines:
         os.environ["ETL_PIPELINES"] = os.path.abspath(args.pipelines)
+    from etl_assets.console import enable_announcements
+
+    enable_announcements()  # "starting the embedded PostgreSQL under …" on standard error
+    # Dagster warns at every start that the project uses a beta parameter (backfill_policy on the
+    # daily aggregate): a deliberate choice, not news for whoever runs a command.
+    warnings.filterwarnings("ignore", message=r"Parameter `\w+` of \w+ `\w+` is currently in beta")
     try:
         return int(args.handler(args) or 0)
     except EtlError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from etl_assets.console import duration_text, plural
 from etl_assets.errors import ConfigError
 
 
@@ -138,11 +139,14 @@ def _status(args: argparse.Namespace) -> int:
     broken = 0
     for st in rows:
         c = st.capture
-        line = (
-            f"{c.source}: log {capture.SCHEMA}.{c.log_table} (id {c.log_id}), {st.entries} entries"
-            f" [{st.min_position}..{st.max_position}], pruned through {c.pruned_through}"
+        span = (
+            f"positions {st.min_position}..{st.max_position}" if st.min_position is not None else "empty"
         )
-        print(line)
+        pruned = f"pruned through {c.pruned_through}" if c.pruned_through else "never pruned"
+        print(
+            f"{c.source}: log {capture.SCHEMA}.{c.log_table} (id {c.log_id}), "
+            f"{plural(st.entries, 'entry', 'entries')}, {span}, {pruned}"
+        )
         for problem in st.problems:
             broken += 1
             print(f"  BROKEN: {problem}")
@@ -152,11 +156,15 @@ def _status(args: argparse.Namespace) -> int:
             oldest = (
                 f"oldest unapplied #{cs.oldest_pending_position} at "
                 f"{cs.oldest_pending_at:%Y-%m-%d %H:%M:%S %Z}"
-                f" ({cs.lag_seconds:.0f} s ago)"
+                f" ({duration_text(cs.lag_seconds)} ago)"
                 if cs.oldest_pending_position is not None
                 else "up to date"
             )
-            print(f"  -> {cs.target}: applied through {cs.applied_position}, {cs.pending} pending, {oldest}")
+            applied = (
+                "nothing applied yet" if cs.applied_position is None
+                else f"applied through position {cs.applied_position}"
+            )
+            print(f"  -> {cs.target}: {applied}, {cs.pending:,} pending, {oldest}")
     return 1 if broken else 0
 
 
@@ -172,5 +180,6 @@ def _prune(args: argparse.Namespace) -> int:
             elif result.through is None:
                 print(f"{ref}: nothing pruned ({result.reason})")
             else:
-                print(f"{ref}: removed {result.removed} applied entries (through position {result.through})")
+                print(f"{ref}: removed {plural(result.removed, 'applied entry', 'applied entries')} "
+                      f"(through position {result.through})")
     return 0

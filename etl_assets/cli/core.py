@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 
+from etl_assets import console
 from etl_assets.errors import ConfigError, ServerError
 
 
@@ -165,20 +166,19 @@ def cmd_seed(args: argparse.Namespace) -> int:
     if rows < 0 or not 0 <= share <= 1:
         raise ConfigError("--rows must be >= 0 and --dirty-share between 0 and 1.")
     print(
-        f"seeding shop in {redact_dsn(env.source_dsn)}: {rows:,} orders, seed {seed_value}, "
-        f"dirty share {share}"
+        f"seeding the demo source (shop in {redact_dsn(env.source_dsn)}): {rows:,} orders, "
+        f"seed {seed_value}, dirty share {share}…",
+        flush=True,
     )
-    result = demo.seed(
-        env.source_dsn,
-        rows=rows,
-        seed=seed_value,
-        dirty_share=share,
-        progress=lambda s: print(f"  {s}", flush=True),
-        until=args.until,
-    )
+    # A bar on a terminal; elsewhere a plain line per statement (ETL_PROGRESS, etl_assets.console).
+    with console.progress(rows + demo.customer_count(rows), "seeding shop", unit="rows", lines=True) as bar:
+        result = demo.seed(
+            env.source_dsn, rows=rows, seed=seed_value, dirty_share=share, progress=bar.update,
+            until=args.until,
+        )
     print(
         f"seeded {result.customers:,} customers, {result.categories} categories, {result.orders:,} orders "
-        f"(created in the year before {result.until}) in {result.seconds:.1f}s"
+        f"(created in the year before {result.until}) in {console.duration_text(result.seconds)}"
     )
     print("incremental extracts keep their cursors: run `etl-assets reset` for a full reload of the new demo")
     return 0
@@ -210,9 +210,10 @@ def _simulate_events(source_dsn: str, args: argparse.Namespace) -> int:
         raise ConfigError("--events must be >= 0 and --rate > 0.")
     result = produce(source_dsn, args.events, rate=args.rate, seed=args.seed)
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.by_kind.items()))
+    ids = f"; event ids {result.first_id}..{result.last_id}" if result.first_id is not None else ""
     print(
-        f"wrote {result.events:,} order events ({kinds}) in {result.batches:,} transactions, "
-        f"{result.seconds:.1f} s; event ids {result.first_id}..{result.last_id}"
+        f"wrote {console.plural(result.events, 'order event')}" + (f" ({kinds})" if kinds else "")
+        + f" in {console.plural(result.batches, 'transaction')}, {console.duration_text(result.seconds)}{ids}"
     )
     return 0
 
@@ -229,7 +230,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         for target in unknown:
             print(f"no stored state for {target} (nothing to reset)")
     else:
-        print(f"reset {len(removed)} target(s): " + (", ".join(removed) if removed else "none had state"))
+        print(f"reset {console.plural(len(removed), 'target')}: "
+              + (", ".join(removed) if removed else "none had state"))
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import getpass
 
+from etl_assets.console import plural, print_table
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dlq", help="list, replay or discard dead-lettered rows")
@@ -59,20 +61,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not totals:
         print("no dead letters")
         return 0
-    print("asset                          status      rows")
-    for (asset, st), n in sorted(totals.items()):
-        print(f"{asset:<30} {st:<10} {n:>6}")
+    print_table(["asset", "status", "rows"], [(a, st, n) for (a, st), n in sorted(totals.items())], right=[2])
     if letters:
         print()
-        print(
-            f"{'id':>7}  {'asset':<24} {'partition':<11} {'stage':<16} {'error':<18} {'tries':>5}  "
-            "last failed"
+        print_table(
+            ["id", "asset", "partition", "stage", "error", "tries", "last failed", "status"],
+            [
+                (x.id, x.asset_key, x.partition_key or "-", x.stage, x.error_class, x.attempts,
+                 f"{x.last_failed_at:%Y-%m-%d %H:%M:%S}", x.status)
+                for x in letters
+            ],
+            right=[0, 5],
         )
-        for x in letters:
-            print(
-                f"{x.id:>7}  {x.asset_key:<24} {x.partition_key or '-':<11} {x.stage:<16} "
-                f"{x.error_class:<18} {x.attempts:>5}  {x.last_failed_at:%Y-%m-%d %H:%M:%S} {x.status}"
-            )
         shown = sum(n for (_, st), n in totals.items() if status is None or st == status)
         if shown > len(letters):
             print(f"... {shown - len(letters)} more (--limit)")
@@ -126,5 +126,5 @@ def cmd_discard(args: argparse.Namespace) -> int:
         ensure_migrated(conn)
         with conn.transaction():
             n = dlq.discard(conn, ids=args.ids, asset_key=args.asset, by=f"cli:{getpass.getuser()}")
-    print(f"discarded {n} dead letter(s)")
+    print(f"discarded {plural(n, 'dead letter')}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from etl_assets.console import print_table
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -42,7 +44,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 0
     failed_runs = ", ".join(f"{n} {status}" for status, n in sorted(runs.items())) or "none"
     header = ("asset", "runs", "success", "failures", "avg s", "p95 s", "max s", "records", "failed", "last")
-    table = [header] + [
+    table = [
         (
             r.asset,
             str(r.runs),
@@ -55,13 +57,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     print(f"Run metrics over the last {args.window} (runs not succeeding: {failed_runs}):")
-    for row in table:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    print_table(header, table, right=range(1, len(header) - 1))
     return 0

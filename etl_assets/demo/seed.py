@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -34,6 +35,7 @@ DEFAULT_SEED = 42
 DEMO_ROWS_VAR = "ETL_DEMO_ROWS"  # overrides DEFAULT_ROWS for the automatic seeding (tests use it)
 DEFAULT_DIRTY_SHARE = 0.02
 BATCH_ROWS = 1_000_000  # rows per INSERT … SELECT statement
+PROGRESS_BATCH_ROWS = 10_000  # with a progress callback: statements of at least this many rows
 SPAN = timedelta(days=365)  # created_at of clean rows lies in [until - SPAN, until)
 END = datetime(2026, 1, 1, tzinfo=UTC)  # a fixed anchor for reproducible tests (the golden rows)
 HUGE_AMOUNT = 1_000_000  # dirty "huge" amounts are at least this
@@ -276,12 +278,17 @@ def _base_params(seed_value: int, dirty_share: float, until: datetime = END) -> 
     }
 
 
+def customer_count(rows: int, customers: int | None = None) -> int:
+    """Customers seeded with ``rows`` orders: a tenth of them (at least 10) unless given."""
+    return customers if customers is not None else max(10, rows // 10)
+
+
 def _check_args(rows: int, customers: int | None, dirty_share: float) -> int:
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     if not 0.0 <= dirty_share <= 1.0:
         raise ValueError(f"dirty_share must lie in [0, 1], got {dirty_share}")
-    n_customers = customers if customers is not None else max(10, rows // 10)
+    n_customers = customer_count(rows, customers)
     if n_customers < 1:
         raise ValueError(f"customers must be >= 1, got {n_customers}")
     return n_customers
@@ -293,10 +300,11 @@ def _seed_in(
     seed_value: int,
     dirty_share: float,
     customers: int | None,
-    progress=None,
+    progress: Callable[[int, str], None] | None = None,
     until: datetime = END,
 ) -> SeedResult:
-    """(Re)create the schema inside the caller's transaction."""
+    """(Re)create the schema inside the caller's transaction; ``progress(rows, "shop.<table>")`` after
+    each statement (``rows`` more rows written; :meth:`etl_assets.console.Progress.update` fits)."""
     began = time.perf_counter()
     n_customers = _check_args(rows, customers, dirty_share)
     params = _base_params(seed_value, dirty_share, until)
@@ -312,11 +320,13 @@ def _seed_in(
         ("customers", _CUSTOMERS_SQL, n_customers, {}),
         ("orders", _ORDERS_SQL, rows, {"user_lo": 1, "n_customers": n_customers}),
     ):
-        for lo in range(1, total + 1, BATCH_ROWS):
-            hi = min(total, lo + BATCH_ROWS - 1)
+        # Smaller statements when someone watches, so the bar moves (the rows do not depend on it).
+        step = BATCH_ROWS if progress is None else min(BATCH_ROWS, max(PROGRESS_BATCH_ROWS, total // 20))
+        for lo in range(1, total + 1, step):
+            hi = min(total, lo + step - 1)
             conn.execute(sql_text, {**params, **extra, "lo": lo, "hi": hi})
             if progress:
-                progress(f"shop.{table}: {hi:,} of {total:,} rows")
+                progress(hi - lo + 1, f"shop.{table}")
     conn.execute(INDEXES)
     info = {
         "seed": seed_value,
@@ -345,7 +355,7 @@ def seed(
     dirty_share: float = DEFAULT_DIRTY_SHARE,
     *,
     customers: int | None = None,
-    progress=None,
+    progress: Callable[[int, str], None] | None = None,
     until: date | datetime | None = None,
 ) -> SeedResult:
     """Drop and recreate schema ``shop`` with ``rows`` orders (and ``rows // 10`` customers), created
@@ -404,7 +414,12 @@ def ensure_seeded(dsn: str, rows: int | None = None) -> bool:
             if is_seeded(conn):
                 return False
             rows = default_rows() if rows is None else rows
-            _seed_in(conn, rows, DEFAULT_SEED, DEFAULT_DIRTY_SHARE, None, until=today())
+            from etl_assets import console
+
+            console.announce(f"seeding the demo source: {rows:,} orders…")
+            with console.progress(rows + customer_count(rows), "seeding shop", unit="rows") as bar:
+                _seed_in(conn, rows, DEFAULT_SEED, DEFAULT_DIRTY_SHARE, None, progress=bar.update,
+                         until=today())
             return True
 
 

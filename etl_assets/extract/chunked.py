@@ -23,6 +23,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from etl_assets import console
 from etl_assets.io.bulk import copy_frame
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
@@ -71,7 +72,9 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
         note_schema_changes(report, spec, info)
         state = pass_state(previous, src, report, run_id)
         finished = False
+        bar = chunk_progress(src, spec, state["chunks"])
         for frame in iter_keyset_chunks(src, table, key, spec.chunk_size, state["after"]):
+            bar.update(1)
             report.rows_read += frame.height
             report.chunks += 1
             finished = frame.height < spec.chunk_size
@@ -98,8 +101,21 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
                 state[ROWS_KEY] = report.table_rows = target_rows(
                     wh, spec.target, KIND, created=info.created and report.chunks == 0)
                 save_state(wh, spec.target, KIND, state, run_id)
+        bar.close()
         finish_target(wh, report)
     return report.finish()
+
+
+def chunk_progress(src: psycopg.Connection, spec: TableSpec, done: int = 0) -> console.Progress:
+    """A bar of chunks done out of an estimate (the planner's row estimate / chunk size) when
+    ``etl-assets run`` runs the extract on a terminal; nothing elsewhere (etl_assets.console)."""
+    estimate = src.execute(
+        "SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (spec.source.schema, spec.source.name)
+    ).fetchone()
+    rows = int(estimate[0]) if estimate and estimate[0] is not None and estimate[0] >= 0 else None
+    total = max(done + 1, -(-rows // spec.chunk_size)) if rows is not None else None
+    return console.command_progress(total, f"{spec.source}", unit="chunks", initial=done)
 
 
 def pass_state(previous: dict[str, Any], src: psycopg.Connection, report: ExtractReport, run_id: str | None
@@ -134,11 +150,13 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
             lock_target(wh, target)
 
             def fill(into: TableRef) -> int:
-                for frame in iter_keyset_chunks(src, table, spec.primary_key, spec.chunk_size):
-                    copy_frame(wh, frame, into, targets=info.types)
-                    report.rows_read += frame.height
-                    report.chunks += 1
-                    del frame
+                with chunk_progress(src, spec) as bar:
+                    for frame in iter_keyset_chunks(src, table, spec.primary_key, spec.chunk_size):
+                        copy_frame(wh, frame, into, targets=info.types)
+                        report.rows_read += frame.height
+                        report.chunks += 1
+                        bar.update(1)
+                        del frame
                 return report.rows_read
 
             if spec.load == "truncate_insert":

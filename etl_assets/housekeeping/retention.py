@@ -93,6 +93,7 @@ def prune_cdc_logs(context: dg.OpExecutionContext) -> dg.Output[int]:
 )
 def purge_resolved_dead_letters(context: dg.OpExecutionContext) -> dg.Output[int]:
     from etl_assets import dlq
+    from etl_assets.console import duration_text, plural
     from etl_assets.migrations import ensure_migrated
 
     older_than = dlq_retention()
@@ -102,7 +103,9 @@ def purge_resolved_dead_letters(context: dg.OpExecutionContext) -> dg.Output[int
         conn.commit()
         conn.autocommit = True
         removed = dlq.purge_resolved(conn, older_than)
-    context.log.info(f"removed {removed} dead letter(s) resolved before now - {older_than}")
+    context.log.info(
+        f"removed {plural(removed, 'dead letter')} resolved more than {duration_text(older_than)} ago"
+    )
     return dg.Output(
         removed,
         metadata={

@@ -35,6 +35,7 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
+from etl_assets.console import plural
 from etl_assets.errors import ConfigError, EtlError
 from etl_assets.io.tables import TableRef
 from etl_assets.quality.rules import Rule, RuleResult, evaluate, partition_scope
@@ -274,7 +275,8 @@ def _route(
         result.error = f"routing to the dead-letter table failed: {type(exc).__name__}: {exc}"
         return result
     context.log.warning(
-        f"check {result.rule.name}: moved {moved} failing row(s) of {result.table} to etl.dead_letters"
+        f"check {result.rule.name}: moved {plural(moved, 'failing row')} of {result.table} "
+        "to etl.dead_letters"
     )
     result.observed["dead_lettered"] = moved
     result.passed = True

@@ -65,8 +65,10 @@ def declared_rule_sets(config: Any = None) -> list[RuleSet]:
         return []
     sets: list[RuleSet] = []
     for spec in config.tables:
-        sensitive = parse_sensitive(spec.label, list(spec.sensitive))
-        rules = parse_rules(spec.label, list(spec.checks))
+        where = spec.origin or getattr(config, "path", None)  # the file, for messages with lines
+        sensitive = parse_sensitive(spec.label, list(spec.sensitive), origin=where,
+                                    line=spec.key_lines.get("sensitive"))
+        rules = parse_rules(spec.label, list(spec.checks), origin=where, lines=spec.check_lines)
         key = dg.AssetKey(spec.asset_key_path)
         if rules and not all(checkable(key, r.name) for r in rules):
             from etl_assets.errors import ConfigError

@@ -514,8 +514,10 @@ def _secs(value: float | None) -> str:
 
 
 def summary_markdown(summaries: Sequence[AssetSummary], window: _dt.timedelta) -> str:
+    from etl_assets.console import duration_text
+
     lines = [
-        f"Run metrics over the last {window} (etl.run_metrics)",
+        f"Run metrics over the last {duration_text(window)} (etl.run_metrics)",
         "",
         "| asset | runs | success rate | failures | avg s | p95 s | max s | records | failed records "
         "| last |",

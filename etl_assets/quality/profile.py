@@ -304,6 +304,7 @@ def profile_after_write(
     try:
         with conn.transaction():
             if every is not None and every.total_seconds() > 0:
+                from etl_assets.console import duration_text
                 from etl_assets.migrations import ensure_migrated
 
                 ensure_migrated(conn)
@@ -313,8 +314,9 @@ def profile_after_write(
                     return {
                         "profile/last_full_at": dg.MetadataValue.timestamp(last),
                         "profile/skipped": dg.MetadataValue.text(
-                            f"full profile at most every {every} ({PROFILE_EVERY_VAR}); the last one ran "
-                            f"at {last.isoformat()}, the next after {(last + every).isoformat()}"
+                            f"full profile at most every {duration_text(every)} ({PROFILE_EVERY_VAR}); "
+                            f"the last one ran at {last.isoformat()}, "
+                            f"the next after {(last + every).isoformat()}"
                         ),
                     }
             meta = profile_table_metadata(conn, target, sensitive=list(sensitive))

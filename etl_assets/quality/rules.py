@@ -242,15 +242,26 @@ class Rule:
             "not_null": f"{cols} is never NULL",
             "unique": f"({cols}) is unique",
             "accepted_values": f"{cols} is one of the accepted values",
-            "range": f"{cols} lies in [{self.min}, {self.max}]",
+            "range": f"{cols} {_bounds(self.min, self.max)}",
             "pattern": f"{cols} matches {self.regex}",
             "not_in_future": f"{cols} is not in the future",
             "references": f"({cols}) exists in {self.to_table}",
-            "row_count": f"row count lies in [{self.min}, {self.max}]",
+            "row_count": f"row count {_bounds(self.min, self.max)}",
             "sql": "custom SQL",
             "polars": "custom polars expression",
         }[self.kind]
         return f"{summary} ({self.severity})"
+
+
+def _bounds(low: Any, high: Any) -> str:
+    """``lies in [0, 100]``, ``is at least 0``, ``is at most 100``: never a ``None`` bound."""
+    if low is not None and high is not None:
+        return f"lies in [{low}, {high}]"
+    if low is not None:
+        return f"is at least {low}"
+    if high is not None:
+        return f"is at most {high}"
+    return "is unbounded"
 
 
 def _is_polars_expr(value: Any) -> bool:
@@ -266,12 +277,24 @@ def _is_polars_expr(value: Any) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_rules(table: str, items: Any, *, sensitive: Sequence[str] | None = None) -> list[Rule]:
+def parse_rules(
+    table: str,
+    items: Any,
+    *,
+    sensitive: Sequence[str] | None = None,
+    origin: str | None = None,
+    lines: Sequence[Any] = (),
+) -> list[Rule]:
     """Validate a table's raw ``checks:`` list into rules; every mistake names table, check and key.
 
     ``column: x`` is accepted as a shorthand for ``columns: [x]`` (and ``to_column`` for
-    ``to_columns``). Names must be unique per table.
+    ``to_columns``). Names must be unique per table. With ``origin`` (the declaring file) and
+    ``lines`` (each check's lines, from :attr:`TableSpec.check_lines`), a message starts like the
+    table errors do: ``tables.yaml: table shop.orders, check 'x' (line 12): …``, the line being the
+    offending key's where there is one.
     """
+    from etl_assets.pipeline_config import KeyLines  # local: the declaration module imports much
+
     if items is None:
         return []
     if not isinstance(items, list):
@@ -279,26 +302,34 @@ def parse_rules(table: str, items: Any, *, sensitive: Sequence[str] | None = Non
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, item in enumerate(items, start=1):
-        label = f"Table {table}, check #{index}"
+        where = lines[index - 1] if index - 1 < len(lines) else KeyLines()
+        head = f"{origin}: table {table}" if origin else f"Table {table}"
+
+        def fail(message: str, key: str | None = None, label_of: str = f"check #{index}",
+                 where: Any = where, head: str = head) -> ConfigError:
+            line = where.of(key) if key else where.line
+            return ConfigError(f"{head}, {label_of}{f' (line {line})' if line else ''}: {message}")
+
+        label = f"check #{index}"
         if not isinstance(item, Mapping):
-            raise ConfigError(f"{label}: each check must be a mapping with at least 'name' and 'kind'.")
+            raise fail("each check must be a mapping with at least 'name' and 'kind'.")
         name = item.get("name")
         if isinstance(name, str):
-            label = f"Table {table}, check {name!r}"
+            label = f"check {name!r}"
         for key in ("name", "kind"):
             if key not in item:
-                raise ConfigError(f"{label}: missing required key '{key}'.")
+                raise fail(f"missing required key '{key}'.", None, label)
         kind = item["kind"]
         if kind not in KINDS:
-            raise ConfigError(f"{label}: unknown kind {kind!r}; allowed: {', '.join(KINDS)}.")
+            raise fail(f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}.", "kind", label)
         raw = dict(item)
         for short, long in (("column", "columns"), ("to_column", "to_columns")):
             if short in raw:
                 if long in raw:
-                    raise ConfigError(f"{label}: give either '{short}' or '{long}', not both.")
+                    raise fail(f"give either '{short}' or '{long}', not both.", short, label)
                 value = raw.pop(short)
                 if not isinstance(value, str):
-                    raise ConfigError(f"{label}: '{short}' must be one column name; use '{long}' for a list.")
+                    raise fail(f"'{short}' must be one column name; use '{long}' for a list.", short, label)
                 raw[long] = [value]
         required, optional = KINDS[kind]
         allowed = _COMMON_KEYS | required | optional
@@ -309,24 +340,25 @@ def parse_rules(table: str, items: Any, *, sensitive: Sequence[str] | None = Non
                     | ({"column"} if "columns" in allowed else set())
                     | ({"to_column"} if "to_columns" in allowed else set())
                 )
-                raise ConfigError(
-                    f"{label}: unknown key '{key}' for kind {kind}; allowed: {', '.join(shown)}."
-                )
+                raise fail(f"unknown key '{key}' for kind {kind}; allowed: {', '.join(shown)}.", key, label)
         for key in required:
             if key not in raw:
                 shown = "'column' or 'columns'" if key == "columns" else f"'{key}'"
-                raise ConfigError(f"{label}: kind {kind} needs {shown}.")
+                raise fail(f"kind {kind} needs {shown}.", None, label)
         for key in ("columns", "to_columns", "values"):
             if key in raw and not isinstance(raw[key], list):
-                raise ConfigError(f"{label}: '{key}' must be a list.")
+                raise fail(f"'{key}' must be a list.", key, label)
         try:
             rule = Rule(**raw)
         except ConfigError as exc:
-            raise ConfigError(f"Table {table}, {exc}") from None
+            # "Check 'x': problem" from Rule itself: keep its words, add where the check is
+            text = str(exc)
+            problem = text.split(": ", 1)[1] if text.startswith("Check ") and ": " in text else text
+            raise fail(problem, None, label) from None
         except TypeError as exc:  # pragma: no cover - guarded by the key checks above
-            raise ConfigError(f"{label}: {exc}") from None
+            raise fail(str(exc), None, label) from None
         if rule.name in seen:
-            raise ConfigError(f"{label}: two checks of this table share the name {rule.name!r}.")
+            raise fail(f"two checks of this table share the name {rule.name!r}.", "name", label)
         seen.add(rule.name)
         rules.append(rule)
     if sensitive is not None:
@@ -334,12 +366,14 @@ def parse_rules(table: str, items: Any, *, sensitive: Sequence[str] | None = Non
     return rules
 
 
-def parse_sensitive(table: str, value: Any) -> tuple[str, ...]:
-    """Validate a table's ``sensitive:`` list of column names."""
+def parse_sensitive(table: str, value: Any, *, origin: str | None = None, line: int | None = None
+                    ) -> tuple[str, ...]:
+    """Validate a table's ``sensitive:`` list of column names (``origin``/``line``: where it is written)."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"Table {table}: 'sensitive' must be a list of column names.")
+        where = f"{origin}: table {table}, key 'sensitive'" if origin else f"Table {table}: 'sensitive'"
+        raise ConfigError(f"{where}{f' (line {line})' if line else ''} must be a list of column names.")
     return tuple(value)
 
 

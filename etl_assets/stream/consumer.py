@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from etl_assets.console import plural
 from etl_assets.db import connect
 from etl_assets.retry import is_transient
 from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
@@ -245,7 +246,7 @@ def run(
                 if source is None:
                     source, listen, warehouse = conns.open()
                     if failures:
-                        out(f"stream run: reconnected after {failures} failed attempt(s)")
+                        out(f"stream run: reconnected after {plural(failures, 'failed attempt')}")
                         stats.reconnects += 1
                     failures = 0
                 batch = processor.process_once(

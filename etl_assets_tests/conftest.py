@@ -222,3 +222,30 @@ def stream_dbs(pg_admin_dsn: str) -> Iterator[dict[str, str]]:
     yield dsns
     for name in names.values():
         drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def fresh_project(pg_admin_dsn: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Fresh source (the seeded demo, 2,000 orders), warehouse and Dagster databases, and the whole
+    environment a child process (daemon, run worker) of the project needs to use them."""
+    from etl_assets.demo import seed as demo
+
+    prefix = f"a{secrets.token_hex(4)}"
+    names = {role: f"{prefix}_{role}" for role in ("source", "warehouse", "dagster")}
+    dsns = {role: create_database(pg_admin_dsn, name) for role, name in names.items()}
+    demo.seed(dsns["source"], rows=2000, customers=200, until=demo.today())
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ETL_AUTOMATION", "ETL_EMBEDDED", "ETL_PIPELINES")}
+    env.update({
+        "ETL_SOURCE_DSN": dsns["source"],
+        "ETL_WAREHOUSE_DSN": dsns["warehouse"],
+        "DAGSTER_PG_URL": dsns["dagster"],
+        "DAGSTER_HOME": str(home),
+        "ETL_HOME": str(tmp_path / "etl_home"),
+    })
+    yield env
+    for name in names.values():
+        drop_database(pg_admin_dsn, name)

@@ -143,3 +143,16 @@ def test_changed_days_sensor_requests_exactly_the_changed_day(wh: str, instance)
                                  "mart.daily_category_totals t WHERE order_date = %s", (d,)).fetchone()[0]
                  for d in DAYS}
     assert {d for d in DAYS if before[d] != after[d]} == {ten_days_ago}
+    # Two days far apart change: ONE run over the range between them, below the extracts' priority.
+    three_days_ago = TODAY - dt.timedelta(days=3)
+    with psycopg.connect(wh) as conn:
+        for day in (ten_days_ago, three_days_ago):
+            conn.execute("UPDATE mart.orders_enriched SET amount = amount + 7 WHERE id = "
+                         "(SELECT min(id) FROM mart.orders_enriched WHERE order_date = %s)", (day,))
+    upstream_materialized()
+    (request,) = tick().run_requests
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == (str(ten_days_ago), str(three_days_ago))
+    assert request.tags["dagster/priority"] == "-1"
+    _run(wh, instance, partition_range=f"{ten_days_ago}..{three_days_ago}")
+    for day in (ten_days_ago, three_days_ago):
+        _equal_to_source(wh, day)

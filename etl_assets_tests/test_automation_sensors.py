@@ -83,6 +83,7 @@ def test_change_requests_one_run_same_change_once_no_change_no_run(dbs, instance
     (request,) = _tick(sensor, job, specs, instance, dbs).run_requests
     assert set(request.asset_selection) == {dg.AssetKey(s.asset_key_path) for s in specs}
     assert request.tags[sensors.AUTOMATION_TAG] == sensor.name
+    assert request.tags["dagster/priority"] == "1"  # ahead of the recompute runs in the queue
     for spec in specs:
         run(spec, dbs)
     # Nothing moved: no run, and the reason says what was seen.

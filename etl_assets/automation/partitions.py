@@ -5,9 +5,12 @@
 would never reach that day's totals. This sensor runs after each new materialization of the input:
 one ``GROUP BY order_date`` reads a signature of each day's rows (row count and the sum of a 64-bit
 hash of every row), compares it with the signatures it stored in its cursor, and requests the days
-whose signature changed (or that lost all their rows). Contiguous days go in one run (a partition
-range, which ``BackfillPolicy.single_run()`` on the asset allows); the run key holds the range and
-the signatures, so the same change is requested once.
+whose signature changed (or that lost all their rows). All of them go in ONE run per tick: the
+partition range from the first to the last changed day (``BackfillPolicy.single_run()`` on the asset
+allows it; the days in between are recomputed too, one read of their rows). Updates scattered over
+many days would otherwise queue one run per stretch of days, ahead of the extract runs that carry
+the next change. The run key holds the range and the signatures, so the same change is requested
+once. The runs go at a lower priority (``dagster/priority``) than the extract sensors' runs.
 
 The signature query reads the input table once (it is rebuilt whole on each run anyway); the
 aggregate then reads only the changed days.
@@ -17,19 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 
 import dagster as dg
 import psycopg
 from psycopg import sql
 
-from etl_assets.automation.sensors import AUTOMATION_TAG, default_status
+from etl_assets.automation.sensors import AUTOMATION_TAG, PRIORITY_TAG, default_status
 from etl_assets.db import PostgresResource
 from etl_assets.io.tables import TableRef
 
 SENSOR_NAME = "watch_changed_days"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+RECOMPUTE_PRIORITY = "-1"  # below the extract sensors' runs (etl_assets.automation.sensors)
 
 
 def day_signatures(conn: psycopg.Connection, table: TableRef, column: str = "order_date") -> dict[str, str]:
@@ -48,19 +51,6 @@ def changed_days(before: dict[str, str], now: dict[str, str], valid: set[str]) -
     """Days (valid partition keys) whose signature differs, including days whose rows all left."""
     days = {d for d in set(before) | set(now) if before.get(d) != now.get(d)}
     return sorted(days & valid)
-
-
-def ranges(days: Iterable[str], partitions: dg.TimeWindowPartitionsDefinition) -> list[tuple[str, str]]:
-    """Contiguous runs of partition keys as (first, last)."""
-    keys = partitions.get_partition_keys()
-    index = {k: i for i, k in enumerate(keys)}
-    out: list[tuple[str, str]] = []
-    for day in sorted(days, key=index.__getitem__):
-        if out and index[out[-1][1]] + 1 == index[day]:
-            out[-1] = (out[-1][0], day)
-        else:
-            out.append((day, day))
-    return out
 
 
 def build_changed_days_sensor(daily: dg.AssetKey, upstream: dg.AssetKey,
@@ -95,18 +85,18 @@ def build_changed_days_sensor(daily: dg.AssetKey, upstream: dg.AssetKey,
             return dg.SensorResult(skip_reason=dg.SkipReason(
                 f"{upstream.to_user_string()} changed (event {latest}), but no completed day's rows did"),
                 cursor=new_cursor)
-        requests = []
-        for first, last in ranges(days, partitions):
-            sigs = [now.get(d) for d in valid if first <= d <= last]
-            digest = hashlib.sha1(json.dumps(sorted(map(str, sigs))).encode()).hexdigest()[:16]
-            tags = {AUTOMATION_TAG: SENSOR_NAME}
-            if first == last:
-                requests.append(dg.RunRequest(run_key=f"{SENSOR_NAME}:{first}:{digest}",
-                                              asset_selection=[daily], partition_key=first, tags=tags))
-            else:
-                requests.append(dg.RunRequest(run_key=f"{SENSOR_NAME}:{first}..{last}:{digest}",
-                                              asset_selection=[daily],
-                                              tags={**tags, RANGE_START: first, RANGE_END: last}))
+        first, last = days[0], days[-1]  # sorted partition keys (dates)
+        sigs = [now.get(d) for d in valid if first <= d <= last]
+        digest = hashlib.sha1(json.dumps(sorted(map(str, sigs))).encode()).hexdigest()[:16]
+        tags = {AUTOMATION_TAG: SENSOR_NAME, PRIORITY_TAG: RECOMPUTE_PRIORITY}
+        if first == last:
+            request = dg.RunRequest(run_key=f"{SENSOR_NAME}:{first}:{digest}",
+                                    asset_selection=[daily], partition_key=first, tags=tags)
+        else:
+            request = dg.RunRequest(run_key=f"{SENSOR_NAME}:{first}..{last}:{digest}",
+                                    asset_selection=[daily],
+                                    tags={**tags, RANGE_START: first, RANGE_END: last})
+        requests = [request]
         context.log.info(f"changed days of {upstream.to_user_string()}: {', '.join(days)}")
         return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 

@@ -43,6 +43,11 @@ from etl_assets.db import PostgresResource
 from etl_assets.pipeline_config import TableSpec
 
 AUTOMATION_TAG = "etl/automation"
+# The run queue starts higher priorities first: an extract carrying a source change goes ahead of the
+# recompute runs other sensors queue (etl_assets.automation.partitions), so a burst of those does not
+# hold the change back.
+PRIORITY_TAG = "dagster/priority"
+EXTRACT_PRIORITY = "1"
 AUTOMATION_VAR = "ETL_AUTOMATION"
 HEARTBEAT_TAG = "etl/heartbeat"
 IN_PROGRESS = [
@@ -190,7 +195,7 @@ def evaluate(context: dg.SensorEvaluationContext, sensor_name: str, interval: fl
     request = dg.RunRequest(
         run_key=key,
         asset_selection=[asset_key(by_target[p.target]) for p in wanted],
-        tags={AUTOMATION_TAG: sensor_name},
+        tags={AUTOMATION_TAG: sensor_name, PRIORITY_TAG: EXTRACT_PRIORITY},
     )
     return dg.SensorResult(run_requests=[request], asset_events=events)
 

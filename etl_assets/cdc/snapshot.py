@@ -26,7 +26,6 @@ from etl_assets.cdc import apply, capture, reader
 from etl_assets.extract.source import SourceTable
 from etl_assets.io import catalog
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType
 
 
 @dataclass
@@ -99,7 +98,7 @@ def take_snapshot(
             # Binary COPY when every column has the source's type in the target (user-defined ones are
             # cast to text in the SELECT); text COPY when an existing target differs (a wider type).
             have = {c.name: str(c.type) for c in catalog.columns(wh, target)}
-            same = all(have.get(c.name) == str(PgType.parse(c.target_type_sql)) for c in table.columns)
+            same = all(have.get(c.name) == str(c.pg_type) for c in table.columns)
             fmt = sql.SQL("(FORMAT binary)" if same else "(FORMAT text)")
             if not same:  # text must be written and read with the same settings on both sides
                 for conn in (src, wh):

@@ -16,10 +16,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from etl_assets.io import catalog
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType, reconcile
+from etl_assets.io.target import LOADED_AT, ensure_target, with_bookkeeping
+from etl_assets.io.typemap import PgType
 from etl_assets.io.writer import lock_target
 from etl_assets.migrations import ensure_migrated
 from etl_assets.pipeline_config import TableSpec
@@ -27,7 +27,6 @@ from etl_assets.pipeline_config import TableSpec
 from .source import SourceTable
 
 Connector = Callable[..., AbstractContextManager[psycopg.Connection]]
-LOADED_AT = "_loaded_at"  # snapshot history (load: insert): when the snapshot was taken
 
 
 @dataclass
@@ -131,11 +130,10 @@ class TargetInfo:
     key_unique: bool = False  # the source guarantees unique keys (SourceTable.key_unique)
 
 
-def target_columns(spec: TableSpec, table: SourceTable) -> list[tuple[str, str]]:
-    cols = [(c.name, c.target_type_sql) for c in table.columns]
-    if spec.load == "insert":
-        cols.append((LOADED_AT, "timestamp with time zone"))
-    return cols
+def target_columns(spec: TableSpec, table: SourceTable) -> dict[str, PgType]:
+    """The target's columns: the source's (with their warehouse types), then the bookkeeping ones."""
+    return with_bookkeeping({c.name: c.pg_type for c in table.columns},
+                            (LOADED_AT,) if spec.load == "insert" else ())
 
 
 def target_key(spec: TableSpec) -> tuple[str, ...]:
@@ -145,50 +143,17 @@ def target_key(spec: TableSpec) -> tuple[str, ...]:
     return (*spec.primary_key, LOADED_AT) if spec.load == "insert" else spec.primary_key
 
 
-def create_table_sql(spec: TableSpec, table: SourceTable, ref: TableRef) -> sql.Composed:
-    parts = [
-        sql.SQL("{} {}{}").format(sql.Identifier(name), sql.SQL(typ),
-                                  sql.SQL(" NOT NULL" if name in target_key(spec) else ""))
-        for name, typ in target_columns(spec, table)
-    ]
-    key = target_key(spec)
-    if key:
-        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
-    return sql.SQL("CREATE TABLE {} ({})").format(ref.ident, sql.SQL(", ").join(parts))
-
-
 def prepare_target(conn: psycopg.Connection, spec: TableSpec, table: SourceTable) -> TargetInfo:
-    """Create the target with the source's types, or add the source's new columns to it.
+    """Create the target with the source's types, or add the source's new columns to it and widen
+    columns whose source type widened (:func:`etl_assets.io.target.ensure_target`).
 
     Runs in its own short transaction under the target's write lock; the data write that follows
     takes the same lock again.
     """
-    target = spec.target
     with conn.transaction():
-        lock_target(conn, target)
-        catalog.ensure_schema(conn, target.schema)
-        if catalog.table_oid(conn, target) is None:
-            conn.execute(create_table_sql(spec, table, target))
-            return TargetInfo(True, {n: PgType.parse(t) for n, t in target_columns(spec, table)}, [], [],
-                              key_unique=table.key_unique)
-        existing = {c.name: c.type for c in catalog.columns(conn, target)}
-        added: list[str] = []
-        for name, typ in target_columns(spec, table):
-            incoming = PgType.parse(typ)
-            if name not in existing:
-                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                    target.ident, sql.Identifier(name), sql.SQL(typ)))
-                existing[name] = incoming
-                added.append(name)
-                continue
-            wider = reconcile(name, str(target), existing[name], incoming)
-            if wider is not None:
-                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
-                    target.ident, sql.Identifier(name), sql.SQL(wider.sql())))
-                existing[name] = wider
-        wanted = {n for n, _ in target_columns(spec, table)}
-        kept = [n for n in existing if n not in wanted]
-        return TargetInfo(False, existing, added, kept, key_unique=table.key_unique)
+        lock_target(conn, spec.target)
+        shape = ensure_target(conn, spec.target, target_columns(spec, table), target_key(spec))
+    return TargetInfo(shape.created, shape.types, shape.added, shape.kept, key_unique=table.key_unique)
 
 
 def note_schema_changes(report: ExtractReport, spec: TableSpec, info: TargetInfo) -> None:

@@ -19,7 +19,7 @@ from psycopg import sql
 
 from etl_assets.errors import MissingObject, MissingPrivilege
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType
+from etl_assets.io.typemap import PgType, warehouse_type
 from etl_assets.pipeline_config import TableSpec
 
 
@@ -31,14 +31,9 @@ class SourceColumn:
     builtin: bool  # a pg_catalog type: exists in every warehouse, binary COPY works across servers
 
     @property
-    def target_type_sql(self) -> str:
-        """The warehouse column type: the source's own for built-in types; text for user-defined
-        ones (enums, domains, composite types), which do not exist in the warehouse."""
-        return self.type_sql if self.builtin else "text"
-
-    @property
     def pg_type(self) -> PgType:
-        return PgType.parse(self.target_type_sql)
+        """The warehouse column type (:func:`etl_assets.io.typemap.warehouse_type`)."""
+        return warehouse_type(self.type_sql, self.builtin)
 
 
 @dataclass(frozen=True)

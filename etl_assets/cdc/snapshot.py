@@ -26,6 +26,7 @@ from etl_assets.cdc import apply, capture, reader
 from etl_assets.extract.source import SourceTable
 from etl_assets.io import catalog
 from etl_assets.io.tables import TableRef
+from etl_assets.io.transfer import set_text_format
 
 
 @dataclass
@@ -36,15 +37,6 @@ class SnapshotResult:
     snapshot: str
     snapshot_max: int | None
     state: dict[str, Any]
-
-
-_TEXT_SETTINGS = (
-    "SET LOCAL TimeZone = 'UTC'",
-    "SET LOCAL DateStyle = 'ISO, YMD'",
-    "SET LOCAL IntervalStyle = 'postgres'",
-    "SET LOCAL extra_float_digits = 3",
-    "SET LOCAL bytea_output = 'hex'",
-)
 
 
 def _select_list(table: SourceTable) -> sql.Composable:
@@ -102,8 +94,7 @@ def take_snapshot(
             fmt = sql.SQL("(FORMAT binary)" if same else "(FORMAT text)")
             if not same:  # text must be written and read with the same settings on both sides
                 for conn in (src, wh):
-                    for setting in _TEXT_SETTINGS:
-                        conn.execute(setting)
+                    set_text_format(conn, local=True)
             rows = 0
             with src.cursor() as scur, wh.cursor() as wcur:
                 with (

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from etl_assets.errors import MissingObject, MissingPrivilege
 from etl_assets.io.tables import TableRef
+from etl_assets.io.transfer import set_text_format
 from etl_assets.io.typemap import PgType, warehouse_type
 from etl_assets.pipeline_config import TableSpec
 
@@ -71,11 +72,7 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
 def prepare_session(conn: psycopg.Connection) -> None:
     """Fix the settings that shape PostgreSQL's text output, so cursor values stored as text
     compare and round-trip exactly whatever the server's defaults are."""
-    conn.execute("SET TimeZone = 'UTC'")
-    conn.execute("SET DateStyle = 'ISO, YMD'")
-    conn.execute("SET IntervalStyle = 'postgres'")
-    conn.execute("SET extra_float_digits = 3")
-    conn.execute("SET bytea_output = 'hex'")
+    set_text_format(conn)
 
 
 def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:

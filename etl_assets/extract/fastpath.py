@@ -17,16 +17,14 @@ metadata are those of the frame path of the same mode:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from etl_assets.io import catalog
-from etl_assets.io.bulk import copy_error
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
+from etl_assets.io.transfer import binary_compatible, stream_copy
 from etl_assets.io.upsert import upsert_from_staging
 from etl_assets.io.writer import lock_target
 from etl_assets.pipeline_config import TableSpec
@@ -56,32 +54,9 @@ from .state import load_state, save_state
 
 
 def binary_ok(table: SourceTable, wh: psycopg.Connection, into: TableRef) -> bool:
-    """Binary COPY needs identical types on both sides; user-defined types (text in the warehouse)
-    and widened columns go as text."""
-    if not table.all_builtin:
-        return False
-    have = {c.name: c.type.sql() for c in catalog.columns(wh, into)}
-    from etl_assets.io.typemap import PgType
-
-    return all(have.get(c.name) == PgType.parse(c.type_sql).sql() for c in table.columns)
-
-
-def stream_copy(src: psycopg.Connection, wh: psycopg.Connection, query: sql.Composable, params: Sequence[Any],
-                into: sql.Composable, columns: Sequence[str], binary: bool) -> int:
-    """Stream ``COPY (query) TO STDOUT`` into ``COPY into (columns) FROM STDIN``; returns rows copied."""
-    fmt = sql.SQL("binary" if binary else "text")
-    out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(query, fmt)
-    in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
-        into, sql.SQL(", ").join(map(sql.Identifier, columns)), fmt)
-    with src.cursor() as scur, wh.cursor() as wcur:
-        try:
-            with scur.copy(out_sql, list(params) or None) as out, wcur.copy(in_sql) as inp:
-                for block in out:
-                    inp.write(block)
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-            # PostgreSQL's message quotes the row's values: masked, and not chained.
-            raise copy_error(exc, into.as_string(wh)) from None
-        return wcur.rowcount
+    """Binary COPY needs identical types on both sides; user-defined types (text in the warehouse,
+    streamed in their own binary form by this path's SELECT) and widened columns go as text."""
+    return table.all_builtin and binary_compatible(wh, into, {c.name: c.pg_type for c in table.columns})
 
 
 def _stage(wh: psycopg.Connection, target: TableRef) -> sql.Identifier:

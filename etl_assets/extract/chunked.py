@@ -27,6 +27,7 @@ from etl_assets.io.bulk import copy_frame
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
@@ -35,7 +36,6 @@ from .common import (
     Connector,
     ExtractReport,
     finish_target,
-    migrated,
     note_schema_changes,
     prepare_target,
     snapshot,

@@ -16,15 +16,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from etl_assets.io.bulk import copy_frame
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.target import LOADED_AT, ensure_target, with_bookkeeping
 from etl_assets.io.typemap import PgType
-from etl_assets.io.writer import lock_target
-from etl_assets.migrations import ensure_migrated
+from etl_assets.io.upsert import upsert_frame
+from etl_assets.io.writer import lock_target, table_schema
 from etl_assets.pipeline_config import TableSpec
 
 from .source import SourceTable
+from .state import save_state
 
 Connector = Callable[..., AbstractContextManager[psycopg.Connection]]
 
@@ -98,19 +100,6 @@ class ExtractReport:
         if self.warnings:
             meta["warnings"] = "\n".join(self.warnings)
         return meta
-
-
-def migrated(conn: psycopg.Connection) -> None:
-    """Make sure ``etl`` (state table) exists; works on an autocommit connection too."""
-    was = conn.autocommit
-    if was:
-        conn.autocommit = False
-    try:
-        ensure_migrated(conn)
-        conn.commit()
-    finally:
-        if was:
-            conn.autocommit = True
 
 
 @contextmanager
@@ -204,9 +193,6 @@ def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: Targe
     stays ``varchar(20)``). ``rows_before``: the target's known row count (when it is not 0, the
     upsert need not probe whether the target is empty).
     """
-    from etl_assets.io.bulk import copy_frame
-    from etl_assets.io.upsert import upsert_frame
-
     target = spec.target
     if mode == "upsert":
         # Rows sharing the declared key are refused, as on the COPY path (nothing silently lost).
@@ -234,10 +220,6 @@ def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], 
     after the last frame, so it can include counts, and is saved inside the same transaction: data
     and state commit together or not at all.
     """
-    from etl_assets.io.bulk import copy_frame
-
-    from .state import save_state
-
     target = spec.target
     with wh.transaction():
         lock_target(wh, target)
@@ -270,8 +252,6 @@ def finish_target(wh: psycopg.Connection, report: ExtractReport) -> None:
     """Row count and column schema of the target for the materialization (the schema lets
     Dagster's column-schema change checks see the extracted table). The count normally comes from
     the write (``target_rows``); the table is counted here only when a path did not set it."""
-    from etl_assets.io.writer import table_schema
-
     if report.table_rows is None:
         report.table_rows = count_rows(wh, report.target)
     report.column_schema = table_schema(wh, report.target)

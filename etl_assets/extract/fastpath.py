@@ -27,6 +27,7 @@ from etl_assets.io.tables import TableRef
 from etl_assets.io.transfer import binary_compatible, stream_copy
 from etl_assets.io.upsert import upsert_from_staging
 from etl_assets.io.writer import lock_target
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
@@ -36,7 +37,6 @@ from .common import (
     ExtractReport,
     TargetInfo,
     finish_target,
-    migrated,
     note_schema_changes,
     prepare_target,
     snapshot,

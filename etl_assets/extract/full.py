@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import polars as pl
 from psycopg import sql
 
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
@@ -20,7 +21,6 @@ from .common import (
     Connector,
     ExtractReport,
     load_frames,
-    migrated,
     note_schema_changes,
     prepare_target,
     snapshot,

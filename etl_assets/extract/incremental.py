@@ -40,13 +40,13 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from etl_assets.errors import ConfigError
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import ANY_ZONE_LAG_SECONDS, TableSpec
 
 from .common import (
     Connector,
     ExtractReport,
     load_frames,
-    migrated,
     note_schema_changes,
     prepare_target,
     snapshot,

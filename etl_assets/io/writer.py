@@ -37,9 +37,12 @@ from etl_assets.errors import ConfigError, SchemaMismatch
 from etl_assets.io import catalog
 from etl_assets.io.batch import CommitHook
 from etl_assets.io.bulk import copy_frame
-from etl_assets.io.tables import TableRef, lock_key
+from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT, build_and_swap
+from etl_assets.io.tables import TableRef, lock_target
 from etl_assets.io.target import TargetShape, ensure_target
 from etl_assets.io.typemap import PgType, pg_type_for, to_polars
+from etl_assets.io.upsert import upsert_frame
+from etl_assets.migrations import ensure_control_tables
 
 WriteMode = Literal["insert", "upsert", "truncate_insert", "swap"]
 WRITE_MODES: tuple[str, ...] = ("insert", "upsert", "truncate_insert", "swap")
@@ -112,28 +115,6 @@ class WriteResult:
 # --------------------------------------------------------------------------------------------------
 # Locks and tables
 # --------------------------------------------------------------------------------------------------
-
-
-def ensure_control_tables(conn: psycopg.Connection) -> None:
-    """Apply the control-schema migrations (etl.swap_history) on ``conn`` if they are missing."""
-    from etl_assets.migrations import ensure_migrated
-
-    if conn.execute("SELECT to_regclass('etl.swap_history')").fetchone()[0] is not None:
-        return
-    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        conn.autocommit = False  # migrate() runs its own transactions on a non-autocommit connection
-        try:
-            ensure_migrated(conn)
-            conn.commit()
-        finally:
-            conn.autocommit = True
-    else:
-        ensure_migrated(conn)
-
-
-def lock_target(conn: psycopg.Connection, target: TableRef) -> None:
-    """Wait for the per-target advisory lock, held until this transaction ends."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(target),))
 
 
 def frame_types(frame: pl.DataFrame, hints: Mapping[str, PgType] | None = None) -> dict[str, PgType]:
@@ -320,6 +301,49 @@ def _check_frame_in_window(
         )
 
 
+def swap_write(
+    conn: psycopg.Connection,
+    df: pl.DataFrame,
+    target: TableRef,
+    *,
+    primary_key: Sequence[str],
+    hints: Mapping[str, PgType],
+    run_id: str | None,
+    lock_timeout: str = LOCK_TIMEOUT,
+    attempts: int = ATTEMPTS,
+):
+    """Swap ``df`` in as ``target`` (called by write_frame inside its transaction, lock held)."""
+    oid = catalog.table_oid(conn, target)
+    if oid is None:  # first load: nothing to swap with
+        shape = ensure_table(conn, df, target, primary_key, hints=hints)
+        copy_frame(conn, df, target, targets=shape.types)
+        return WriteResult(
+            target=target, mode="swap", rows=df.height, inserted=df.height, table_rows=df.height
+        )
+    built: dict[str, Any] = {}
+
+    def evolve(new: TableRef) -> None:
+        built["shape"] = ensure_table(conn, df, target, primary_key, hints=hints, create_as=new)
+
+    def fill(new: TableRef) -> int:
+        return copy_frame(conn, df, new, targets=built["shape"].types)
+
+    _rows, deleted = build_and_swap(
+        conn, target, fill, run_id=run_id, prepare=evolve, lock_timeout=lock_timeout, attempts=attempts
+    )
+    shape = built["shape"]
+    return WriteResult(
+        target=target,
+        mode="swap",
+        rows=df.height,
+        inserted=df.height,
+        deleted=deleted,
+        table_rows=df.height,
+        added_columns=shape.added,
+        widened_columns=shape.widened,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The entry point
 # --------------------------------------------------------------------------------------------------
@@ -360,8 +384,6 @@ def write_frame(
     with conn.transaction():
         lock_target(conn, target)
         if mode == "swap":
-            from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT, swap_write
-
             result = swap_write(
                 conn,
                 df,
@@ -386,8 +408,6 @@ def write_frame(
                 for window in windows_of(partition):
                     _check_frame_in_window(conn, df, target, window, shape.types)
             if mode == "upsert":
-                from etl_assets.io.upsert import upsert_frame
-
                 counts = upsert_frame(
                     conn,
                     df,

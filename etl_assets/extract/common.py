@@ -8,25 +8,26 @@ source columns and keep columns the source dropped (their new rows get NULL, and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from etl_assets.io.bulk import copy_frame
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.target import LOADED_AT, ensure_target, with_bookkeeping
 from etl_assets.io.typemap import PgType
-from etl_assets.io.upsert import upsert_frame
 from etl_assets.io.writer import lock_target, table_schema
 from etl_assets.pipeline_config import TableSpec
 
 from .source import SourceTable
 from .state import save_state
+
+if TYPE_CHECKING:  # the transports build on this module
+    from .transport import Transport
 
 Connector = Callable[..., AbstractContextManager[psycopg.Connection]]
 
@@ -182,70 +183,40 @@ def target_rows(conn: psycopg.Connection, ref: TableRef, kind: str, *, created: 
     return count_rows(conn, ref)
 
 
-def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: TargetInfo, mode: str,
-                report: ExtractReport, run_id: str | None, rows_before: int | None = None) -> None:
-    """Write one frame into the target with the IO layer's bulk pieces, inside the caller's
-    transaction (which holds the target's lock).
+def load_whole(wh: psycopg.Connection, spec: TableSpec, move: Transport, query: sql.Composable,
+               params: Sequence[Any], columns: Sequence[str], info: TargetInfo, report: ExtractReport,
+               state: Callable[[], tuple[str, dict[str, Any]]], run_id: str | None,
+               count_nulls: str | None = None) -> None:
+    """Write the rows of ``query`` (one read, through the transport ``move``) into the target in the
+    declared load mode, in ONE warehouse transaction that ends with the state.
 
-    The writer's own ``write_frame`` would evolve the target from the frame's dtypes, and our frames
-    are text (PostgreSQL's own rendering of every value); ``prepare_target`` has already shaped the
-    target from the SOURCE's types, so the rows go straight in with those types (a ``varchar(20)``
-    stays ``varchar(20)``). ``rows_before``: the target's known row count (when it is not 0, the
-    upsert need not probe whether the target is empty).
-    """
-    target = spec.target
-    if mode == "upsert":
-        # Rows sharing the declared key are refused, as on the COPY path (nothing silently lost).
-        inserted, updated, unchanged, _dups = upsert_frame(
-            wh, frame, target, target_key(spec), None, info.types, run_id=run_id,
-            empty=False if rows_before else None,  # a known non-empty target needs no probe
-            duplicates="refuse", sensitive=spec.sensitive, keys_unique=info.key_unique)
-        report.inserted += inserted
-        report.updated += updated
-        report.unchanged += unchanged
-        return
-    if mode == "truncate_insert":
-        report.deleted = target_rows(wh, target, spec.extract)
-        wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
-    report.inserted += copy_frame(wh, frame, target, targets=info.types)
-
-
-def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], info: TargetInfo,
-                report: ExtractReport, state: Callable[[], tuple[str, dict[str, Any]]], run_id: str | None
-                ) -> None:
-    """Write a stream of frames into the target in ONE transaction that ends with the state.
-
-    Each frame is written in the declared mode (``truncate_insert``: the first frame truncates, the
-    others append); ``swap`` fills a new table frame by frame and swaps it in. ``state()`` is called
-    after the last frame, so it can include counts, and is saved inside the same transaction: data
-    and state commit together or not at all.
+    ``truncate_insert`` truncates and appends; ``swap`` fills a new table and swaps it in; ``insert``
+    appends; ``upsert`` merges by key. ``state()`` is called after the rows are written, so it can
+    include counts, and is saved inside the same transaction: data and state commit together or not
+    at all. ``count_nulls``: a column whose NULLs the upsert counts (the incremental cursor).
     """
     target = spec.target
     with wh.transaction():
         lock_target(wh, target)
-        before = 0 if spec.load in ("swap", "truncate_insert") else target_rows(
-            wh, target, spec.extract, created=info.created)
+        before = 0 if spec.load == "swap" else target_rows(wh, target, spec.extract, created=info.created)
         if spec.load == "swap":
-            def fill(new: TableRef) -> int:
-                rows = 0
-                for frame in frames:
-                    rows += copy_frame(wh, frame, new, targets=info.types)
-                return rows
+            def fill(into: TableRef) -> int:
+                return move.append(query, params, into, columns)
 
-            report.inserted, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
+            report.rows_read, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
+        elif spec.load == "upsert":
+            move.upsert(query, params, columns, report, run_id, before, count_nulls)
         else:
-            first = True
-            for frame in frames:
-                mode = "insert" if spec.load == "truncate_insert" and not first else spec.load
-                known = before + report.inserted if mode == "upsert" else None
-                write_piece(wh, spec, frame, info, mode, report, run_id, known)
-                first = False
-        # A full refresh holds exactly the rows it loaded; otherwise previous + inserted (- deleted).
-        report.table_rows = before + report.inserted - (0 if spec.load in ("swap", "truncate_insert")
-                                                        else report.deleted)
+            if spec.load == "truncate_insert":
+                report.deleted = before
+                wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+            report.rows_read = move.append(query, params, target, columns)
+        if spec.load != "upsert":
+            report.inserted = report.rows_read
+        # A full refresh holds exactly the rows it loaded; insert/upsert add theirs to the stored count.
+        report.table_rows = report.inserted + (0 if spec.load in ("swap", "truncate_insert") else before)
         kind, value = state()
         save_state(wh, target, kind, {**value, ROWS_KEY: report.table_rows}, run_id)
-    finish_target(wh, report)
 
 
 def finish_target(wh: psycopg.Connection, report: ExtractReport) -> None:

@@ -169,7 +169,7 @@ def run_worker(
 
     The worker runs in this process (the Celery CLI is not looked up on PATH); its pool children
     import the project's Definitions from the same installed code and read the same DSNs from the
-    environment, which :func:`etl_assets.settings.ensure_environment` has exported.
+    environment, which :func:`etl_assets.environment.ensure_environment` has exported.
     """
     from celery import signals
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from etl_assets.environment import ensure_environment
 from etl_assets.resources import build_resources
-from etl_assets.settings import ensure_environment
 
 
 def build_definitions() -> dg.Definitions:

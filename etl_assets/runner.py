@@ -648,7 +648,7 @@ def run(
 
         defs = project_defs
     if instance is None:
-        from etl_assets.settings import ensure_environment
+        from etl_assets.environment import ensure_environment
 
         ensure_environment()
         instance = dg.DagsterInstance.get()

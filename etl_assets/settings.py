@@ -2,7 +2,8 @@
 
 One place decides which PostgreSQL servers the project talks to. Each of ``ETL_SOURCE_DSN``,
 ``ETL_WAREHOUSE_DSN`` and ``DAGSTER_PG_URL`` that is unset falls back to a database on the embedded
-server under ``ETL_HOME``; :func:`ensure_environment` resolves them once and exports them into
+server under ``ETL_HOME``; :func:`etl_assets.environment.ensure_environment` resolves them once and
+exports them into
 ``os.environ`` so that every child process (the webserver, the daemon, run workers, ``dagster``
 commands) inherits the same answer and Dagster resources can read them through ``dagster.EnvVar``.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -147,17 +147,6 @@ def redact_environment(text: str) -> str:
     return redact_text(text, *(os.environ.get(var, "") for var in EMBEDDED_DATABASES))
 
 
-@dataclass(frozen=True)
-class Environment:
-    """The resolved connection strings of one process."""
-
-    source_dsn: str
-    warehouse_dsn: str
-    dagster_url: str
-    dagster_home: Path
-    embedded: tuple[str, ...]  # which of the variables point at the embedded server
-
-
 def dagster_home() -> Path:
     """``DAGSTER_HOME`` when set, else ``$ETL_HOME/dagster``, holding a copy of the repo's dagster.yaml."""
     raw = os.environ.get("DAGSTER_HOME")
@@ -174,39 +163,6 @@ def dagster_home() -> Path:
         if not target.exists() or target.read_bytes() != shipped.read_bytes():
             shutil.copyfile(shipped, target)
     return home
-
-
-def ensure_environment(*, seed_demo: bool = True) -> Environment:
-    """Resolve every DSN, starting the embedded server for those that are unset, and export them.
-
-    Idempotent and cheap once the variables are set: a process that inherited them from the
-    command line does no work here.
-    """
-    from etl_assets import embedded  # local: importing pgserver is not free
-
-    missing = [var for var in EMBEDDED_DATABASES if not os.environ.get(var)]
-    if missing:
-        server = embedded.ensure_running()
-        for var in missing:
-            database = EMBEDDED_DATABASES[var]
-            embedded.ensure_database(server, database)
-            os.environ[var] = embedded.database_uri(server, database)
-        os.environ.setdefault("ETL_EMBEDDED", ",".join(missing))
-    os.environ[DAGSTER_URL_VAR] = dagster_storage_url(os.environ[DAGSTER_URL_VAR])
-    home = dagster_home()
-    os.environ["DAGSTER_HOME"] = str(home)
-    env = Environment(
-        source_dsn=os.environ[SOURCE_DSN_VAR],
-        warehouse_dsn=os.environ[WAREHOUSE_DSN_VAR],
-        dagster_url=os.environ[DAGSTER_URL_VAR],
-        dagster_home=home,
-        embedded=tuple(v for v in os.environ.get("ETL_EMBEDDED", "").split(",") if v),
-    )
-    if seed_demo and SOURCE_DSN_VAR in env.embedded:
-        from etl_assets.demo.seed import ensure_seeded
-
-        ensure_seeded(env.source_dsn)
-    return env
 
 
 def with_database(dsn: str, database: str) -> str:

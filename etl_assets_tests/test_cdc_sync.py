@@ -389,6 +389,28 @@ def test_snapshot_into_an_existing_wider_target(
     assert got == (300, 45150, "7.50")
 
 
+def test_snapshot_value_the_target_rejects_is_named_masked_and_writes_nothing(
+    items, source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """The snapshot's COPY is the extract fast path's (io/transfer.stream_copy): a value an existing
+    target cannot hold fails as one SchemaMismatch naming the target, with the value masked."""
+    from etl_assets.errors import SchemaMismatch
+
+    spec = spec_for(items, fresh_schema)
+    warehouse_conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint PRIMARY KEY, name text, amount numeric(4,2), tags text[], doc jsonb, "
+            "seen_at timestamptz, blob bytea)"
+        ).format(spec.target.ident)
+    )
+    source_conn.execute(sql.SQL("UPDATE {} SET amount = 98765.43 WHERE id = 7").format(items.ident))
+    with pytest.raises(SchemaMismatch, match="PostgreSQL rejected the data for") as err:
+        _run(spec, source_dsn, warehouse_dsn)
+    assert "98765.43" not in str(err.value) and err.value.__cause__ is None
+    count = sql.SQL("SELECT count(*) FROM {}").format(spec.target.ident)
+    assert warehouse_conn.execute(count).fetchone()[0] == 0
+
+
 def test_only_the_shipped_demo_declaration_installs_capture_itself(tmp_path, monkeypatch) -> None:
     from etl_assets.cdc.asset import is_shipped_demo
     from etl_assets.pipeline_config import load_pipelines, pipelines_path

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from etl_assets import embedded, settings
+from etl_assets import embedded, environment, settings
 from etl_assets.errors import ConfigError
 
 
@@ -93,7 +93,7 @@ def test_ensure_environment_with_every_dsn_set_starts_nothing(
     monkeypatch.delenv("DAGSTER_HOME")
     plain_url = etl_env["DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
     monkeypatch.setenv("DAGSTER_PG_URL", plain_url)
-    env = settings.ensure_environment()
+    env = environment.ensure_environment()
     assert env.embedded == ()
     assert env.source_dsn == etl_env["ETL_SOURCE_DSN"]
     assert env.dagster_url == etl_env["DAGSTER_PG_URL"]  # normalised to the psycopg2 driver
@@ -107,7 +107,7 @@ def test_ensure_environment_with_every_dsn_set_starts_nothing(
     with psycopg.connect(env.source_dsn) as conn:
         conn.execute("DROP SCHEMA IF EXISTS shop CASCADE")
         conn.commit()
-    settings.ensure_environment()
+    environment.ensure_environment()
     with psycopg.connect(env.source_dsn) as conn:
         assert conn.execute("SELECT to_regnamespace('shop')").fetchone()[0] is None
 

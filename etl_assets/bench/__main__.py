@@ -532,7 +532,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, log=print) -> int:
     """Run the benchmark; exit status 0 when every contender that ran was verified, else 1."""
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     if getattr(args, "markdown", None):
         log(format_markdown(json.loads(Path(args.markdown).read_text())))

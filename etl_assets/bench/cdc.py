@@ -30,9 +30,10 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.cdc import capture, sync
+from etl_assets.environment import ensure_environment
 from etl_assets.io.tables import TableRef
 from etl_assets.pipeline_config import TableSpec
-from etl_assets.settings import ensure_environment, with_database
+from etl_assets.settings import with_database
 
 DDL = """CREATE TABLE {t} (id bigint PRIMARY KEY, name text, amount numeric(12,2), status text,
                            created_at timestamptz, updated_at timestamptz)"""

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(*args.child)
         return 0
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     env = ensure_environment(seed_demo=False)
     summary: dict[str, Any] = {}

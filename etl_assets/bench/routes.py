@@ -140,7 +140,7 @@ def measure(dsn: str, rows: int, repeat: int, log: Callable[[str], None] = print
 
 
 def main(argv: list[str] | None = None) -> int:
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     parser = argparse.ArgumentParser(
         prog="python -m etl_assets.bench.routes", description=__doc__.split("\n")[0]

@@ -24,7 +24,7 @@ from psycopg import sql
 from etl_assets.errors import EtlError
 from etl_assets.extract.source import SourceTable
 from etl_assets.extract.state import save_state, state_key
-from etl_assets.io import catalog
+from etl_assets.io import target as target_table
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target
 
@@ -46,45 +46,16 @@ class TargetShape:
 def ensure_target(
     conn: psycopg.Connection, target: TableRef, table: SourceTable, key: Sequence[str]
 ) -> TargetShape:
-    """Create the target with the source's column types and primary key, or add new source columns.
+    """Create the target with the source's column types and primary key, or add new source columns
+    (:func:`etl_assets.io.target.ensure_target`; CDC adds columns but changes no column's type).
 
     Columns the source dropped stay in the target (NULL for rows written from now on).
     """
-    catalog.ensure_schema(conn, target.schema)
-    if catalog.table_oid(conn, target) is None:
-        parts = [
-            sql.SQL("{} {}{}").format(
-                sql.Identifier(c.name),
-                sql.SQL(c.target_type_sql),
-                sql.SQL(" NOT NULL" if c.name in key else ""),
-            )
-            for c in table.columns
-        ]
-        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.ident, sql.SQL(", ").join(parts)))
-        return TargetShape(table.names, True, [], [])
-    existing = [c.name for c in catalog.columns(conn, target)]
-    added: list[str] = []
-    for column in table.columns:
-        if column.name not in existing:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                    target.ident, sql.Identifier(column.name), sql.SQL(column.target_type_sql)
-                )
-            )
-            added.append(column.name)
-    missing_key = [k for k in key if k not in existing and k not in added]
-    if missing_key:
-        raise EtlError(
-            f"Target {target} has no key column(s) {missing_key}; drop it or choose another target."
-        )
-    source_names = set(table.names)
-    return TargetShape(
-        [c for c in [*existing, *added] if c in source_names],
-        False,
-        added,
-        [c for c in existing if c not in source_names],
+    shape = target_table.ensure_target(
+        conn, target, {c.name: c.pg_type for c in table.columns}, tuple(key), widen=False
     )
+    source_names = set(table.names)
+    return TargetShape([c for c in shape.types if c in source_names], shape.created, shape.added, shape.kept)
 
 
 def lock_state(conn: psycopg.Connection, target: TableRef) -> dict[str, Any] | None:

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from etl_assets.asset_names import op_name, safe_name
+from etl_assets.automation.versions import extract_data_version
+from etl_assets.cdc.sync import sync_table
 from etl_assets.db import PostgresResource
 from etl_assets.pipeline_config import SHIPPED_DEMO, TableSpec
+from etl_assets.quality.scope import after_extract
 from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
 
 
@@ -36,8 +40,6 @@ def is_shipped_demo(origin: str) -> bool:
 
 def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
     """The asset applying ``spec.source``'s change log to ``spec.target``."""
-    from etl_assets.extract.assets import _safe_name, op_name
-
     key = dg.AssetKey(spec.asset_key_path)
     auto = is_shipped_demo(origin)
     description = (
@@ -62,7 +64,7 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         outs={
             "extracted": dg.AssetOut(
                 key=key,
-                group_name=_safe_name(spec.target.schema),
+                group_name=safe_name(spec.target.schema),
                 description=description,
                 metadata=metadata,
                 kinds={"postgres"},
@@ -74,8 +76,6 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         required_resource_keys={keys.source, keys.warehouse},
     )
     def _cdc(context: dg.AssetExecutionContext):
-        from etl_assets.cdc.sync import sync_table
-
         source: PostgresResource = getattr(context.resources, keys.source)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
@@ -93,12 +93,8 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         context.log.info(report.summary())
         # Data quality (etl_assets.quality.scope): the column profile on its cadence; the report's own
         # metadata wins on clashes.
-        from etl_assets.quality.scope import after_extract
-
         quality = after_extract(spec, warehouse, None, context.log, context.run.run_id)
         # A run that applied no change keeps the previous data version (etl_assets.automation.versions).
-        from etl_assets.automation.versions import extract_data_version
-
         changed = bool(report.changes) or report.mode == "snapshot"
         version = extract_data_version(context.instance, key, context.run.run_id, changed)
         return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()},

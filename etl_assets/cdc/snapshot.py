@@ -24,9 +24,8 @@ from psycopg import sql
 
 from etl_assets.cdc import apply, capture, reader
 from etl_assets.extract.source import SourceTable
-from etl_assets.io import catalog
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType
+from etl_assets.io.transfer import binary_compatible, set_text_format, stream_copy
 
 
 @dataclass
@@ -37,15 +36,6 @@ class SnapshotResult:
     snapshot: str
     snapshot_max: int | None
     state: dict[str, Any]
-
-
-_TEXT_SETTINGS = (
-    "SET LOCAL TimeZone = 'UTC'",
-    "SET LOCAL DateStyle = 'ISO, YMD'",
-    "SET LOCAL IntervalStyle = 'postgres'",
-    "SET LOCAL extra_float_digits = 3",
-    "SET LOCAL bytea_output = 'hex'",
-)
 
 
 def _select_list(table: SourceTable) -> sql.Composable:
@@ -95,29 +85,14 @@ def take_snapshot(
             current = apply.lock_state(wh, target)
             shape = apply.ensure_target(wh, target, table, key)
             replaced = wh.execute(sql.SQL("DELETE FROM {}").format(target.ident)).rowcount
-            cols = sql.SQL(", ").join(map(sql.Identifier, table.names))
             # Binary COPY when every column has the source's type in the target (user-defined ones are
             # cast to text in the SELECT); text COPY when an existing target differs (a wider type).
-            have = {c.name: str(c.type) for c in catalog.columns(wh, target)}
-            same = all(have.get(c.name) == str(PgType.parse(c.target_type_sql)) for c in table.columns)
-            fmt = sql.SQL("(FORMAT binary)" if same else "(FORMAT text)")
-            if not same:  # text must be written and read with the same settings on both sides
+            binary = binary_compatible(wh, target, {c.name: c.pg_type for c in table.columns})
+            if not binary:  # text must be written and read with the same settings on both sides
                 for conn in (src, wh):
-                    for setting in _TEXT_SETTINGS:
-                        conn.execute(setting)
-            rows = 0
-            with src.cursor() as scur, wh.cursor() as wcur:
-                with (
-                    scur.copy(
-                        sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT {}").format(
-                            _select_list(table), cap.source.ident, fmt
-                        )
-                    ) as out,
-                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN {}").format(target.ident, cols, fmt)) as into,
-                ):
-                    for chunk in out:
-                        into.write(chunk)
-                rows = wcur.rowcount
+                    set_text_format(conn, local=True)
+            query = sql.SQL("SELECT {} FROM {}").format(_select_list(table), cap.source.ident)
+            rows = stream_copy(src, wh, query, (), target.ident, table.names, binary)
             state = {
                 **(extra_state or {}),
                 "source": str(cap.source),

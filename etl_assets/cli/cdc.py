@@ -84,7 +84,8 @@ def _targets(args: argparse.Namespace) -> list[tuple[object, tuple[str, ...] | N
 
 def _source():
     from etl_assets.db import connect
-    from etl_assets.settings import SOURCE_DSN_VAR, ensure_environment
+    from etl_assets.environment import ensure_environment
+    from etl_assets.settings import SOURCE_DSN_VAR
 
     env = ensure_environment(seed_demo=False)
     return connect(env.source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=True)

@@ -109,7 +109,7 @@ def _iso_date(text: str):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from etl_assets import runner
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     env = ensure_environment()
     print(
@@ -142,8 +142,8 @@ def dev_command(args: argparse.Namespace, workspace: os.PathLike | str) -> list[
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from etl_assets.cli.daemon import service_environment, workspace_file
+    from etl_assets.environment import ensure_environment
     from etl_assets.processes import supervise
-    from etl_assets.settings import ensure_environment
 
     env = ensure_environment()
     workspace = workspace_file()
@@ -157,7 +157,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     from etl_assets.demo import seed as demo
-    from etl_assets.settings import ensure_environment, redact_dsn
+    from etl_assets.environment import ensure_environment
+    from etl_assets.settings import redact_dsn
 
     env = ensure_environment(seed_demo=False)
     rows = demo.DEFAULT_ROWS if args.rows is None else args.rows
@@ -186,7 +187,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from etl_assets.demo import seed as demo
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     env = ensure_environment()
     if args.events is not None:
@@ -220,7 +221,7 @@ def _simulate_events(source_dsn: str, args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     from etl_assets import state as target_state
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     env = ensure_environment(seed_demo=False)
     removed, unknown = target_state.reset(env.warehouse_dsn, args.targets)
@@ -265,14 +266,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from etl_assets.settings import (
-        DAGSTER_URL_VAR,
-        HOME_VAR,
-        SOURCE_DSN_VAR,
-        WAREHOUSE_DSN_VAR,
-        ensure_environment,
-        etl_home,
-    )
+    from etl_assets.environment import ensure_environment
+    from etl_assets.settings import DAGSTER_URL_VAR, HOME_VAR, SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR, etl_home
 
     try:
         env = ensure_environment()

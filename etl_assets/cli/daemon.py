@@ -63,8 +63,8 @@ def daemon_command(workspace, log_level: str = "info") -> list[str]:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from etl_assets.environment import ensure_environment
     from etl_assets.processes import supervise
-    from etl_assets.settings import ensure_environment
 
     env = ensure_environment()
     workspace = workspace_file()

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _warehouse():  # a context manager yielding a connection
     from etl_assets.db import connect
-    from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
+    from etl_assets.environment import ensure_environment
+    from etl_assets.settings import WAREHOUSE_DSN_VAR
 
     env = ensure_environment(seed_demo=False)
     return connect(env.warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR)
@@ -82,8 +83,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from etl_assets.environment import ensure_environment
     from etl_assets.resources import warehouse_resource
-    from etl_assets.settings import ensure_environment
     from etl_assets.transforms.replay import dlq_replay
 
     ensure_environment(seed_demo=False)

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from etl_assets.db import connect
+    from etl_assets.environment import ensure_environment
     from etl_assets.io.swap import rollback
     from etl_assets.io.tables import TableRef
-    from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
+    from etl_assets.settings import WAREHOUSE_DSN_VAR
 
     env = ensure_environment(seed_demo=False)
     target = TableRef.parse(args.target)

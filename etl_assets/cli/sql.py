@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def libpq_dsn(database: str) -> str:
     """The libpq connection string of ``database`` (the Dagster URL without its SQLAlchemy driver)."""
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
 
     env = ensure_environment(seed_demo=database == "source")
     dsn = {"source": env.source_dsn, "warehouse": env.warehouse_dsn, "dagster": env.dagster_url}[database]

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _source(autocommit: bool = True):
     from etl_assets.db import connect
-    from etl_assets.settings import SOURCE_DSN_VAR, ensure_environment
+    from etl_assets.environment import ensure_environment
+    from etl_assets.settings import SOURCE_DSN_VAR
 
     env = ensure_environment(seed_demo=False)
     return connect(env.source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=autocommit)
@@ -89,7 +90,8 @@ def _status(args: argparse.Namespace) -> int:
     )
     print(f"stream queue etl_stream.events: {st.messages:,} messages ({st.invisible:,} claimed){oldest}")
     from etl_assets.db import connect
-    from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
+    from etl_assets.environment import ensure_environment
+    from etl_assets.settings import WAREHOUSE_DSN_VAR
     from etl_assets.stream import sink
 
     env = ensure_environment(seed_demo=False)
@@ -104,7 +106,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from etl_assets.settings import ensure_environment
+    from etl_assets.environment import ensure_environment
     from etl_assets.stream.consumer import ConsumerConfig, run
 
     env = ensure_environment(seed_demo=False)

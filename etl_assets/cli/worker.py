@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from etl_assets.celery_executor import BROKER_VAR, celery_enabled, run_worker
+    from etl_assets.environment import ensure_environment
     from etl_assets.errors import ConfigError
     from etl_assets.migrations import ensure_migrated
-    from etl_assets.settings import WAREHOUSE_DSN_VAR, ensure_environment
+    from etl_assets.settings import WAREHOUSE_DSN_VAR
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1.")

@@ -9,37 +9,22 @@ it from for downstream inputs. The declaration is validated here, when the Defin
 
 # No `from __future__ import annotations`: Dagster inspects the annotations at runtime.
 
-import hashlib
-import re
-
 import dagster as dg
 
+from etl_assets.asset_names import op_name, safe_name
+from etl_assets.automation.versions import extract_data_version
+from etl_assets.cdc.asset import build_cdc_asset
 from etl_assets.db import PostgresResource
 from etl_assets.extract.common import target_key
 from etl_assets.extract.runner import run_extract
 from etl_assets.pipeline_config import PipelineConfig, TableSpec, load_pipelines
+from etl_assets.quality.scope import after_extract, before_extract
 from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-
-
-def _safe_name(text: str) -> str:
-    """A Dagster-valid name for ``text``; a hash keeps two sanitised names apart."""
-    cleaned = _UNSAFE.sub("_", text)
-    if cleaned != text:
-        cleaned = f"{cleaned}_{hashlib.sha1(text.encode()).hexdigest()[:6]}"
-    return cleaned
-
-
-def op_name(spec: TableSpec) -> str:
-    return "extract__" + _safe_name(f"{spec.target.schema}__{spec.target.name}")
 
 
 def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
     """The asset of one declared table, reading its databases from the resources named by ``keys``."""
     if spec.extract == "cdc":
-        from etl_assets.cdc.asset import build_cdc_asset
-
         return build_cdc_asset(spec, origin, keys)
     key = dg.AssetKey(spec.asset_key_path)
     description = (
@@ -59,7 +44,7 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
 
     @dg.multi_asset(
         # An explicit output name: keys may hold characters (spaces, quotes) Dagster names may not.
-        outs={"extracted": dg.AssetOut(key=key, group_name=_safe_name(spec.target.schema),
+        outs={"extracted": dg.AssetOut(key=key, group_name=safe_name(spec.target.schema),
                                        description=description, metadata=metadata,
                                        kinds={"postgres"}, is_required=True)},
         name=op_name(spec),
@@ -67,8 +52,6 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         required_resource_keys={keys.source, keys.warehouse},
     )
     def _extract(context: dg.AssetExecutionContext):
-        from etl_assets.quality.scope import after_extract, before_extract
-
         source: PostgresResource = getattr(context.resources, keys.source)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
@@ -96,8 +79,6 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         quality = after_extract(spec, warehouse, marker, context.log, context.run.run_id)
         # A run that changed no row keeps the previous data version, so automation downstream does not
         # rebuild for nothing (etl_assets.automation.versions).
-        from etl_assets.automation.versions import extract_data_version
-
         changed = bool(report.inserted or report.updated or report.deleted)
         version = extract_data_version(context.instance, key, context.run.run_id, changed)
         return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()},

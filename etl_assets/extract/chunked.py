@@ -17,17 +17,17 @@ OFFSET), so each chunk costs one index range scan and at most ``chunk_size`` row
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
 from etl_assets import console
-from etl_assets.io.bulk import copy_frame
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import lock_target
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
@@ -36,33 +36,52 @@ from .common import (
     Connector,
     ExtractReport,
     finish_target,
-    migrated,
     note_schema_changes,
     prepare_target,
     snapshot,
     target_rows,
-    write_piece,
 )
-from .source import describe, iter_keyset_chunks, key_tuple, prepare_session, require_unique_key
+from .source import SourceTable, describe, prepare_session, require_unique_key, select_list, typed_key_params
 from .state import load_state, save_state
+from .transport import FrameTransport, TransportFactory
 
 KIND = "chunked"
 
 
-def extract_chunked(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
-                    ) -> ExtractReport:
+def extract_chunked(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None,
+                    transport: TransportFactory = FrameTransport) -> ExtractReport:
     with source(autocommit=True) as src:
         describe(src, spec)
         require_unique_key(src, spec)
     if spec.load in ("upsert", "insert"):
-        return _commit_per_chunk(spec, source, warehouse, run_id)
-    return _rebuild(spec, source, warehouse, run_id)
+        return _commit_per_chunk(spec, source, warehouse, run_id, transport)
+    return _rebuild(spec, source, warehouse, run_id, transport)
 
 
-def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
-                      ) -> ExtractReport:
-    report = ExtractReport(spec.target, spec.extract, spec.load)
+def chunk_query(spec: TableSpec, table: SourceTable, after: Sequence[Any] | None, loaded_at: str | None
+                ) -> tuple[sql.Composed, list[Any], list[str]]:
+    """The next keyset chunk: ``WHERE (key) > (after) ORDER BY key LIMIT chunk_size`` (never OFFSET:
+    one index range scan per chunk), with the pass's ``_loaded_at`` for snapshot history (insert);
+    returns the query, its parameters and the names of its columns."""
     key = spec.primary_key
+    order = sql.SQL(", ").join(map(sql.Identifier, key))
+    where, params = sql.SQL("TRUE"), []
+    if after is not None:
+        where = sql.SQL("({}) > ({})").format(order, typed_key_params(table, key, after))
+        params = list(after)
+    columns, extra = list(table.names), sql.SQL("")
+    if loaded_at is not None:
+        extra = sql.SQL(", %s::timestamptz")
+        params = [loaded_at, *params]
+        columns.append(LOADED_AT)
+    query = sql.SQL("SELECT {}{} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
+        select_list(table), extra, table.ref.ident, where, order, sql.Literal(spec.chunk_size))
+    return query, params, columns
+
+
+def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None,
+                      transport: TransportFactory) -> ExtractReport:
+    report = ExtractReport(spec.target, spec.extract, spec.load, path=transport.path)
     with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
         migrated(wh)
         previous = load_state(wh, spec.target, KIND)
@@ -70,37 +89,33 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
         table = describe(src, spec)
         info = prepare_target(wh, spec, table)
         note_schema_changes(report, spec, info)
+        move = transport(src, wh, spec, table, info)
         state = pass_state(previous, src, report, run_id)
-        finished = False
         bar = chunk_progress(src, spec, state["chunks"])
-        for frame in iter_keyset_chunks(src, table, key, spec.chunk_size, state["after"]):
-            bar.update(1)
-            report.rows_read += frame.height
-            report.chunks += 1
-            finished = frame.height < spec.chunk_size
-            state["chunks"] += 1
-            state["rows"] += frame.height
-            state["after"] = None if finished else key_tuple(frame, key)
-            if finished:
-                _mark_finished(state)
-            if spec.load == "insert":
-                frame = frame.with_columns(pl.lit(state["loaded_at"], dtype=pl.String).alias(LOADED_AT))
+        first = True
+        while True:
+            query, params, columns = chunk_query(spec, table, state["after"],
+                                                 state["loaded_at"] if spec.load == "insert" else None)
             with wh.transaction():
                 lock_target(wh, spec.target)
-                before = target_rows(wh, spec.target, KIND, created=info.created and report.chunks == 1)
+                before = target_rows(wh, spec.target, KIND, created=info.created and first)
+                first = False
                 inserted = report.inserted
-                write_piece(wh, spec, frame, info, spec.load, report, run_id, before)
+                rows, last = move.chunk(query, params, columns, report, run_id, before)
+                finished = rows < spec.chunk_size
+                if rows:
+                    bar.update(1)
+                    report.rows_read += rows
+                    report.chunks += 1
+                    state["chunks"] += 1
+                    state["rows"] += rows
+                state["after"] = None if finished else last
+                if finished:
+                    _mark_finished(state)
                 state[ROWS_KEY] = report.table_rows = before + report.inserted - inserted
                 save_state(wh, spec.target, KIND, state, run_id)
-            del frame
-        if not finished:  # the last chunk was exactly full (or the table is empty): close the pass
-            state["after"] = None
-            _mark_finished(state)
-            with wh.transaction():
-                lock_target(wh, spec.target)
-                state[ROWS_KEY] = report.table_rows = target_rows(
-                    wh, spec.target, KIND, created=info.created and report.chunks == 0)
-                save_state(wh, spec.target, KIND, state, run_id)
+            if finished:
+                break
         bar.close()
         finish_target(wh, report)
     return report.finish()
@@ -137,8 +152,9 @@ def _mark_finished(state: dict[str, Any]) -> None:
     state["last_pass_loaded_at"] = state["loaded_at"]
 
 
-def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None) -> ExtractReport:
-    report = ExtractReport(spec.target, spec.extract, spec.load)
+def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None,
+             transport: TransportFactory) -> ExtractReport:
+    report = ExtractReport(spec.target, spec.extract, spec.load, path=transport.path)
     target = spec.target
     with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
         migrated(wh)
@@ -148,15 +164,10 @@ def _rebuild(spec: TableSpec, source: Connector, warehouse: Connector, run_id: s
         note_schema_changes(report, spec, info)
         with snapshot(src), wh.transaction():
             lock_target(wh, target)
+            move = transport(src, wh, spec, table, info)
 
             def fill(into: TableRef) -> int:
-                with chunk_progress(src, spec) as bar:
-                    for frame in iter_keyset_chunks(src, table, spec.primary_key, spec.chunk_size):
-                        copy_frame(wh, frame, into, targets=info.types)
-                        report.rows_read += frame.height
-                        report.chunks += 1
-                        bar.update(1)
-                        del frame
+                report.rows_read, report.chunks = move.fill(table, into)
                 return report.rows_read
 
             if spec.load == "truncate_insert":

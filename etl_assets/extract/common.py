@@ -8,26 +8,28 @@ source columns and keep columns the source dropped (their new rows get NULL, and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from etl_assets.io import catalog
 from etl_assets.io.swap import build_and_swap
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType, reconcile
-from etl_assets.io.writer import lock_target
-from etl_assets.migrations import ensure_migrated
+from etl_assets.io.target import LOADED_AT, ensure_target, with_bookkeeping
+from etl_assets.io.typemap import PgType
+from etl_assets.io.writer import lock_target, table_schema
 from etl_assets.pipeline_config import TableSpec
 
 from .source import SourceTable
+from .state import save_state
+
+if TYPE_CHECKING:  # the transports build on this module
+    from .transport import Transport
 
 Connector = Callable[..., AbstractContextManager[psycopg.Connection]]
-LOADED_AT = "_loaded_at"  # snapshot history (load: insert): when the snapshot was taken
 
 
 @dataclass
@@ -106,19 +108,6 @@ class ExtractReport:
         return meta
 
 
-def migrated(conn: psycopg.Connection) -> None:
-    """Make sure ``etl`` (state table) exists; works on an autocommit connection too."""
-    was = conn.autocommit
-    if was:
-        conn.autocommit = False
-    try:
-        ensure_migrated(conn)
-        conn.commit()
-    finally:
-        if was:
-            conn.autocommit = True
-
-
 @contextmanager
 def snapshot(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """A read-only REPEATABLE READ transaction: every query inside sees one point in time."""
@@ -136,11 +125,10 @@ class TargetInfo:
     key_unique: bool = False  # the source guarantees unique keys (SourceTable.key_unique)
 
 
-def target_columns(spec: TableSpec, table: SourceTable) -> list[tuple[str, str]]:
-    cols = [(c.name, c.target_type_sql) for c in table.columns]
-    if spec.load == "insert":
-        cols.append((LOADED_AT, "timestamp with time zone"))
-    return cols
+def target_columns(spec: TableSpec, table: SourceTable) -> dict[str, PgType]:
+    """The target's columns: the source's (with their warehouse types), then the bookkeeping ones."""
+    return with_bookkeeping({c.name: c.pg_type for c in table.columns},
+                            (LOADED_AT,) if spec.load == "insert" else ())
 
 
 def target_key(spec: TableSpec) -> tuple[str, ...]:
@@ -150,50 +138,17 @@ def target_key(spec: TableSpec) -> tuple[str, ...]:
     return (*spec.primary_key, LOADED_AT) if spec.load == "insert" else spec.primary_key
 
 
-def create_table_sql(spec: TableSpec, table: SourceTable, ref: TableRef) -> sql.Composed:
-    parts = [
-        sql.SQL("{} {}{}").format(sql.Identifier(name), sql.SQL(typ),
-                                  sql.SQL(" NOT NULL" if name in target_key(spec) else ""))
-        for name, typ in target_columns(spec, table)
-    ]
-    key = target_key(spec)
-    if key:
-        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
-    return sql.SQL("CREATE TABLE {} ({})").format(ref.ident, sql.SQL(", ").join(parts))
-
-
 def prepare_target(conn: psycopg.Connection, spec: TableSpec, table: SourceTable) -> TargetInfo:
-    """Create the target with the source's types, or add the source's new columns to it.
+    """Create the target with the source's types, or add the source's new columns to it and widen
+    columns whose source type widened (:func:`etl_assets.io.target.ensure_target`).
 
     Runs in its own short transaction under the target's write lock; the data write that follows
     takes the same lock again.
     """
-    target = spec.target
     with conn.transaction():
-        lock_target(conn, target)
-        catalog.ensure_schema(conn, target.schema)
-        if catalog.table_oid(conn, target) is None:
-            conn.execute(create_table_sql(spec, table, target))
-            return TargetInfo(True, {n: PgType.parse(t) for n, t in target_columns(spec, table)}, [], [],
-                              key_unique=table.key_unique)
-        existing = {c.name: c.type for c in catalog.columns(conn, target)}
-        added: list[str] = []
-        for name, typ in target_columns(spec, table):
-            incoming = PgType.parse(typ)
-            if name not in existing:
-                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                    target.ident, sql.Identifier(name), sql.SQL(typ)))
-                existing[name] = incoming
-                added.append(name)
-                continue
-            wider = reconcile(name, str(target), existing[name], incoming)
-            if wider is not None:
-                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
-                    target.ident, sql.Identifier(name), sql.SQL(wider.sql())))
-                existing[name] = wider
-        wanted = {n for n, _ in target_columns(spec, table)}
-        kept = [n for n in existing if n not in wanted]
-        return TargetInfo(False, existing, added, kept, key_unique=table.key_unique)
+        lock_target(conn, spec.target)
+        shape = ensure_target(conn, spec.target, target_columns(spec, table), target_key(spec))
+    return TargetInfo(shape.created, shape.types, shape.added, shape.kept, key_unique=table.key_unique)
 
 
 def note_schema_changes(report: ExtractReport, spec: TableSpec, info: TargetInfo) -> None:
@@ -233,85 +188,46 @@ def target_rows(conn: psycopg.Connection, ref: TableRef, kind: str, *, created: 
     return count_rows(conn, ref)
 
 
-def write_piece(wh: psycopg.Connection, spec: TableSpec, frame: Any, info: TargetInfo, mode: str,
-                report: ExtractReport, run_id: str | None, rows_before: int | None = None) -> None:
-    """Write one frame into the target with the IO layer's bulk pieces, inside the caller's
-    transaction (which holds the target's lock).
+def load_whole(wh: psycopg.Connection, spec: TableSpec, move: Transport, query: sql.Composable,
+               params: Sequence[Any], columns: Sequence[str], info: TargetInfo, report: ExtractReport,
+               state: Callable[[], tuple[str, dict[str, Any]]], run_id: str | None,
+               count_nulls: str | None = None) -> None:
+    """Write the rows of ``query`` (one read, through the transport ``move``) into the target in the
+    declared load mode, in ONE warehouse transaction that ends with the state.
 
-    The writer's own ``write_frame`` would evolve the target from the frame's dtypes, and our frames
-    are text (PostgreSQL's own rendering of every value); ``prepare_target`` has already shaped the
-    target from the SOURCE's types, so the rows go straight in with those types (a ``varchar(20)``
-    stays ``varchar(20)``). ``rows_before``: the target's known row count (when it is not 0, the
-    upsert need not probe whether the target is empty).
+    ``truncate_insert`` truncates and appends; ``swap`` fills a new table and swaps it in; ``insert``
+    appends; ``upsert`` merges by key. ``state()`` is called after the rows are written, so it can
+    include counts, and is saved inside the same transaction: data and state commit together or not
+    at all. ``count_nulls``: a column whose NULLs the upsert counts (the incremental cursor).
     """
-    from etl_assets.io.bulk import copy_frame
-    from etl_assets.io.upsert import upsert_frame
-
-    target = spec.target
-    if mode == "upsert":
-        # Rows sharing the declared key are refused, as on the COPY path (nothing silently lost).
-        inserted, updated, unchanged, _dups = upsert_frame(
-            wh, frame, target, target_key(spec), None, info.types, run_id=run_id,
-            empty=False if rows_before else None,  # a known non-empty target needs no probe
-            duplicates="refuse", sensitive=spec.sensitive, keys_unique=info.key_unique)
-        report.inserted += inserted
-        report.updated += updated
-        report.unchanged += unchanged
-        return
-    if mode == "truncate_insert":
-        report.deleted = target_rows(wh, target, spec.extract)
-        wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
-    report.inserted += copy_frame(wh, frame, target, targets=info.types)
-
-
-def load_frames(wh: psycopg.Connection, spec: TableSpec, frames: Iterable[Any], info: TargetInfo,
-                report: ExtractReport, state: Callable[[], tuple[str, dict[str, Any]]], run_id: str | None
-                ) -> None:
-    """Write a stream of frames into the target in ONE transaction that ends with the state.
-
-    Each frame is written in the declared mode (``truncate_insert``: the first frame truncates, the
-    others append); ``swap`` fills a new table frame by frame and swaps it in. ``state()`` is called
-    after the last frame, so it can include counts, and is saved inside the same transaction: data
-    and state commit together or not at all.
-    """
-    from etl_assets.io.bulk import copy_frame
-
-    from .state import save_state
-
     target = spec.target
     with wh.transaction():
         lock_target(wh, target)
-        before = 0 if spec.load in ("swap", "truncate_insert") else target_rows(
-            wh, target, spec.extract, created=info.created)
+        before = 0 if spec.load == "swap" else target_rows(wh, target, spec.extract, created=info.created)
         if spec.load == "swap":
-            def fill(new: TableRef) -> int:
-                rows = 0
-                for frame in frames:
-                    rows += copy_frame(wh, frame, new, targets=info.types)
-                return rows
+            def fill(into: TableRef) -> int:
+                return move.append(query, params, into, columns)
 
-            report.inserted, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
+            report.rows_read, report.deleted = build_and_swap(wh, target, fill, run_id=run_id)
+        elif spec.load == "upsert":
+            move.upsert(query, params, columns, report, run_id, before, count_nulls)
         else:
-            first = True
-            for frame in frames:
-                mode = "insert" if spec.load == "truncate_insert" and not first else spec.load
-                known = before + report.inserted if mode == "upsert" else None
-                write_piece(wh, spec, frame, info, mode, report, run_id, known)
-                first = False
-        # A full refresh holds exactly the rows it loaded; otherwise previous + inserted (- deleted).
-        report.table_rows = before + report.inserted - (0 if spec.load in ("swap", "truncate_insert")
-                                                        else report.deleted)
+            if spec.load == "truncate_insert":
+                report.deleted = before
+                wh.execute(sql.SQL("TRUNCATE TABLE ONLY {}").format(target.ident))
+            report.rows_read = move.append(query, params, target, columns)
+        if spec.load != "upsert":
+            report.inserted = report.rows_read
+        # A full refresh holds exactly the rows it loaded; insert/upsert add theirs to the stored count.
+        report.table_rows = report.inserted + (0 if spec.load in ("swap", "truncate_insert") else before)
         kind, value = state()
         save_state(wh, target, kind, {**value, ROWS_KEY: report.table_rows}, run_id)
-    finish_target(wh, report)
 
 
 def finish_target(wh: psycopg.Connection, report: ExtractReport) -> None:
     """Row count and column schema of the target for the materialization (the schema lets
     Dagster's column-schema change checks see the extracted table). The count normally comes from
     the write (``target_rows``); the table is counted here only when a path did not set it."""
-    from etl_assets.io.writer import table_schema
-
     if report.table_rows is None:
         report.table_rows = count_rows(wh, report.target)
     report.column_schema = table_schema(wh, report.target)

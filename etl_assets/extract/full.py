@@ -4,35 +4,51 @@
 * ``insert``: snapshot history: each run appends the whole table with the same ``_loaded_at``
   (the source's snapshot time), so ``WHERE _loaded_at = …`` gives the table as it was then.
 * ``upsert``: rows are inserted or updated by key; rows deleted at the source stay.
+
+The rows travel through the given transport (:mod:`.transport`: frames, or the COPY stream of
+``fast_path``); the snapshot, the transaction and the state are the same for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
-import polars as pl
 from psycopg import sql
 
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import TableSpec
 
 from .common import (
     LOADED_AT,
     Connector,
     ExtractReport,
-    load_frames,
-    migrated,
+    finish_target,
+    load_whole,
     note_schema_changes,
     prepare_target,
     snapshot,
 )
-from .source import describe, iter_copy_frames, prepare_session, select_list
+from .source import SourceTable, describe, prepare_session, select_list
+from .transport import FrameTransport, TransportFactory
+
+KIND = "full"
 
 
-def extract_full(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
-                 ) -> ExtractReport:
-    """Stream one snapshot of the table into the target (pieces of about 32 MB of CSV each), all in
-    one warehouse transaction with the state: memory stays bounded whatever the table size."""
-    report = ExtractReport(spec.target, spec.extract, spec.load)
+def snapshot_query(spec: TableSpec, table: SourceTable, taken_at: str
+                   ) -> tuple[sql.Composed, list[Any], list[str]]:
+    """The whole table, with the snapshot time as ``_loaded_at`` for snapshot history (load: insert);
+    returns the query, its parameters and the names of its columns."""
+    if spec.load == "insert":
+        query = sql.SQL("SELECT {}, %s::timestamptz FROM {}").format(select_list(table), table.ref.ident)
+        return query, [taken_at], [*table.names, LOADED_AT]
+    return sql.SQL("SELECT {} FROM {}").format(select_list(table), table.ref.ident), [], list(table.names)
+
+
+def extract_full(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None,
+                 transport: TransportFactory = FrameTransport) -> ExtractReport:
+    """Stream one snapshot of the table into the target (bounded memory), all in one warehouse
+    transaction with the state."""
+    report = ExtractReport(spec.target, spec.extract, spec.load, path=transport.path)
     with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
         migrated(wh)
         prepare_session(src)
@@ -41,15 +57,14 @@ def extract_full(spec: TableSpec, source: Connector, warehouse: Connector, run_i
             taken_at = src.execute("SELECT now()::text").fetchone()[0]
             info = prepare_target(wh, spec, table)
             note_schema_changes(report, spec, info)
-            query = sql.SQL("SELECT {} FROM {}").format(select_list(table), table.ref.ident)
+            move = transport(src, wh, spec, table, info)
+            query, params, columns = snapshot_query(spec, table, taken_at)
+            state = {"snapshot_at": taken_at} if transport.path == "frame" else {
+                "snapshot_at": taken_at, "path": transport.path}
 
-            def frames() -> Iterator[pl.DataFrame]:
-                for frame in iter_copy_frames(src, query, (), table.names):
-                    report.rows_read += frame.height
-                    if spec.load == "insert":
-                        frame = frame.with_columns(pl.lit(taken_at, dtype=pl.String).alias(LOADED_AT))
-                    yield frame
+            def final_state() -> tuple[str, dict[str, Any]]:
+                return KIND, {**state, "rows": report.rows_read}
 
-            load_frames(wh, spec, frames(), info, report,
-                        lambda: ("full", {"snapshot_at": taken_at, "rows": report.rows_read}), run_id)
+            load_whole(wh, spec, move, query, params, columns, info, report, final_state, run_id)
+        finish_target(wh, report)
     return report.finish()

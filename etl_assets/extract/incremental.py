@@ -31,7 +31,6 @@ The stored state (``etl.state``) commits in the same transaction as the upserted
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +39,14 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from etl_assets.errors import ConfigError
+from etl_assets.migrations import migrated
 from etl_assets.pipeline_config import ANY_ZONE_LAG_SECONDS, TableSpec
 
 from .common import (
     Connector,
     ExtractReport,
-    load_frames,
-    migrated,
+    finish_target,
+    load_whole,
     note_schema_changes,
     prepare_target,
     snapshot,
@@ -56,11 +56,11 @@ from .source import (
     copy_query_to_frame,
     cursor_index_warning,
     describe,
-    iter_copy_frames,
     prepare_session,
     select_list,
 )
 from .state import load_state
+from .transport import FrameTransport, TransportFactory
 
 KIND = "incremental"
 TIME_BASES = ("timestamptz", "timestamp", "date")
@@ -113,13 +113,6 @@ def source_in_recovery(conn: psycopg.Connection) -> bool:
     """Whether the source is a hot standby: its ``pg_stat_activity`` shows only the standby's own
     sessions, never the primary's open transactions, so the late-commit bound sees nothing there."""
     return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
-
-
-def check_declaration(spec: TableSpec, src: psycopg.Connection, table: SourceTable) -> None:
-    """The refusals of :func:`refuse_unsafe_bound`, for paths that must check before they create
-    the target (the fast path)."""
-    ctype, base = cursor_base(table, spec)
-    refuse_unsafe_bound(spec, ctype, base, open_transactions(src), source_in_recovery(src))
 
 
 def _where(spec: TableSpec) -> str:
@@ -370,23 +363,19 @@ def read_increment(spec: TableSpec, src: psycopg.Connection, previous: dict[str,
     return IncrementalRead(table, frame, state, report, lower, upper, routed_now)
 
 
-def extract_incremental(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
-                        ) -> ExtractReport:
-    """Stream the increment (bounded memory) into one upsert transaction that ends with the state."""
-    report = ExtractReport(spec.target, spec.extract, spec.load)
+def extract_incremental(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None,
+                        transport: TransportFactory = FrameTransport) -> ExtractReport:
+    """Stream the increment (bounded memory, through ``transport``) into one upsert transaction that
+    ends with the state. The bounds and refusals come first: a refused declaration creates no target."""
+    report = ExtractReport(spec.target, spec.extract, spec.load, path=transport.path)
     with warehouse(autocommit=True) as wh, source(autocommit=True) as src:
         migrated(wh)
         previous = load_state(wh, spec.target, KIND)
         read = read_increment(spec, src, previous, report, to_frame=False)
         info = prepare_target(wh, spec, read.table)
         note_schema_changes(report, spec, info)
+        move = transport(src, wh, spec, read.table, info)
         _, query, params = extract_queries(read.table, spec, read.lower, read.upper, read.routed)
-
-        def frames() -> Iterator[Any]:
-            for frame in iter_copy_frames(src, query, params, read.table.names):
-                report.rows_read += frame.height
-                report.null_cursor_rows += frame.get_column(spec.cursor or "").null_count()
-                yield frame
 
         def state() -> tuple[str, dict[str, Any]]:
             read.state["rows_read"] = report.rows_read
@@ -395,7 +384,9 @@ def extract_incremental(spec: TableSpec, source: Connector, warehouse: Connector
         # A snapshot bounded by the same upper value as the bounds above: rows committed since are
         # read at most once more (they lie at or past the next lower bound anyway).
         with snapshot(src):
-            load_frames(wh, spec, frames(), info, report, state, run_id)
+            load_whole(wh, spec, move, query, params, read.table.names, info, report, state, run_id,
+                       count_nulls=spec.cursor or "")
+        finish_target(wh, report)
     if report.null_cursor_rows:
         report.warnings.append(
             f"{report.null_cursor_rows} row(s) of {spec.source} have a NULL {spec.cursor!r}; they are "

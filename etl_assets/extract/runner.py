@@ -1,4 +1,5 @@
-"""Pick the implementation for a declared table and run it, holding the table's run lock."""
+"""Pick the read strategy and the transport for a declared table and run it, holding the table's
+run lock."""
 
 from __future__ import annotations
 
@@ -7,30 +8,32 @@ from collections.abc import Callable
 from etl_assets.errors import ConfigError
 from etl_assets.pipeline_config import TableSpec
 
+from .chunked import extract_chunked
 from .common import Connector, ExtractReport
+from .fastpath import CopyTransport
+from .full import extract_full
+from .incremental import extract_incremental
+from .runlock import extract_lock
+from .transport import FrameTransport, TransportFactory
+
+STRATEGIES = {"full": extract_full, "incremental": extract_incremental, "chunked": extract_chunked}
 
 Extract = Callable[[TableSpec, Connector, Connector, str | None], ExtractReport]
 
 
 def implementation(spec: TableSpec) -> Extract:
-    """The extract function of ``spec``'s mode (imported on demand: each pulls in its own helpers)."""
-    if spec.fast_path:
-        from .fastpath import extract_fast
+    """The extract of ``spec``: the read strategy of ``extract`` with the transport of ``fast_path``."""
+    strategy = STRATEGIES.get(spec.extract)
+    if strategy is None:
+        raise ConfigError(
+            f"Table {spec.label}: extract {spec.extract!r} has no implementation in this version.")
+    transport: TransportFactory = CopyTransport if spec.fast_path else FrameTransport
 
-        return extract_fast
-    if spec.extract == "full":
-        from .full import extract_full
+    def extract(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None
+                ) -> ExtractReport:
+        return strategy(spec, source, warehouse, run_id, transport)
 
-        return extract_full
-    if spec.extract == "incremental":
-        from .incremental import extract_incremental
-
-        return extract_incremental
-    if spec.extract == "chunked":
-        from .chunked import extract_chunked
-
-        return extract_chunked
-    raise ConfigError(f"Table {spec.label}: extract {spec.extract!r} has no implementation in this version.")
+    return extract
 
 
 def run_extract(spec: TableSpec, source: Connector, warehouse: Connector, run_id: str | None = None, *,
@@ -44,8 +47,6 @@ def run_extract(spec: TableSpec, source: Connector, warehouse: Connector, run_id
     saying whom for through ``log``. ``on_locked`` runs inside the lock before the extract (the
     asset reads its new-rows marker there, so that it is not taken before another run's rows).
     """
-    from .runlock import extract_lock
-
     extract = implementation(spec)
     with extract_lock(spec.target, warehouse, run_id, wait=wait, log=log) as held:
         if on_locked is not None:

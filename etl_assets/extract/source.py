@@ -19,7 +19,8 @@ from psycopg import sql
 
 from etl_assets.errors import MissingObject, MissingPrivilege
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType
+from etl_assets.io.transfer import set_text_format
+from etl_assets.io.typemap import PgType, warehouse_type
 from etl_assets.pipeline_config import TableSpec
 
 
@@ -31,14 +32,9 @@ class SourceColumn:
     builtin: bool  # a pg_catalog type: exists in every warehouse, binary COPY works across servers
 
     @property
-    def target_type_sql(self) -> str:
-        """The warehouse column type: the source's own for built-in types; text for user-defined
-        ones (enums, domains, composite types), which do not exist in the warehouse."""
-        return self.type_sql if self.builtin else "text"
-
-    @property
     def pg_type(self) -> PgType:
-        return PgType.parse(self.target_type_sql)
+        """The warehouse column type (:func:`etl_assets.io.typemap.warehouse_type`)."""
+        return warehouse_type(self.type_sql, self.builtin)
 
 
 @dataclass(frozen=True)
@@ -76,11 +72,7 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
 def prepare_session(conn: psycopg.Connection) -> None:
     """Fix the settings that shape PostgreSQL's text output, so cursor values stored as text
     compare and round-trip exactly whatever the server's defaults are."""
-    conn.execute("SET TimeZone = 'UTC'")
-    conn.execute("SET DateStyle = 'ISO, YMD'")
-    conn.execute("SET IntervalStyle = 'postgres'")
-    conn.execute("SET extra_float_digits = 3")
-    conn.execute("SET bytea_output = 'hex'")
+    set_text_format(conn)
 
 
 def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from etl_assets.io.tables import TableRef
+from etl_assets.migrations import migrated
 
 
 def state_key(target: TableRef) -> str:
@@ -27,8 +28,6 @@ def state_key(target: TableRef) -> str:
 def load_state(conn: psycopg.Connection, target: TableRef, kind: str) -> dict[str, Any]:
     """The stored state of ``target``; ``{}`` when there is none or it belongs to another extract
     kind (the declaration changed mode: start from scratch rather than misread the old state)."""
-    from etl_assets.extract.common import migrated
-
     migrated(conn)  # works on autocommit connections too
     row = conn.execute(
         "SELECT kind, state FROM etl.state WHERE target = %s", (state_key(target),)

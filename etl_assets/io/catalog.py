@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
+from etl_assets.errors import MissingObject, SchemaMismatch
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType
 
@@ -29,10 +31,6 @@ def ensure_schema(conn: psycopg.Connection, schema: str) -> None:
     is there, so a least-privilege role that owns its schemas (docs/roles.md) could not run it: look
     first, create only what is missing, and name the fix when the role may not.
     """
-    from psycopg import sql
-
-    from etl_assets.errors import MissingObject
-
     if conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (_quote_ident(schema),)).fetchone()[0]:
         return
     try:
@@ -64,8 +62,6 @@ def table_oid(conn: psycopg.Connection, table: TableRef) -> int | None:
     if row is None:
         return None
     if row[1] not in ("r", "p"):
-        from etl_assets.errors import SchemaMismatch
-
         kinds = {
             "v": "a view",
             "m": "a materialized view",

@@ -38,15 +38,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
 from etl_assets.errors import EtlError, MissingObject, SchemaMismatch
 from etl_assets.io import catalog
-from etl_assets.io.bulk import copy_frame, masked_diagnostics
-from etl_assets.io.tables import TableRef, derived_name
-from etl_assets.io.typemap import PgType
+from etl_assets.io.bulk import masked_diagnostics
+from etl_assets.io.tables import TableRef, derived_name, lock_target
+from etl_assets.migrations import ensure_control_tables
 
 LOCK_TIMEOUT = "2s"
 ATTEMPTS = 5
@@ -751,51 +750,6 @@ def build_and_swap(
     return rows, replaced
 
 
-def swap_write(
-    conn: psycopg.Connection,
-    df: pl.DataFrame,
-    target: TableRef,
-    *,
-    primary_key: Sequence[str],
-    hints: Mapping[str, PgType],
-    run_id: str | None,
-    lock_timeout: str = LOCK_TIMEOUT,
-    attempts: int = ATTEMPTS,
-):
-    """Swap ``df`` in as ``target`` (called by write_frame inside its transaction, lock held)."""
-    from etl_assets.io.writer import WriteResult, ensure_table
-
-    oid = catalog.table_oid(conn, target)
-    if oid is None:  # first load: nothing to swap with
-        shape = ensure_table(conn, df, target, primary_key, hints=hints)
-        copy_frame(conn, df, target, targets=shape.types)
-        return WriteResult(
-            target=target, mode="swap", rows=df.height, inserted=df.height, table_rows=df.height
-        )
-    built: dict[str, Any] = {}
-
-    def evolve(new: TableRef) -> None:
-        built["shape"] = ensure_table(conn, df, target, primary_key, hints=hints, create_as=new)
-
-    def fill(new: TableRef) -> int:
-        return copy_frame(conn, df, new, targets=built["shape"].types)
-
-    _rows, deleted = build_and_swap(
-        conn, target, fill, run_id=run_id, prepare=evolve, lock_timeout=lock_timeout, attempts=attempts
-    )
-    shape = built["shape"]
-    return WriteResult(
-        target=target,
-        mode="swap",
-        rows=df.height,
-        inserted=df.height,
-        deleted=deleted,
-        table_rows=df.height,
-        added_columns=shape.added,
-        widened_columns=shape.widened,
-    )
-
-
 def rollback(
     conn: psycopg.Connection,
     target: TableRef,
@@ -805,8 +759,6 @@ def rollback(
     run_id: str | None = None,
 ) -> TableRef:
     """Exchange ``target`` with its previous version (kept by the last swap); returns that table's name."""
-    from etl_assets.io.writer import ensure_control_tables, lock_target
-
     ensure_control_tables(conn)
     with conn.transaction():
         lock_target(conn, target)

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import sql
 
 from etl_assets.errors import ConfigError
@@ -138,3 +139,9 @@ def derived_name(base: str, suffix: str) -> str:
 def lock_key(target: TableRef) -> str:
     """The text hashed into the per-target advisory lock (same for every writer of ``target``)."""
     return f"etl-assets:write:{target.schema}.{target.name}"
+
+
+def lock_target(conn: psycopg.Connection, target: TableRef) -> None:
+    """Wait for the per-target advisory lock, held until this transaction ends (every writer of
+    ``target`` takes it: two writes of one table never interleave)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(target),))

@@ -101,6 +101,13 @@ class PgType:
         return self.sql()
 
 
+def warehouse_type(type_sql: str, builtin: bool) -> PgType:
+    """The warehouse column type for a source column of ``format_type()`` text ``type_sql``: the
+    source's own for built-in types; text for user-defined ones (enums, domains, composite types),
+    which do not exist in the warehouse."""
+    return PgType.parse(type_sql if builtin else "text")
+
+
 # --------------------------------------------------------------------------------------------------
 # Frames -> polars (the one normalisation step), with hints for types polars has no dtype for.
 # --------------------------------------------------------------------------------------------------

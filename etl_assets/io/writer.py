@@ -37,8 +37,12 @@ from etl_assets.errors import ConfigError, SchemaMismatch
 from etl_assets.io import catalog
 from etl_assets.io.batch import CommitHook
 from etl_assets.io.bulk import copy_frame
-from etl_assets.io.tables import TableRef, lock_key
-from etl_assets.io.typemap import PgType, pg_type_for, reconcile, to_polars
+from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT, build_and_swap
+from etl_assets.io.tables import TableRef, lock_target
+from etl_assets.io.target import TargetShape, ensure_target
+from etl_assets.io.typemap import PgType, pg_type_for, to_polars
+from etl_assets.io.upsert import upsert_frame
+from etl_assets.migrations import ensure_control_tables
 
 WriteMode = Literal["insert", "upsert", "truncate_insert", "swap"]
 WRITE_MODES: tuple[str, ...] = ("insert", "upsert", "truncate_insert", "swap")
@@ -113,38 +117,6 @@ class WriteResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def ensure_control_tables(conn: psycopg.Connection) -> None:
-    """Apply the control-schema migrations (etl.swap_history) on ``conn`` if they are missing."""
-    from etl_assets.migrations import ensure_migrated
-
-    if conn.execute("SELECT to_regclass('etl.swap_history')").fetchone()[0] is not None:
-        return
-    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        conn.autocommit = False  # migrate() runs its own transactions on a non-autocommit connection
-        try:
-            ensure_migrated(conn)
-            conn.commit()
-        finally:
-            conn.autocommit = True
-    else:
-        ensure_migrated(conn)
-
-
-def lock_target(conn: psycopg.Connection, target: TableRef) -> None:
-    """Wait for the per-target advisory lock, held until this transaction ends."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(target),))
-
-
-@dataclass
-class TableShape:
-    """The target's columns after :func:`ensure_table`, and what evolution changed."""
-
-    types: dict[str, PgType]
-    created: bool
-    added: list[str] = field(default_factory=list)
-    widened: list[str] = field(default_factory=list)
-
-
 def frame_types(frame: pl.DataFrame, hints: Mapping[str, PgType] | None = None) -> dict[str, PgType]:
     hints = hints or {}
     return {name: pg_type_for(name, dtype, hints.get(name)) for name, dtype in frame.schema.items()}
@@ -158,12 +130,11 @@ def ensure_table(
     *,
     hints: Mapping[str, PgType] | None = None,
     create_as: TableRef | None = None,
-) -> TableShape:
-    """Create ``target`` for the frame's schema, or evolve it: add new columns, apply safe widenings.
+) -> TargetShape:
+    """Create ``target`` for the frame's schema, or evolve it (:func:`etl_assets.io.target.ensure_target`:
+    new columns added, safe widenings applied where the frame's values do not fit).
 
-    A type change that is not a safe widening raises :class:`SchemaMismatch` naming the column and
-    both types, before anything is changed. ``create_as`` evolves a copy (the swap's new table)
-    instead of the target itself.
+    ``create_as`` evolves a copy (the swap's new table) instead of the target itself.
     """
     if not isinstance(frame, pl.DataFrame):
         frame, more = to_polars(frame)
@@ -172,60 +143,8 @@ def ensure_table(
     missing = [k for k in primary_key if k not in wanted]
     if missing:
         raise ConfigError(f"Primary key column(s) {missing} of {target} are not in the frame {list(wanted)}.")
-    catalog.ensure_schema(conn, target.schema)
-    if catalog.table_oid(conn, target) is None:
-        parts = [
-            sql.SQL("{} {}{}").format(
-                sql.Identifier(name), sql.SQL(typ.sql()), sql.SQL(" NOT NULL" if name in primary_key else "")
-            )
-            for name, typ in wanted.items()
-        ]
-        if primary_key:
-            parts.append(
-                sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key)))
-            )
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.ident, sql.SQL(", ").join(parts)))
-        return TableShape(types=dict(wanted), created=True)
-    existing = {c.name: c.type for c in catalog.columns(conn, target)}
-    apply_to = create_as or target
-    adds: list[tuple[str, PgType]] = []
-    widen: list[tuple[str, PgType]] = []
-    for name, typ in wanted.items():
-        if name not in existing:
-            adds.append((name, typ))
-            continue
-        wider = reconcile(name, str(target), existing[name], typ, frame.get_column(name))
-        if wider is not None:
-            widen.append((name, wider))
-    for name, typ in adds:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                apply_to.ident, sql.Identifier(name), sql.SQL(typ.sql())
-            )
-        )
-        existing[name] = typ
-    for name, typ in widen:
-        try:
-            with conn.transaction():
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
-                        apply_to.ident,
-                        sql.Identifier(name),
-                        sql.SQL(typ.sql()),
-                        sql.Identifier(name),
-                        sql.SQL(typ.sql()),
-                    )
-                )
-        except psycopg.errors.FeatureNotSupported as exc:
-            raise SchemaMismatch(
-                f"Cannot widen column {name!r} of {target} from {existing[name]} to {typ}: "
-                f"{exc.diag.message_primary} ({exc.diag.message_detail or ''}). Drop or change the dependent "
-                "objects, or use write_mode 'swap', which recreates dependent views."
-            ) from exc
-        existing[name] = typ
-    return TableShape(
-        types=existing, created=False, added=[a for a, _ in adds], widened=[w for w, _ in widen]
-    )
+    values = {name: frame.get_column(name) for name in wanted}
+    return ensure_target(conn, target, wanted, primary_key, values=values, create_as=create_as)
 
 
 def truncate(conn: psycopg.Connection, target: TableRef) -> None:
@@ -382,6 +301,49 @@ def _check_frame_in_window(
         )
 
 
+def swap_write(
+    conn: psycopg.Connection,
+    df: pl.DataFrame,
+    target: TableRef,
+    *,
+    primary_key: Sequence[str],
+    hints: Mapping[str, PgType],
+    run_id: str | None,
+    lock_timeout: str = LOCK_TIMEOUT,
+    attempts: int = ATTEMPTS,
+):
+    """Swap ``df`` in as ``target`` (called by write_frame inside its transaction, lock held)."""
+    oid = catalog.table_oid(conn, target)
+    if oid is None:  # first load: nothing to swap with
+        shape = ensure_table(conn, df, target, primary_key, hints=hints)
+        copy_frame(conn, df, target, targets=shape.types)
+        return WriteResult(
+            target=target, mode="swap", rows=df.height, inserted=df.height, table_rows=df.height
+        )
+    built: dict[str, Any] = {}
+
+    def evolve(new: TableRef) -> None:
+        built["shape"] = ensure_table(conn, df, target, primary_key, hints=hints, create_as=new)
+
+    def fill(new: TableRef) -> int:
+        return copy_frame(conn, df, new, targets=built["shape"].types)
+
+    _rows, deleted = build_and_swap(
+        conn, target, fill, run_id=run_id, prepare=evolve, lock_timeout=lock_timeout, attempts=attempts
+    )
+    shape = built["shape"]
+    return WriteResult(
+        target=target,
+        mode="swap",
+        rows=df.height,
+        inserted=df.height,
+        deleted=deleted,
+        table_rows=df.height,
+        added_columns=shape.added,
+        widened_columns=shape.widened,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The entry point
 # --------------------------------------------------------------------------------------------------
@@ -422,8 +384,6 @@ def write_frame(
     with conn.transaction():
         lock_target(conn, target)
         if mode == "swap":
-            from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT, swap_write
-
             result = swap_write(
                 conn,
                 df,
@@ -448,8 +408,6 @@ def write_frame(
                 for window in windows_of(partition):
                     _check_frame_in_window(conn, df, target, window, shape.types)
             if mode == "upsert":
-                from etl_assets.io.upsert import upsert_frame
-
                 counts = upsert_frame(
                     conn,
                     df,

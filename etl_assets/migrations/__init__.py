@@ -81,3 +81,33 @@ def ensure_migrated(conn: psycopg.Connection) -> None:
         return
     migrate(conn)
     _migrated.add(key)
+
+
+def migrated(conn: psycopg.Connection) -> None:
+    """Make sure ``etl`` (state table) exists, committing the migration; works on an autocommit
+    connection too."""
+    was = conn.autocommit
+    if was:
+        conn.autocommit = False
+    try:
+        ensure_migrated(conn)
+        conn.commit()
+    finally:
+        if was:
+            conn.autocommit = True
+
+
+def ensure_control_tables(conn: psycopg.Connection) -> None:
+    """Apply the control-schema migrations (etl.swap_history) on ``conn`` if they are missing; inside
+    the caller's open transaction, if there is one (it commits with it)."""
+    if conn.execute("SELECT to_regclass('etl.swap_history')").fetchone()[0] is not None:
+        return
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.autocommit = False  # migrate() runs its own transactions on a non-autocommit connection
+        try:
+            ensure_migrated(conn)
+            conn.commit()
+        finally:
+            conn.autocommit = True
+    else:
+        ensure_migrated(conn)

@@ -242,7 +242,7 @@ def fresh_project(pg_admin_dsn: str, tmp_path: Path) -> Iterator[dict[str, str]]
     env.update({
         "ETL_SOURCE_DSN": dsns["source"],
         "ETL_WAREHOUSE_DSN": dsns["warehouse"],
-        "DAGSTER_PG_URL": dsns["dagster"],
+        "DAGSTER_PG_URL": dagster_storage_url(dsns["dagster"]),
         "DAGSTER_HOME": str(home),
         "ETL_HOME": str(tmp_path / "etl_home"),
     })

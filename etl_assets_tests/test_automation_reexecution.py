@@ -80,7 +80,8 @@ def test_reexecution_from_failure_skips_what_succeeded_and_resumes_the_chunks(
         first = dg.execute_job(recon, instance=instance, asset_selection=selection, raise_on_error=False)
         assert not first.success
         steps = _step_keys(instance, first.run_id)
-        assert steps["raw__categories"] == "SUCCESS" and steps["raw__orders_chunked"] == "FAILURE", steps
+        assert steps["extract__raw__categories"] == "SUCCESS", steps
+        assert steps["extract__raw__orders_chunked"] == "FAILURE", steps
         with psycopg.connect(warehouse) as conn:
             assert conn.execute("SELECT count(*) FROM raw.orders_chunked").fetchone()[0] == 1000
             conn.execute("ALTER TABLE raw.orders_chunked DROP CONSTRAINT trap")
@@ -91,8 +92,8 @@ def test_reexecution_from_failure_skips_what_succeeded_and_resumes_the_chunks(
         )
         assert again.success
         steps = _step_keys(instance, again.run_id)
-        assert "raw__categories" not in steps, steps  # it succeeded: not run again
-        assert steps.get("raw__orders_chunked") == "SUCCESS", steps
+        assert "extract__raw__categories" not in steps, steps  # it succeeded: not run again
+        assert steps.get("extract__raw__orders_chunked") == "SUCCESS", steps
         meta = _materialization(instance, again.run_id, "raw/orders_chunked")
     assert meta["rows_read"] == 1000, meta  # the two committed chunks were not read again
     with psycopg.connect(source) as src, psycopg.connect(warehouse) as wh:

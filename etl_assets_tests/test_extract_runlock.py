@@ -391,7 +391,7 @@ def test_a_killed_holder_does_not_block_the_next_run(dbs: dict[str, str]) -> Non
     start_together(child)
     deadline = time.monotonic() + 60
     with psycopg.connect(dbs["warehouse"], autocommit=True) as conn:
-        from etl_assets.extract.common import migrated
+        from etl_assets.migrations import migrated
 
         migrated(conn)  # etl.extract_runs exists before the child gets there (run alone, this test is first)
         while (holder := holder_of(conn, spec.target, settle=0)) is None or not holder.recorded:

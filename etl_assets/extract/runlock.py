@@ -243,7 +243,7 @@ def extract_lock(target: TableRef, warehouse: Callable, run_id: str | None, *, w
     otherwise wait up to that many seconds, saying whom for through ``log``. An earlier attempt of
     the same ``run_id`` is always waited for (up to ``ETL_EXTRACT_LOCK_WAIT``).
     """
-    from .common import migrated
+    from etl_assets.migrations import migrated
 
     log = log or (lambda _text: None)
     held = HeldLock()

@@ -111,6 +111,14 @@ class Progress:
             of = f" of {self.total:,}" if self.total is not None else ""
             self.out(f"  {note or self.description}: {self.count:,}{of} {self.unit}")
 
+    def write(self, text: str) -> None:
+        """Print a line of the work's own log above the bar (tqdm keeps the bar below it), or
+        through ``out`` when no bar is drawn."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._bar.fp)
+        else:
+            self.out(text)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

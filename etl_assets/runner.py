@@ -36,6 +36,7 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
+from etl_assets import console
 from etl_assets.errors import ConfigError
 
 PID_TAG = "etl-assets/pid"
@@ -682,6 +683,10 @@ def run(
         SOURCE_TAG: "etl-assets run",
     }
     run_tags.update(tags or {})
+    # Several runs (a backfill over partitions, groups with different partitioning): a bar of runs
+    # done on a terminal, the run's own lines printed above it.
+    runs_bar = console.progress(len(plans), "runs", unit="runs", quiet=len(plans) < 2, out=out)
+    out = runs_bar.write
     progress = _Progress(summary, out, started)
     graph = defs.resolve_asset_graph()
     skipped: set[str] = set()
@@ -731,6 +736,8 @@ def run(
             from etl_assets.quality.metrics import record_run_by_id
 
             record_run_by_id(instance, run_id)
+        runs_bar.update(1)
+    runs_bar.close()
     summary.not_materialized = sorted((progress.planned | skipped) - progress.done)
     summary.seconds = time.monotonic() - started
     return summary

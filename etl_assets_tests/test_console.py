@@ -79,6 +79,26 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lines == []  # the bar replaces the plain lines
 
 
+def test_progress_write_prints_log_lines_above_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Work that logs its own lines (the benchmark, a backfill's runs) writes them through the bar:
+    above it on a terminal, straight to ``out`` elsewhere."""
+    monkeypatch.delenv(console.PROGRESS_VAR, raising=False)
+    tty, lines = _Tty(), []
+    with console.progress(2, "runs", unit="runs", stream=tty, out=lines.append) as bar:
+        bar.write("run 1 (etl_run__daily): 1 asset, partition 2026-11-30")
+        bar.update(1)
+        bar.write("run 2 (etl_run__daily): 1 asset, partition 2026-12-01")
+        bar.update(1)
+    shown = tty.getvalue()
+    assert lines == [] and "2/2" in shown
+    assert shown.index("partition 2026-11-30") < shown.index("partition 2026-12-01")
+    pipe, lines = io.StringIO(), []
+    with console.progress(2, "runs", unit="runs", stream=pipe, out=lines.append) as bar:
+        bar.write("run 1")
+        bar.update(1)
+    assert lines == ["run 1"] and pipe.getvalue() == ""
+
+
 def test_progress_plain_lines_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(console.PROGRESS_VAR, raising=False)
     pipe, lines = io.StringIO(), []

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etl_assets import console
 from etl_assets.bench.harness import Contender, Observed, Result, run_batch, run_contender
 
 DEFAULT_SIZES = (100_000, 1_000_000)
@@ -578,9 +579,12 @@ def run(args: argparse.Namespace, log=print) -> int:
         # stopped early still has whole sizes, and the most of the next one.
         contenders.sort(key=lambda c: (c.rows, c.slow))
         results: list[Result] = []
+        # A bar of results on a terminal (ETL_PROGRESS); the per-result lines print above it.
+        bar = console.progress(len(contenders), "bench", unit="results", out=log)
 
         def report(r: Result) -> None:
             results.append(r)
+            bar.update(1, note=f"{r.group} {r.name[:40]} {r.rows:,}")
             partial = _report_dict(started, machine_info, plan, results, [])
             partial_path.write_text(json.dumps({**partial, "complete": False}, indent=2))
             status = (
@@ -588,7 +592,7 @@ def run(args: argparse.Namespace, log=print) -> int:
                 if r.verified
                 else ("GAP " + (r.gap or "") if r.gap else "ERROR " + (r.error or "wrong result"))
             )
-            log(
+            bar.write(
                 f"  [{len(results)}/{len(contenders)}] {r.group} {r.name} [{r.frame}] {r.rows:,}: "
                 f"{_fmt(r.seconds, '.2f')} s, {_fmt(r.rows_per_second, ',.0f')} rows/s, "
                 f"+{_fmt(r.peak_mb, '.0f')} MB, {status[:200]}"
@@ -613,6 +617,7 @@ def run(args: argparse.Namespace, log=print) -> int:
                 for c in contenders:
                     report(run_contender(c, **where))
         finally:
+            bar.close()
             if not args.keep:
                 drop_data(plan)
     ratios = compute_ratios(plan, results)

@@ -154,6 +154,7 @@ class DevServer:
         self.base = f"http://127.0.0.1:{port}"
         self.url = f"{self.base}/graphql"
         self.proc = proc
+        self.env: dict[str, str] = dict(os.environ)
 
     def query(self, text: str, variables: dict | None = None) -> dict:
         response = requests.post(self.url, json={"query": text, "variables": variables or {}}, timeout=30)
@@ -179,23 +180,26 @@ class DevServer:
 
 
 @pytest.fixture
-def dev_server(etl_env: dict[str, str], source_dsn: str, tmp_path) -> Iterator[DevServer]:
-    from etl_assets.demo.seed import seed
-
-    seed(source_dsn, rows=500, seed=2)
+def dev_server(fresh_project: dict[str, str], tmp_path) -> Iterator[DevServer]:
+    """`etl-assets dev` on databases of its own (the session's Dagster storage holds other tests'
+    runs and assets, which the UI would list too). ``DevServer.env`` is its environment, for the
+    commands a test runs beside it."""
     port = _free_port()
     log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed below
+    # Automation off: the tests launch their own runs; sensors and schedules would race them.
+    env = {**fresh_project, "ETL_AUTOMATION": "off"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "etl_assets.cli", "dev", "--port", str(port), "--host", "127.0.0.1"],
         cwd=PROJECT_ROOT,
-        # Automation off: the tests launch their own runs; sensors and schedules would race them.
-        env={**os.environ, "ETL_AUTOMATION": "off"},
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        yield DevServer(port, proc)
+        server = DevServer(port, proc)
+        server.env = env
+        yield server
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # dagster dev stops its webserver, daemon and code servers
@@ -249,3 +253,23 @@ def fresh_project(pg_admin_dsn: str, tmp_path: Path) -> Iterator[dict[str, str]]
     yield env
     for name in names.values():
         drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def forget_state(etl_env: dict[str, str], warehouse_dsn: str) -> Iterator[None]:
+    """The session's warehouse is shared: extracts run here leave neither cursors nor their tables
+    for later tests (a later first run must be a first run), and find none left by earlier ones."""
+
+    def forget() -> None:
+        with psycopg.connect(warehouse_dsn) as conn:
+            from etl_assets.migrations import migrate
+
+            migrate(conn)
+            conn.execute("DELETE FROM etl.state WHERE target = ANY(%s)",
+                         (["raw.orders", "raw.customers", "chunky.orders"],))
+            conn.execute("DROP TABLE IF EXISTS raw.orders, raw.customers")
+            conn.execute("DROP SCHEMA IF EXISTS chunky CASCADE")
+
+    forget()
+    yield
+    forget()

@@ -10,7 +10,9 @@ alone, and it reads only the rows after its checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Iterator
 
 import dagster as dg
 import psycopg
@@ -18,6 +20,7 @@ import pytest
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
+import etl_assets.definitions as etl_definitions
 from etl_assets.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.drill, pytest.mark.timeout(600)]
@@ -50,14 +53,26 @@ def _materialization(instance: dg.DagsterInstance, run_id: str, key: str) -> dic
     raise AssertionError(f"no materialization of {key} in run {run_id}")
 
 
-def test_reexecution_from_failure_skips_what_succeeded_and_resumes_the_chunks(
-    fresh_project: dict[str, str], tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def project_env(fresh_project: dict[str, str], tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """``fresh_project`` with TABLES declared, in this process too: the job is planned here from
+    ``etl_assets.definitions``, which is rebuilt for it and rebuilt again afterwards (the module is
+    shared with the other tests of this worker)."""
     tables = tmp_path / "tables.yaml"
     tables.write_text(TABLES)
     for key, value in {**fresh_project, "ETL_PIPELINES": str(tables)}.items():
         if os.environ.get(key) != value:
             monkeypatch.setenv(key, value)
+    importlib.reload(etl_definitions)
+    yield fresh_project
+    monkeypatch.undo()
+    importlib.reload(etl_definitions)
+
+
+def test_reexecution_from_failure_skips_what_succeeded_and_resumes_the_chunks(
+    project_env: dict[str, str],
+) -> None:
+    fresh_project = project_env
     source, warehouse = fresh_project["ETL_SOURCE_DSN"], fresh_project["ETL_WAREHOUSE_DSN"]
     with psycopg.connect(source) as conn:
         total, third_chunk_first = conn.execute(

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from etl_assets.bench.data import copy_frame_csv, frame_digest, make_frame, recreate_table, table_checksum
@@ -125,3 +126,23 @@ def test_checksums_catch_a_wrong_answer(warehouse_conn: psycopg.Connection, fres
     assert table_checksum(warehouse_conn, table) == good
     warehouse_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 300").format(table))
     assert table_checksum(warehouse_conn, table).rows == 299
+
+
+@pytest.mark.drill
+@pytest.mark.timeout(900)
+def test_scale_bench_runs_every_way_and_verifies(pg_admin_dsn: str, tmp_path: Path) -> None:
+    """`bench --only scale`, small: 3 tables of 2,000 rows in one process, with the multiprocess
+    executor and (where RabbitMQ answers) on two Celery workers; every way verified by checksum, and
+    the scratch databases dropped."""
+    from etl_assets.bench import scale
+
+    lines: list[str] = []
+    assert scale.run_scale_bench(pg_admin_dsn, tmp_path, tables=3, rows=2000, log=lines.append) == 0, lines
+    report = json.loads((tmp_path / "scale.json").read_text())
+    ways = [r["way"] for r in report["results"]]
+    assert ways[:2] == ["in_process", "multiprocess"]
+    assert ("celery" in ways) == scale._broker_answers()
+    assert all(r["verified"] and r["exit"] == 0 and r["peak_mb"] > 50 for r in report["results"]), report
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        assert not conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'etl_bench_scale_%'"
+                                ).fetchall()  # scratch databases dropped

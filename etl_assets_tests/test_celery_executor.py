@@ -8,6 +8,7 @@ loopback proxy the test owns.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import secrets
@@ -192,6 +193,12 @@ def test_demo_graph_on_two_workers_equals_a_single_process_run(
     local = etl_run(site.env(local_wh, broker=None))
     assert local.returncode == 0, local.stdout[-4000:] + local.stderr[-4000:]
     assert "steps ran on:" not in local.stdout  # no broker: one process, nothing changes
+    # A 14-day backfill of the daily aggregate (one run over the range: BackfillPolicy.single_run).
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    backfill = ["--select", "mart/daily_category_totals",
+                "--partition-range", f"{yesterday - dt.timedelta(days=13)}..{yesterday}"]
+    local_backfill = etl_run(site.env(local_wh, broker=None), *backfill)
+    assert local_backfill.returncode == 0, local_backfill.stdout[-4000:] + local_backfill.stderr[-4000:]
 
     env = site.env(celery_wh, broker)
     workers = [Worker(env, tmp_path / f"worker{i}.log") for i in (1, 2)]
@@ -199,6 +206,8 @@ def test_demo_graph_on_two_workers_equals_a_single_process_run(
         nodes = {w.wait_ready(): w for w in workers}
         result = etl_run(env)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
+        on_workers = etl_run(env, *backfill)
+        assert on_workers.returncode == 0, on_workers.stdout[-6000:] + on_workers.stderr[-4000:]
     finally:
         codes = [w.terminate() for w in workers]
     assert codes == [0, 0], [w.output()[-2000:] for w in workers]
@@ -215,7 +224,19 @@ def test_demo_graph_on_two_workers_equals_a_single_process_run(
             run_pid = int(run.tags[runner.PID_TAG])
             assert all(pid != run_pid for pid, _node in places.values())
 
+    (backfill_run,) = run_ids(on_workers.stdout)
+    backfill_places = steps_ran_on(on_workers.stdout)
+    assert backfill_places and {node for _pid, node in backfill_places.values()} <= set(nodes)
+    with site.instance(monkeypatch) as inst:
+        run = inst.get_run_by_id(backfill_run)
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["dagster/asset_partition_range_end"] == str(yesterday)
+        assert all(pid != int(run.tags[runner.PID_TAG]) for pid, _node in backfill_places.values())
+        days = inst.get_materialized_partitions(dg.AssetKey(["mart", "daily_category_totals"]))
+        assert {str(yesterday - dt.timedelta(days=i)) for i in range(14)} <= days
+
     expected, actual = table_checksums(local_wh), table_checksums(celery_wh)
+    assert "mart.daily_category_totals" in expected
     assert set(expected) >= {"raw.orders", "raw.customers", "clean.orders", "mart.orders_enriched"}
     assert actual == expected
     assert expected["raw.orders"][0] == 3000

@@ -7,7 +7,6 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -139,24 +138,6 @@ def _stored(stdout: str, asset: str) -> str:
     return line.split(f"stored     {asset}: ", 1)[1]
 
 
-@pytest.fixture
-def forget_state(etl_env: dict[str, str], warehouse_dsn: str) -> Iterator[None]:
-    """The session's warehouse is shared: extracts run here leave neither cursors nor their tables
-    for later tests (a later first run must be a first run), and find none left by earlier ones."""
-
-    def forget() -> None:
-        with psycopg.connect(warehouse_dsn) as conn:
-            from etl_assets.migrations import migrate
-
-            migrate(conn)
-            conn.execute("DELETE FROM etl.state WHERE target = ANY(%s)",
-                         (["raw.orders", "raw.customers", "chunky.orders"],))
-            conn.execute("DROP TABLE IF EXISTS raw.orders, raw.customers")
-            conn.execute("DROP SCHEMA IF EXISTS chunky CASCADE")
-
-    forget()
-    yield
-    forget()
 
 
 def test_run_prints_what_each_extract_did(etl_env: dict[str, str], source_dsn: str, forget_state) -> None:

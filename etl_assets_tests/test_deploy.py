@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from etl_assets.settings import PROJECT_ROOT
+from etl_assets_tests.conftest import create_database, drop_database
 
 DEPLOY = PROJECT_ROOT / "deploy"
 
@@ -82,14 +84,15 @@ def test_helm_values_amount_to_the_dagster_yaml() -> None:
 
 
 def test_dagster_yaml_loads_as_an_instance_on_a_real_database(
-    pg_databases: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_admin_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deployment's instance configuration, with its database settings pointed at the test server
     (and without the run launcher, whose package dagster-k8s lives in the image only), is a working
     instance: storage on PostgreSQL, the queued run coordinator, pools."""
     config = _load("dagster.yaml")
     del config["run_launcher"]
-    parts = conninfo_to_dict(pg_databases["dagster"])
+    name = f"t{secrets.token_hex(4)}_deploy"  # its own storage: the session's holds other tests' runs
+    parts = conninfo_to_dict(create_database(pg_admin_dsn, name))
     db = config["storage"]["postgres"]["postgres_db"]
     host = str(parts.get("host") or "127.0.0.1")
     db.update(username=str(parts.get("user") or "postgres"), db_name=str(parts["dbname"]),
@@ -102,11 +105,14 @@ def test_dagster_yaml_loads_as_an_instance_on_a_real_database(
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    with dg.DagsterInstance.from_ref(dg._core.instance.ref.InstanceRef.from_dir(str(home))) as inst:
-        assert inst.get_runs() == []
-        assert type(inst.run_coordinator).__name__ == "QueuedRunCoordinator"
-        assert inst.get_concurrency_config().pool_config.default_pool_limit == 2
-        assert inst.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+    try:
+        with dg.DagsterInstance.from_ref(dg._core.instance.ref.InstanceRef.from_dir(str(home))) as inst:
+            assert inst.get_runs() == []
+            assert type(inst.run_coordinator).__name__ == "QueuedRunCoordinator"
+            assert inst.get_concurrency_config().pool_config.default_pool_limit == 2
+            assert inst.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+    finally:
+        drop_database(pg_admin_dsn, name)
 
 
 def _free_port() -> int:

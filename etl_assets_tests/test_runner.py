@@ -38,7 +38,8 @@ def demo_defs(etl_env: dict[str, str], source_dsn: str) -> dg.Definitions:
 
 
 def test_run_materializes_the_demo_graph(
-    demo_defs: dg.Definitions, instance: dg.DagsterInstance, warehouse_conn: psycopg.Connection
+    demo_defs: dg.Definitions, instance: dg.DagsterInstance, warehouse_conn: psycopg.Connection,
+    forget_state: None,
 ) -> None:
     """The whole graph (whatever the domains hold) materializes once; rows come from the IO layer.
 

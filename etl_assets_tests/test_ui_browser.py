@@ -66,9 +66,10 @@ def open_page(page, server: DevServer, path: str, wait_for: str, shot: str) -> s
     return page.inner_text("body")
 
 
-def test_what_a_user_sees_in_the_ui(dev_server: DevServer, browser_page, warehouse_dsn: str) -> None:
+def test_what_a_user_sees_in_the_ui(dev_server: DevServer, browser_page) -> None:
+    warehouse_dsn = dev_server.env["ETL_WAREHOUSE_DSN"]
     done = subprocess.run([sys.executable, "-m", "etl_assets.cli", "run"], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=dev_server.env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     dev_server.poll(lambda: dev_server.query("{ assetNodes { id } }")["assetNodes"], "the code location")
     page = browser_page

@@ -521,7 +521,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         action="append",
         help="run only contenders whose group or name contains TEXT (repeatable); "
-        "`--only stream` measures the event stream's latency and drain rate instead",
+        "`--only stream` measures the event stream's latency and drain rate instead, `--only scale` "
+        "20 extracts in one process, with the multiprocess executor and on two Celery workers",
     )
     parser.add_argument("--keep", action="store_true", help="keep the etl_bench schemas afterwards")
     parser.add_argument(
@@ -542,6 +543,11 @@ def run(args: argparse.Namespace, log=print) -> int:
     if threading.current_thread() is threading.main_thread():
         # `kill` of a long run still drops its tables (and the running contender's process).
         signal.signal(signal.SIGTERM, _interrupt)
+    if args.only and set(args.only) == {"scale"}:  # many extracts three ways: its own measurement
+        from etl_assets.bench.scale import run_scale_bench
+
+        return run_scale_bench(env.warehouse_dsn, Path(args.out).resolve(), tables=5 if args.quick else 20,
+                               rows=10_000 if args.quick else 100_000, log=log)
     if args.only and set(args.only) == {"stream"}:  # the stream has its own measurement, not contenders
         from etl_assets.bench.stream import run_stream_bench
 

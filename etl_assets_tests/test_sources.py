@@ -8,12 +8,28 @@ of a named source are checked on the steps and in the worker's default queue lis
 
 from __future__ import annotations
 
+import functools
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dagster as dg
+import psycopg
 import pytest
 
+from etl_assets.db import connect
 from etl_assets.errors import ConfigError
-from etl_assets.pipeline_config import load_pipelines, parse_pipelines
+from etl_assets.extract.assets import build_assets
+from etl_assets.extract.common import ExtractReport
+from etl_assets.extract.runner import run_extract
+from etl_assets.extract.sourcecap import slot_name
+from etl_assets.io.tables import TableRef
+from etl_assets.pipeline_config import PipelineConfig, load_pipelines, parse_pipelines
+from etl_assets.resources import build_resources
+from etl_assets_tests.conftest import create_database, drop_database
+from etl_assets_tests.extract_helpers import checksum, execute, scalar
 
 TWO_SOURCES = """sources:
   crm: {dsn_env: CRM_DSN, max_concurrent: 3}
@@ -93,3 +109,232 @@ def test_a_table_may_name_a_source_declared_in_another_file(tmp_path: Path,
     with pytest.raises(ConfigError, match=r"c_again.yaml: table x.y \(line 2\): key 'source': unknown source "
                        r"'nope'; declared sources: crm"):
         load_pipelines()
+
+
+# --- two source databases feeding one warehouse -------------------------------------------------------
+
+PEOPLE = ("CREATE SCHEMA app;"
+          "CREATE TABLE app.people (id int PRIMARY KEY, name text NOT NULL, "
+          "updated_at timestamptz NOT NULL DEFAULT now());"
+          "CREATE INDEX ON app.people (updated_at);")
+
+
+@pytest.fixture(scope="module")
+def source_dbs(pg_admin_dsn: str) -> Iterator[dict[str, str]]:
+    """Two source databases (crm, shop), each with its own ``app.people`` (same name, other rows)."""
+    prefix = f"x{secrets.token_hex(4)}"
+    names = {"crm": f"{prefix}_crm", "shop": f"{prefix}_shop"}
+    dsns = {name: create_database(pg_admin_dsn, db) for name, db in names.items()}
+    execute(dsns["crm"], PEOPLE + "INSERT INTO app.people (id, name, updated_at) SELECT g, 'crm ' || g, "
+            "now() - make_interval(secs => 1000 - g) FROM generate_series(1, 300) g")
+    execute(dsns["shop"], PEOPLE + "INSERT INTO app.people (id, name, updated_at) SELECT g, 'shop ' || g, "
+            "now() - make_interval(secs => 1000 - g) FROM generate_series(1, 500) g")
+    yield dsns
+    for db in names.values():
+        drop_database(pg_admin_dsn, db)
+
+
+@pytest.fixture
+def env_two(etl_env: dict[str, str], source_dbs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+            ) -> dict[str, str]:
+    monkeypatch.setenv("CRM_DSN", source_dbs["crm"])
+    monkeypatch.setenv("SHOP_DSN", source_dbs["shop"])
+    return {**etl_env, **source_dbs}
+
+
+def _declare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> PipelineConfig:
+    file = tmp_path / "sources.yaml"
+    file.write_text(text)
+    monkeypatch.setenv("ETL_PIPELINES", str(file))
+    return load_pipelines()
+
+
+def _people(tag: str, *, crm_cap: int = 2) -> str:
+    """crm's app.people fully, shop's incrementally, into targets named by ``tag``."""
+    return f"""sources:
+  crm: {{dsn_env: CRM_DSN, max_concurrent: {crm_cap}}}
+  shop: {{dsn_env: SHOP_DSN}}
+tables:
+  - name: app.people
+    source: crm
+    extract: full
+    primary_key: [id]
+    target: raw.{tag}_crm_people
+  - name: app.people
+    source: shop
+    extract: incremental
+    primary_key: [id]
+    cursor: updated_at
+    target: raw.{tag}_shop_people
+"""
+
+
+def _parity(source_dsn: str, warehouse_dsn: str, target: str) -> tuple[int, str | None]:
+    columns, key = ["id", "name", "updated_at"], ["id"]
+    expected = checksum(source_dsn, TableRef("app", "people"), columns, key)
+    actual = checksum(warehouse_dsn, TableRef.parse(target), columns, key)
+    assert actual == expected
+    return actual
+
+
+def test_two_sources_feed_one_warehouse_through_their_assets(env_two: dict[str, str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = f"two{secrets.token_hex(3)}"
+    config = _declare(tmp_path, monkeypatch, _people(tag))
+    assets = build_assets(config)
+    resources = build_resources(config)
+    assert {"source__crm", "source__shop"} <= set(resources)
+    by_target = {a.key.path[-1]: a for a in assets}
+    assert by_target[f"{tag}_crm_people"].required_resource_keys >= {"source__crm", "warehouse"}
+    assert "source" not in by_target[f"{tag}_shop_people"].required_resource_keys
+
+    result = dg.materialize(assets, resources=resources)
+    assert result.success
+    read = {e.asset_key.path[-1]: e.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    assert read[f"{tag}_crm_people"]["rows_read"].value == 300
+    assert read[f"{tag}_shop_people"]["rows_read"].value == 500
+    assert read[f"{tag}_crm_people"]["source_name"].text == "crm"
+    wh = env_two["ETL_WAREHOUSE_DSN"]
+    assert _parity(env_two["crm"], wh, f"raw.{tag}_crm_people")[0] == 300
+    assert _parity(env_two["shop"], wh, f"raw.{tag}_shop_people")[0] == 500
+    assert scalar(wh, f"SELECT min(name) FROM raw.{tag}_crm_people") == "crm 1"
+
+    # Incremental from shop: only its changed rows are read; crm's identically named table is untouched.
+    execute(env_two["shop"], "UPDATE app.people SET name = name || ' v2', updated_at = now() WHERE id <= 7; "
+            "INSERT INTO app.people (id, name) VALUES (501, 'shop 501')")
+    shop_asset = by_target[f"{tag}_shop_people"]
+    again = dg.materialize([shop_asset], resources=resources)
+    assert again.success
+    (event,) = again.get_asset_materialization_events()
+    meta = event.materialization.metadata
+    assert (meta["rows_inserted"].value, meta["rows_updated"].value) == (1, 7)
+    assert meta["rows_read"].value <= 9  # the changed rows (and the row at the previous mark)
+    assert _parity(env_two["shop"], wh, f"raw.{tag}_shop_people")[0] == 501
+    assert _parity(env_two["crm"], wh, f"raw.{tag}_crm_people")[0] == 300
+
+
+def test_a_named_source_variable_unset_stops_loading(env_two: dict[str, str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _declare(tmp_path, monkeypatch, _people("unset"))
+    monkeypatch.delenv("SHOP_DSN")
+    with pytest.raises(ConfigError) as err:
+        build_resources(config)
+    message = str(err.value)
+    assert message.startswith(f"Source shop ({tmp_path / 'sources.yaml'}, line 3) reads its connection "
+                              "string from SHOP_DSN, which is not set; export SHOP_DSN=")
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match=r"Source shop .* SHOP_DSN, which is not set"):
+        # Importing the module builds the Definitions (as dagster dev and workers do); if a test
+        # imported it earlier, building them again is the same code path.
+        from etl_assets import definitions
+
+        definitions.build_definitions()
+
+
+def test_an_unreachable_named_source_is_named_and_its_password_hidden(
+        env_two: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = f"down{secrets.token_hex(3)}"
+    config = _declare(tmp_path, monkeypatch, _people(tag))
+    monkeypatch.setenv("CRM_DSN", "postgresql://crm_reader:s3cr3t-pw@127.0.0.1:1/crm")
+    crm_asset = next(a for a in build_assets(config) if a.key.path[-1] == f"{tag}_crm_people")
+    result = dg.materialize([crm_asset], resources=build_resources(config), raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    message = (error.cause or error).message  # Dagster wraps the step's own error
+    assert "DatabaseUnreachable" in (error.cause or error).cls_name
+    assert ("Cannot connect to the crm source database at postgresql://crm_reader:***@127.0.0.1:1/crm"
+            in message)
+    assert "The connection string comes from CRM_DSN" in message
+    assert "s3cr3t" not in error.to_string()
+
+
+# --- the per-source cap: advisory-lock slots in the warehouse ------------------------------------------
+
+def _run_pair(config: PipelineConfig, env: dict[str, str], tag: str, hold: float,
+              monkeypatch: pytest.MonkeyPatch) -> tuple[list[ExtractReport], list[str]]:
+    """Both crm tables extracted at once (two threads, the real extract path), each holding its run
+    for ``hold`` seconds (ETL_TEST_EXTRACT_HOLD); returns their reports and the log lines."""
+    monkeypatch.setenv("ETL_TEST_EXTRACT_HOLD", str(hold))
+    specs = [s for s in config.tables if s.source_name == "crm"]
+    cap = config.source_named("crm").max_concurrent
+    lines: list[str] = []
+    warehouse = functools.partial(connect, env["ETL_WAREHOUSE_DSN"])
+    source = functools.partial(connect, env["crm"])
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run_extract, spec, source, warehouse, f"run-{i}", log=lines.append,
+                               source_cap=("crm", cap)) for i, spec in enumerate(specs)]
+        reports = [f.result(timeout=120) for f in futures]
+    return reports, lines
+
+
+def _two_crm_tables(tag: str, cap: int) -> str:
+    return f"""sources:
+  crm: {{dsn_env: CRM_DSN, max_concurrent: {cap}}}
+tables:
+  - name: app.people
+    source: crm
+    extract: full
+    primary_key: [id]
+    target: raw.{tag}_a
+  - name: app.people
+    source: crm
+    extract: full
+    primary_key: [id]
+    target: raw.{tag}_b
+"""
+
+
+def test_max_concurrent_one_makes_the_second_extract_wait(env_two: dict[str, str], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = f"cap{secrets.token_hex(3)}"
+    config = _declare(tmp_path, monkeypatch, _two_crm_tables(tag, 1))
+    (first, second), lines = _run_pair(config, env_two, tag, 1.5, monkeypatch)
+    early, late = sorted([first, second], key=lambda r: r.source_acquired_at)
+    # Measured: the second took its slot only after the first let it go; it waited about a hold long.
+    assert late.source_acquired_at >= early.source_released_at
+    assert late.source_waited_seconds >= 1.0 and early.source_waited_seconds < 1.0
+    assert late.metadata()["source_wait_seconds"] >= 1.0 and late.metadata()["source_name"] == "crm"
+    waiting = [line for line in lines if "slot(s) of source crm are taken" in line]
+    assert len(waiting) == 1 and "all 1 slot(s)" in waiting[0]
+    assert f"slot 1: crm: raw.{tag}_" in waiting[0]  # names what the holder extracts
+    for target in (f"raw.{tag}_a", f"raw.{tag}_b"):
+        assert _parity(env_two["crm"], env_two["ETL_WAREHOUSE_DSN"], target)[0] == 300
+    # The run lock is taken inside the slot and released before it.
+    for report in (first, second):
+        assert report.source_acquired_at <= report.lock_acquired_at
+        assert report.lock_released_at <= report.source_released_at
+
+
+def test_max_concurrent_two_lets_both_run_at_once(env_two: dict[str, str], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = f"two{secrets.token_hex(3)}"
+    config = _declare(tmp_path, monkeypatch, _two_crm_tables(tag, 2))
+    (first, second), lines = _run_pair(config, env_two, tag, 1.0, monkeypatch)
+    early, late = sorted([first, second], key=lambda r: r.source_acquired_at)
+    assert late.source_acquired_at < early.source_released_at  # they overlapped
+    assert max(first.source_waited_seconds, second.source_waited_seconds) < 0.5
+    assert not [line for line in lines if "are taken" in line]
+
+
+def test_a_slot_held_by_a_session_that_ends_is_freed(env_two: dict[str, str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder that dies (its warehouse session ends without unlocking) frees its slot."""
+    tag = f"gone{secrets.token_hex(3)}"
+    config = _declare(tmp_path, monkeypatch, _two_crm_tables(tag, 1))
+    spec = config.tables[0]
+    holder = psycopg.connect(env_two["ETL_WAREHOUSE_DSN"], autocommit=True,
+                             application_name="etl-assets slot crm: a crashed extract")
+    holder.execute("SELECT pg_advisory_lock(hashtext(%s), 1)", (slot_name("crm"),))
+    lines: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(run_extract, spec, functools.partial(connect, env_two["crm"]),
+                             functools.partial(connect, env_two["ETL_WAREHOUSE_DSN"]), "after-crash",
+                             log=lines.append, source_cap=("crm", 1))
+        time.sleep(1.0)
+        assert not future.done()
+        holder.close()  # the session ends: its advisory locks go with it
+        report = future.result(timeout=60)
+    assert report.source_waited_seconds >= 1.0 and report.rows_read == 300
+    assert "slot 1: crm: a crashed extract" in lines[0]

@@ -17,8 +17,14 @@ import dagster as dg
 from etl_assets.db import PostgresResource
 from etl_assets.extract.common import target_key
 from etl_assets.extract.runner import run_extract
-from etl_assets.pipeline_config import PipelineConfig, TableSpec, load_pipelines
-from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
+from etl_assets.pipeline_config import (
+    DEFAULT_MAX_CONCURRENT,
+    PipelineConfig,
+    SourceSpec,
+    TableSpec,
+    load_pipelines,
+)
+from etl_assets.resources import DEFAULT_KEYS, ResourceKeys, source_key
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -35,8 +41,20 @@ def op_name(spec: TableSpec) -> str:
     return "extract__" + _safe_name(f"{spec.target.schema}__{spec.target.name}")
 
 
-def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
-    """The asset of one declared table, reading its databases from the resources named by ``keys``."""
+def source_op_tags(spec: TableSpec) -> dict[str, str]:
+    """A named source's extract goes to its own Celery queue (``source-<name>``), so that a worker
+    placed near that database can take it; the default source's go to the default queue."""
+    if spec.source_name is None:
+        return {}
+    from etl_assets.celery_executor import QUEUE_TAG, source_queue
+
+    return {QUEUE_TAG: source_queue(spec.source_name)}
+
+
+def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS,
+                  source: SourceSpec | None = None) -> dg.AssetsDefinition:
+    """The asset of one declared table, reading its databases from the resources named by ``keys``
+    (a named source's from ``<source>__<name>``, capped at ``source.max_concurrent`` extracts)."""
     if spec.extract == "cdc":
         from etl_assets.cdc.asset import build_cdc_asset
 
@@ -56,6 +74,11 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
     }
     if spec.cursor:
         metadata["cursor"] = spec.cursor
+    if spec.source_name is not None:
+        metadata["source_name"] = spec.source_name
+    source_resource_key = source_key(spec, keys)
+    cap = None if spec.source_name is None else (
+        spec.source_name, source.max_concurrent if source is not None else DEFAULT_MAX_CONCURRENT)
 
     @dg.multi_asset(
         # An explicit output name: keys may hold characters (spaces, quotes) Dagster names may not.
@@ -64,12 +87,13 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
                                        kinds={"postgres"}, is_required=True)},
         name=op_name(spec),
         pool="warehouse",  # the same concurrency pool as every other warehouse writer
-        required_resource_keys={keys.source, keys.warehouse},
+        required_resource_keys={source_resource_key, keys.warehouse},
+        op_tags=source_op_tags(spec),
     )
     def _extract(context: dg.AssetExecutionContext):
         from etl_assets.quality.scope import after_extract, before_extract
 
-        source: PostgresResource = getattr(context.resources, keys.source)
+        source: PostgresResource = getattr(context.resources, source_resource_key)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
         from etl_assets.extract.runlock import launched_by_automation, lock_wait_seconds
@@ -83,7 +107,7 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
             markers.append(before_extract(spec, warehouse))
 
         report = run_extract(spec, source.connect, warehouse.connect, context.run.run_id, wait=wait,
-                             log=context.log.info, on_locked=on_locked)
+                             log=context.log.info, on_locked=on_locked, source_cap=cap)
         marker = markers[0]
         for warning in report.warnings:
             context.log.warning(warning)
@@ -107,7 +131,8 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
 
 
 def build_assets(config: PipelineConfig, keys: ResourceKeys = DEFAULT_KEYS) -> list[dg.AssetsDefinition]:
-    return [extract_asset(spec, spec.origin or config.path, keys) for spec in config.tables]
+    return [extract_asset(spec, spec.origin or config.path, keys, config.source_named(spec.source_name))
+            for spec in config.tables]
 
 
 def declared_keys(config: PipelineConfig | None = None) -> set[dg.AssetKey]:

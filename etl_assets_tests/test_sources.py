@@ -338,3 +338,99 @@ def test_a_slot_held_by_a_session_that_ends_is_freed(env_two: dict[str, str], tm
         report = future.result(timeout=60)
     assert report.source_waited_seconds >= 1.0 and report.rows_read == 300
     assert "slot 1: crm: a crashed extract" in lines[0]
+
+
+# --- Celery queues, sensors and delete detection per source ----------------------------------------------
+
+def test_named_source_steps_go_to_their_queue_and_the_worker_takes_every_queue(
+        env_two: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("dagster_celery")
+    from dagster._core.execution.api import create_execution_plan
+    from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
+
+    from etl_assets.celery_executor import BROKER_VAR, QUEUE_TAG, make_worker_app, project_queues
+
+    assert QUEUE_TAG == DAGSTER_CELERY_QUEUE_TAG
+    text = _people("q") + "  - name: app.defaulted\n    extract: full\n    target: raw.q_defaulted\n"
+    config = _declare(tmp_path, monkeypatch, text)
+    defs = dg.Definitions(assets=build_assets(config), resources=build_resources(config))
+    plan = create_execution_plan(defs.resolve_implicit_global_asset_job_def())
+    queues = {step.key: step.tags.get(DAGSTER_CELERY_QUEUE_TAG) for step in plan.steps}
+    assert queues == {"extract__raw__q_crm_people": "source-crm",
+                      "extract__raw__q_shop_people": "source-shop",
+                      "extract__raw__q_defaulted": None}  # the default source: the default queue
+
+    # `etl-assets worker` without --queue serves the default queue and every named source's.
+    monkeypatch.delenv("ETL_CELERY_QUEUE", raising=False)
+    assert project_queues() == ["dagster", "source-crm", "source-shop"]
+    monkeypatch.setenv(BROKER_VAR, "pyamqp://guest:guest@127.0.0.1:1//")  # never contacted
+    app = make_worker_app()
+    assert [q.name for q in app.conf.task_queues] == ["dagster", "source-crm", "source-shop"]
+    assert [q.routing_key for q in app.conf.task_queues][1] == "source-crm.#"
+
+
+def test_the_sensor_probes_each_table_in_its_own_source(env_two: dict[str, str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_assets.automation import sensors
+
+    tag = f"sn{secrets.token_hex(3)}"
+    execute(env_two["crm"], f"CREATE TABLE app.{tag} (id int PRIMARY KEY, updated_at timestamptz NOT NULL "
+            f"DEFAULT now()); CREATE INDEX ON app.{tag} (updated_at); INSERT INTO app.{tag} VALUES (1)")
+    config = _declare(tmp_path, monkeypatch, f"""sources:
+  crm: {{dsn_env: CRM_DSN}}
+  shop: {{dsn_env: SHOP_DSN}}
+tables:
+  - name: app.{tag}
+    source: crm
+    extract: incremental
+    primary_key: [id]
+    cursor: updated_at
+    target: raw.{tag}
+  - name: app.people
+    source: shop
+    extract: incremental
+    primary_key: [id]
+    cursor: updated_at
+    target: raw.{tag}_shop
+""")
+    sensor, job = sensors.build_source_sensor(30, list(config.tables))
+    assert sensor.required_resource_keys == {"warehouse", "source__crm", "source__shop"}
+    resources = {k: v for k, v in build_resources(config).items() if k in sensor.required_resource_keys}
+    defs = dg.Definitions(assets=build_assets(config), sensors=[sensor], jobs=[job], resources=resources)
+    with dg.DagsterInstance.get() as instance:
+        # As the daemon evaluates it (resources from the context, none as arguments) ...
+        context = dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+        data = sensor.evaluate_tick(context)
+        (request,) = data.run_requests
+        assert {k.path[-1] for k in request.asset_selection} == {tag, f"{tag}_shop"}
+        # ... and called directly: the crm-only table is found in crm, not in the default source.
+        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=resources))
+        assert len(result.run_requests) == 1
+
+
+def test_delete_detection_compares_with_the_tables_own_source(env_two: dict[str, str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_assets.housekeeping.deletes import build_delete_job
+
+    tag = f"del{secrets.token_hex(3)}"
+    execute(env_two["crm"], f"CREATE TABLE app.{tag} (id int PRIMARY KEY, updated_at timestamptz NOT NULL "
+            f"DEFAULT now()); INSERT INTO app.{tag} (id) SELECT generate_series(1, 50)")
+    config = _declare(tmp_path, monkeypatch, f"""sources:
+  crm: {{dsn_env: CRM_DSN}}
+tables:
+  - name: app.{tag}
+    source: crm
+    extract: incremental
+    primary_key: [id]
+    cursor: updated_at
+    target: raw.{tag}
+""")
+    resources = build_resources(config)
+    assert dg.materialize(build_assets(config), resources=resources).success
+    execute(env_two["crm"], f"DELETE FROM app.{tag} WHERE id > 45")
+    job = build_delete_job(config.tables)
+    result = job.execute_in_process(resources={k: resources[k] for k in ("source__crm", "warehouse")})
+    assert result.success
+    wh = env_two["ETL_WAREHOUSE_DSN"]
+    assert scalar(wh, f"SELECT count(*) FROM raw.{tag}") == 45
+    assert scalar(wh, f"SELECT max(id) FROM raw.{tag}") == 45

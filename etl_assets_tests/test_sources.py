@@ -336,7 +336,7 @@ def test_a_slot_held_by_a_session_that_ends_is_freed(env_two: dict[str, str], tm
         assert not future.done()
         holder.close()  # the session ends: its advisory locks go with it
         report = future.result(timeout=60)
-    assert report.source_waited_seconds >= 1.0 and report.rows_read == 300
+    assert report.source_waited_seconds >= 0.8 and report.rows_read == 300  # the holder lived ~1 s
     assert "slot 1: crm: a crashed extract" in lines[0]
 
 

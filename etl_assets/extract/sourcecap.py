@@ -7,9 +7,10 @@ and host that shares the warehouse (the one place they all see).
 
 How: the source has ``max_concurrent`` slots, each a session-level advisory lock on the key pair
 (``hashtext('etl-assets source: <name>')``, slot number). An extract tries slots 1..N with
-``pg_try_advisory_lock`` on a warehouse connection of its own; when every slot is taken it waits,
-polling with a growing pause (a blocking wait on one slot would miss another slot coming free), and
-says so through ``log``, naming what the holders extract. The slot is let go when the extract ends,
+``pg_try_advisory_lock`` on a warehouse connection of its own; when every slot is taken it waits
+on one slot at a time for a growing pause (``lock_timeout``; a wait without end on one slot would miss
+another slot coming free) and tries them all again, and says so through ``log``, naming what the
+holders extract. The slot is let go when the extract ends,
 and a crashed process frees its slot with its session. The two-key form lives in a key space of its
 own (``objsubid = 2`` in ``pg_locks``), so it never meets the run lock or the target locks.
 
@@ -30,7 +31,7 @@ import psycopg
 from etl_assets.io.tables import TableRef
 
 POLL_FIRST_SECONDS = 0.05
-POLL_MAX_SECONDS = 1.0
+POLL_MAX_SECONDS = 0.25  # bounds how late a freed slot is seen when max_concurrent > 1
 ANNOUNCE_EVERY_SECONDS = 30.0  # a waiting extract says again whom it waits for
 APPLICATION_PREFIX = "etl-assets slot"
 
@@ -68,6 +69,18 @@ def _holders(conn: psycopg.Connection, key: int) -> list[str]:
             for slot, app, pid in rows]
 
 
+def _lock_within(conn: psycopg.Connection, key: int, slot: int, seconds: float) -> bool:
+    """Wait at most ``seconds`` for ``slot`` (a blocking wait on the server)."""
+    conn.execute(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (key, slot))
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("RESET lock_timeout")
+
+
 @contextmanager
 def source_slot(source: str, slots: int, warehouse: Callable, target: TableRef | str, *,
                 log: Callable[[str], None] | None = None) -> Iterator[HeldSlot]:
@@ -83,7 +96,7 @@ def source_slot(source: str, slots: int, warehouse: Callable, target: TableRef |
         conn.execute("SELECT set_config('application_name', %s, false)", (label[:63],))
         key = conn.execute("SELECT hashtext(%s)", (slot_name(source),)).fetchone()[0]
         started = time.monotonic()
-        pause, announced = POLL_FIRST_SECONDS, None
+        pause, announced, waits = POLL_FIRST_SECONDS, None, 0
         while not held.slot:
             for slot in range(1, slots + 1):
                 if conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", (key, slot)).fetchone()[0]:
@@ -96,7 +109,11 @@ def source_slot(source: str, slots: int, warehouse: Callable, target: TableRef |
                     log(f"{target}: all {slots} slot(s) of source {source} are taken (max_concurrent); "
                         f"waiting ({now - started:.0f} s so far) for one of: {holders}")
                     announced = now
-                time.sleep(pause)
+                # Wait on one slot (in turn) for the pause: taken the moment it comes free, while the
+                # next round of tries still sees any other slot that freed meanwhile.
+                waits += 1
+                if _lock_within(conn, key, 1 + waits % slots, pause):
+                    held.slot = 1 + waits % slots
                 pause = min(pause * 2, POLL_MAX_SECONDS)
         held.waited_seconds = time.monotonic() - started
         held.acquired_at = time.time()

@@ -434,3 +434,57 @@ tables:
     wh = env_two["ETL_WAREHOUSE_DSN"]
     assert scalar(wh, f"SELECT count(*) FROM raw.{tag}") == 45
     assert scalar(wh, f"SELECT max(id) FROM raw.{tag}") == 45
+
+
+@pytest.mark.drill
+def test_a_worker_on_a_source_queue_takes_that_sources_extracts(pg_admin_dsn: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real RabbitMQ: one worker serves only ``source-<name>``, another only the default queue; a run of
+    a declaration with a named-source table and a default-source table puts each extract on its own
+    worker, and both targets equal their sources."""
+    from etl_assets_tests.celery_helpers import BROKER_URL, Worker, broker_answers
+    from etl_assets_tests.test_celery_executor import Site, etl_run, steps_ran_on
+
+    if not broker_answers():
+        pytest.skip("no RabbitMQ answers on 127.0.0.1:5672 (.ci/rabbitmq starts one)")
+    site = Site(pg_admin_dsn, tmp_path)
+    try:
+        name = f"crm_{secrets.token_hex(3)}"  # its own queue name on the shared broker
+        crm = site.database("crm")
+        warehouse = site.database("wh")
+        execute(crm, PEOPLE + "INSERT INTO app.people (id, name) SELECT g, 'crm ' || g "
+                "FROM generate_series(1, 40) g")
+        execute(site.source, PEOPLE + "INSERT INTO app.people (id, name) SELECT g, 'dflt ' || g "
+                "FROM generate_series(1, 60) g")
+        file = tmp_path / "two.yaml"
+        file.write_text(f"""sources:
+  {name}: {{dsn_env: CRM_TEST_DSN}}
+tables:
+  - name: app.people
+    source: {name}
+    extract: full
+    primary_key: [id]
+    target: raw.crm_people
+  - name: app.people
+    extract: full
+    primary_key: [id]
+    target: raw.default_people
+""")
+        env = {**site.env(warehouse, BROKER_URL), "ETL_PIPELINES": str(file), "CRM_TEST_DSN": crm}
+        near = Worker(env, tmp_path / "near.log", "--queue", f"source-{name}")
+        rest = Worker(env, tmp_path / "rest.log", "--queue", site.queue)
+        try:
+            near_node, rest_node = near.wait_ready(), rest.wait_ready()
+            assert f"queues source-{name}" in near.output()
+            result = etl_run(env)
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        finally:
+            assert near.terminate() == 0 and rest.terminate() == 0
+        places = steps_ran_on(result.stdout)
+        assert places["extract__raw__crm_people"][1] == near_node
+        assert places["extract__raw__default_people"][1] == rest_node
+        assert {node for _pid, node in places.values()} == {near_node, rest_node}
+        assert _parity(crm, warehouse, "raw.crm_people")[0] == 40
+        assert _parity(site.source, warehouse, "raw.default_people")[0] == 60
+    finally:
+        site.drop()

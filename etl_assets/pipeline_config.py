@@ -419,10 +419,6 @@ def resolve_sources(specs: list[TableSpec] | tuple[TableSpec, ...], sources: tup
     default = next((s.name for s in sources if s.dsn_env == DEFAULT_SOURCE_ENV), None)
     out = []
     for spec in specs:
-        if spec.extract == "cdc" and spec.source_name in (None, default):
-            # Change capture reads the default source through its own resource, outside the caps.
-            out.append(dataclasses.replace(spec, source_name=None))
-            continue
         if spec.source_name is None:
             out.append(dataclasses.replace(spec, source_name=default) if default else spec)
             continue
@@ -433,12 +429,6 @@ def resolve_sources(specs: list[TableSpec] | tuple[TableSpec, ...], sources: tup
                 f"'source': unknown source {spec.source_name!r}; declared sources: {known}. Declare it "
                 "under sources: (e.g. sources: {" + spec.source_name + ": {dsn_env: VARIABLE}}) or "
                 "correct the name."
-            )
-        if spec.extract == "cdc":
-            raise ConfigError(
-                f"{spec.origin}: table {spec.label}{f' (line {spec.line})' if spec.line else ''}: key "
-                f"'source': extract: cdc reads only the source in {DEFAULT_SOURCE_ENV} in this version, "
-                f"not {spec.source_name}; remove source: or use extract: incremental for this table."
             )
         out.append(spec)
     return tuple(out)

@@ -51,9 +51,9 @@ def test_sources_parse_and_tables_name_theirs() -> None:
     assert [(s.name, s.dsn_env, s.max_concurrent, s.line) for s in config.sources] == [
         ("crm", "CRM_DSN", 3, 2), ("shop", "ETL_SOURCE_DSN", 2, 3)]
     # A table naming no source reads ETL_SOURCE_DSN: the declared source of that variable (its cap and
-    # queue); cdc stays on the default resource.
+    # queue), cdc tables included.
     assert [(t.label, t.source_name) for t in config.tables] == [
-        ("crm.contacts", "crm"), ("shop.items", "shop"), ("shop.changes", None)]
+        ("crm.contacts", "crm"), ("shop.items", "shop"), ("shop.changes", "shop")]
     assert config.source_named("crm").max_concurrent == 3 and config.source_named(None) is None
     plain = parse_pipelines("tables:\n  - name: a.b\n    extract: full\n", "plain.yaml")
     assert plain.sources == () and plain.tables[0].source_name is None
@@ -81,9 +81,6 @@ def test_sources_parse_and_tables_name_theirs() -> None:
      "bad.yaml: table a.b (line 2): key 'source': unknown source 'crm'; declared sources: none"),
     ("tables:\n  - name: a.b\n    extract: full\n    source: [crm]\n",
      "bad.yaml: table #1 (a.b, line 2): key 'source': must be the name of a source declared under sources:"),
-    ("sources:\n  crm: {dsn_env: CRM_DSN}\ntables:\n  - name: a.b\n    extract: cdc\n    primary_key: [id]\n"
-     "    source: crm\n",
-     "bad.yaml: table a.b (line 4): key 'source': extract: cdc reads only the source in ETL_SOURCE_DSN"),
 ])
 def test_every_mistake_is_one_line_naming_file_and_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -488,3 +485,54 @@ tables:
         assert _parity(site.source, warehouse, "raw.default_people")[0] == 60
     finally:
         site.drop()
+
+
+def test_cdc_from_a_named_source(env_two: dict[str, str], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Capture installed in the named source with ``etl-assets cdc install --source``, the change log
+    applied through the table's own resource, inserts, updates and deletes included."""
+    from etl_assets.cli import main
+
+    tag = f"cdc{secrets.token_hex(3)}"
+    execute(env_two["crm"], f"CREATE TABLE app.{tag} (id int PRIMARY KEY, v text); "
+            f"INSERT INTO app.{tag} SELECT g, 'v' || g FROM generate_series(1, 30) g")
+    config = _declare(tmp_path, monkeypatch, f"""sources:
+  crm: {{dsn_env: CRM_DSN, max_concurrent: 1}}
+tables:
+  - name: app.{tag}
+    source: crm
+    extract: cdc
+    primary_key: [id]
+    target: raw.{tag}
+""")
+    (asset,) = build_assets(config)
+    assert asset.required_resource_keys >= {"source__crm", "warehouse"}
+    assert asset.op.tags["dagster-celery/queue"] == "source-crm"
+    resources = build_resources(config)
+    # Not installed yet: the message names the command with the source.
+    failed = dg.materialize([asset], resources=resources, raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    assert f"`etl-assets cdc install --source crm app.{tag}`" in (error.cause or error).message
+
+    assert main(["cdc", "install", "--source", "nope"]) == 2  # an unknown source is refused by name
+    assert "--source nope: no such source in the tables declaration" in capsys.readouterr().err
+    assert main(["cdc", "install", "--source", "crm"]) == 0
+    assert f"app.{tag}: capture installed" in capsys.readouterr().out
+    from etl_assets.cdc.capture import get_capture
+
+    for dsn, installed in ((env_two["crm"], True), (env_two["ETL_SOURCE_DSN"], False)):  # in crm only
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            exists = conn.execute("SELECT to_regnamespace('etl_cdc') IS NOT NULL").fetchone()[0]
+            assert (exists and get_capture(conn, TableRef("app", tag)) is not None) == installed
+
+    assert dg.materialize([asset], resources=resources).success  # the snapshot
+    execute(env_two["crm"], f"UPDATE app.{tag} SET v = 'changed' WHERE id <= 3; DELETE FROM app.{tag} "
+            f"WHERE id > 25; INSERT INTO app.{tag} VALUES (31, 'new')")
+    assert dg.materialize([asset], resources=resources).success  # the changes
+    columns, key = ["id", "v"], ["id"]
+    expected = checksum(env_two["crm"], TableRef("app", tag), columns, key)
+    assert checksum(env_two["ETL_WAREHOUSE_DSN"], TableRef("raw", tag), columns, key) == expected
+    assert expected[0] == 26
+

@@ -14,13 +14,16 @@ user's production tables is a DBA's decision.
 
 # No `from __future__ import annotations`: Dagster inspects the annotations at runtime.
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
 from etl_assets.db import PostgresResource
-from etl_assets.pipeline_config import SHIPPED_DEMO, TableSpec
-from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
+from etl_assets.pipeline_config import DEFAULT_MAX_CONCURRENT, SHIPPED_DEMO, SourceSpec, TableSpec
+from etl_assets.resources import DEFAULT_KEYS, ResourceKeys, source_key
 
 
 def is_shipped_demo(origin: str) -> bool:
@@ -34,9 +37,11 @@ def is_shipped_demo(origin: str) -> bool:
         return False
 
 
-def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
-    """The asset applying ``spec.source``'s change log to ``spec.target``."""
-    from etl_assets.extract.assets import _safe_name, op_name
+def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS,
+                    source: SourceSpec | None = None) -> dg.AssetsDefinition:
+    """The asset applying ``spec.source``'s change log to ``spec.target``; a table of a named source
+    reads it through that source's resource, in its queue, within its cap (like the other extracts)."""
+    from etl_assets.extract.assets import _safe_name, op_name, source_op_tags
 
     key = dg.AssetKey(spec.asset_key_path)
     auto = is_shipped_demo(origin)
@@ -47,9 +52,11 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         + (
             "Capture is installed automatically (shipped demo declaration)."
             if auto
-            else f"Needs capture installed on the source: `etl-assets cdc install {spec.source}`."
+            else f"Needs capture installed on the source: `{install_command(spec)}`."
         )
     )
+    source_resource_key = source_key(spec, keys)
+    slots = source.max_concurrent if source is not None else DEFAULT_MAX_CONCURRENT
     metadata = {
         "source": str(spec.source),
         "target": str(spec.target),
@@ -71,17 +78,19 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         },
         name=op_name(spec),
         pool="warehouse",
-        required_resource_keys={keys.source, keys.warehouse},
+        required_resource_keys={source_resource_key, keys.warehouse},
+        op_tags=source_op_tags(spec),
     )
     def _cdc(context: dg.AssetExecutionContext):
         from etl_assets.cdc.sync import sync_table
 
-        source: PostgresResource = getattr(context.resources, keys.source)
+        source: PostgresResource = getattr(context.resources, source_resource_key)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
-        report = sync_table(
-            spec, source.connect, warehouse.connect, run_id=context.run.run_id, auto_install=auto
-        )
+        with _slot(spec, slots, warehouse.connect, context.log.info):
+            report = sync_table(
+                spec, source.connect, warehouse.connect, run_id=context.run.run_id, auto_install=auto
+            )
         for note in report.notes:
             context.log.warning(note) if note.startswith("new snapshot") else context.log.info(note)
         if report.held_back_by:
@@ -105,3 +114,29 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
                                     data_version=version)
 
     return _cdc
+
+
+def install_command(spec: TableSpec) -> str:
+    """The command installing capture for ``spec`` (naming its source when it has a named one)."""
+    flag = f" --source {spec.source_name}" if spec.source_name else ""
+    return f"etl-assets cdc install{flag} {spec.source}"
+
+
+@contextmanager
+def _slot(spec: TableSpec, slots: int, warehouse, log) -> Iterator[None]:
+    """A slot of the table's named source for the sync (etl_assets/extract/sourcecap.py); none for the
+    default source. A missing capture's message names the source to install it in."""
+    from etl_assets.cdc.capture import CaptureMissing
+    from etl_assets.extract.sourcecap import source_slot
+
+    if spec.source_name is None:
+        yield
+        return
+    try:
+        with source_slot(spec.source_name, slots, warehouse, spec.target, log=log):
+            yield
+    except CaptureMissing as exc:
+        flag = f"--source {spec.source_name} "
+        text = re.sub(r"`etl-assets cdc (install|uninstall) ", rf"`etl-assets cdc \1 {flag}", str(exc))
+        raise CaptureMissing(text) from None
+

@@ -58,7 +58,7 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
     if spec.extract == "cdc":
         from etl_assets.cdc.asset import build_cdc_asset
 
-        return build_cdc_asset(spec, origin, keys)
+        return build_cdc_asset(spec, origin, keys, source)
     key = dg.AssetKey(spec.asset_key_path)
     description = (
         f"{spec.extract} extract of source table {spec.source} into {spec.target} (load: {spec.load}"

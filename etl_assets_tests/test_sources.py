@@ -536,3 +536,27 @@ tables:
     assert checksum(env_two["ETL_WAREHOUSE_DSN"], TableRef("raw", tag), columns, key) == expected
     assert expected[0] == 26
 
+
+
+@pytest.mark.parametrize("source", ["crm", "f"])  # hashtext('etl-assets source: f') is negative
+def test_a_waiting_extract_names_the_holders_whatever_the_key(source: str, env_two: dict[str, str]) -> None:
+    from etl_assets.extract.sourcecap import source_slot
+
+    warehouse = functools.partial(connect, env_two["ETL_WAREHOUSE_DSN"])
+    lines: list[str] = []
+    def second() -> float:
+        with source_slot(source, 1, warehouse, "raw.second", log=lines.append) as held:
+            return held.acquired_at
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        with source_slot(source, 1, warehouse, "raw.first") as first:
+            future = pool.submit(second)
+            time.sleep(0.5)
+            assert not future.done()  # waits while the slot is held ...
+        acquired = future.result(timeout=30)  # ... and takes it once let go
+    finally:
+        pool.shutdown(wait=True)
+    assert acquired >= first.released_at
+    assert lines == [f"raw.second: all 1 slot(s) of source {source} are taken (max_concurrent); waiting "
+                     f"(0 s so far) for one of: slot 1: {source}: raw.first"]

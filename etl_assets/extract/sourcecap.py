@@ -60,10 +60,10 @@ def _holders(conn: psycopg.Connection, key: int) -> list[str]:
           FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND l.classid = (%s::int)::bigint::oid
+           AND l.classid = %s::bigint::oid
          ORDER BY 1
         """,
-        (key,),
+        (key & 0xFFFFFFFF,),  # pg_locks shows the int4 key as an unsigned oid
     ).fetchall()
     return [f"slot {slot}: {app.removeprefix(APPLICATION_PREFIX + ' ').strip() or f'session {pid}'}"
             for slot, app, pid in rows]

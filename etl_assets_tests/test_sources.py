@@ -560,3 +560,28 @@ def test_a_waiting_extract_names_the_holders_whatever_the_key(source: str, env_t
     assert acquired >= first.released_at
     assert lines == [f"raw.second: all 1 slot(s) of source {source} are taken (max_concurrent); waiting "
                      f"(0 s so far) for one of: slot 1: {source}: raw.first"]
+
+
+def test_etl_assets_run_with_one_source_down_loads_the_others(env_two: dict[str, str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``etl-assets run``: the unreachable source's extract fails with its one line (progress and
+    summary), its password nowhere in the output; the other source's table is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    tag = f"run{secrets.token_hex(3)}"
+    file = tmp_path / "run.yaml"
+    file.write_text(_people(tag))
+    env = {**os.environ, "ETL_PIPELINES": str(file), "CRM_DSN": "postgresql://reader:t0psecret@127.0.0.1:1/crm"}
+    result = subprocess.run([sys.executable, "-m", "etl_assets.cli", "run", "--select",
+                             f"raw/{tag}_crm_people,raw/{tag}_shop_people"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "t0psecret" not in out
+    line = (f"raw/{tag}_crm_people: etl_assets.errors.DatabaseUnreachable: Cannot connect to the crm source "
+            "database at postgresql://reader:***@127.0.0.1:1/crm: ")
+    assert f"FAILED     {line}" in result.stdout  # the progress line
+    summary = result.stdout.split("failed steps:", 1)[1]
+    assert line in summary and "The connection string comes from CRM_DSN" in summary
+    assert _parity(env_two["shop"], env_two["ETL_WAREHOUSE_DSN"], f"raw.{tag}_shop_people")[0] >= 500

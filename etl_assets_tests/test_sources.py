@@ -585,3 +585,16 @@ def test_etl_assets_run_with_one_source_down_loads_the_others(env_two: dict[str,
     summary = result.stdout.split("failed steps:", 1)[1]
     assert line in summary and "The connection string comes from CRM_DSN" in summary
     assert _parity(env_two["shop"], env_two["ETL_WAREHOUSE_DSN"], f"raw.{tag}_shop_people")[0] >= 500
+
+
+def test_a_missing_table_names_its_source(env_two: dict[str, str]) -> None:
+    from etl_assets.errors import MissingObject
+
+    config = parse_pipelines("sources:\n  crm: {dsn_env: CRM_DSN}\ntables:\n  - name: app.nope\n"
+                             "    source: crm\n    extract: full\n", "mine.yaml")
+    with pytest.raises(MissingObject) as err:
+        run_extract(config.tables[0], functools.partial(connect, env_two["crm"]),
+                    functools.partial(connect, env_two["ETL_WAREHOUSE_DSN"]), "missing",
+                    source_cap=("crm", 2))
+    assert str(err.value).startswith("Source table app.nope does not exist in the crm source database "
+                                     "(declared at line 4); ")

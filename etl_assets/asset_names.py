@@ -25,3 +25,13 @@ def safe_name(text: str) -> str:
 def op_name(spec: TableSpec) -> str:
     """The op of the asset that loads ``spec.target``."""
     return "extract__" + safe_name(f"{spec.target.schema}__{spec.target.name}")
+
+
+def source_op_tags(spec: TableSpec) -> dict[str, str]:
+    """A named source's extract goes to its own Celery queue (``source-<name>``), so that a worker
+    placed near that database can take it; the default source's go to the default queue."""
+    if spec.source_name is None:
+        return {}
+    from etl_assets.celery_executor import QUEUE_TAG, source_queue
+
+    return {QUEUE_TAG: source_queue(spec.source_name)}

@@ -34,6 +34,9 @@ QUEUE_VAR = "ETL_CELERY_QUEUE"
 # it: two projects (or two test sessions) sharing one broker then never take each other's steps.
 DEFAULT_QUEUE = "dagster"
 WORKER_NAME_PREFIX = "etl-assets"
+# The op tag dagster-celery routes a step by (dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG).
+QUEUE_TAG = "dagster-celery/queue"
+SOURCE_QUEUE_PREFIX = "source-"
 
 # Celery settings both sides use (the "new lowercase" names, passed as the executor's config_source).
 TASK_SETTINGS: dict[str, Any] = {
@@ -93,10 +96,20 @@ def build_executor():
     return celery_executor.configured(executor_config(), name="etl_celery")
 
 
-def project_queues() -> list[str]:
-    """Every queue the project's steps are sent to: today the default one (steps name no other queue
-    through the ``dagster-celery/queue`` op tag)."""
-    return [default_queue()]
+def source_queue(name: str) -> str:
+    """The queue of a named source's extracts (``source-<name>``): a worker near that database takes
+    them with ``etl-assets worker --queue source-<name>``."""
+    return f"{SOURCE_QUEUE_PREFIX}{name}"
+
+
+def project_queues(config=None) -> list[str]:
+    """Every queue the project's steps are sent to: the default one, and ``source-<name>`` for each
+    named source a table reads (its extract steps carry the ``dagster-celery/queue`` op tag)."""
+    from etl_assets.pipeline_config import load_pipelines
+
+    config = config or load_pipelines()
+    named = sorted({spec.source_name for spec in config.tables if spec.source_name is not None})
+    return [default_queue(), *(source_queue(name) for name in named)]
 
 
 def make_worker_app(queues: Sequence[str] | None = None):

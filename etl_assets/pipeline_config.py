@@ -2,6 +2,8 @@
 
 The keys are a public contract (users' files must keep working as the project grows)::
 
+    sources:                     # optional: named source databases (default: the one in ETL_SOURCE_DSN)
+      crm: {dsn_env: CRM_DSN, max_concurrent: 3}   # max_concurrent: extracts at once (default 2)
     tables:
       - name: shop.orders        # or schema: + table: for names containing dots or quotes
         extract: incremental     # full | incremental | cdc | chunked
@@ -21,6 +23,7 @@ The keys are a public contract (users' files must keep working as the project gr
         automation: {interval: 30s}  # optional: {interval: ...} (incremental, cdc; default 30s),
                                  # {cron: "0 2 * * *"} (default for full, chunked; UTC) or off
         freshness: {warn: 2h, fail: 6h}  # optional; default derived from automation
+        source: crm              # optional: a name under sources: (default: the source in ETL_SOURCE_DSN)
 
 The whole file is validated when the Definitions load, so a mistake stops ``dagster dev`` and
 ``etl-assets`` with one message naming the file, the table (and its line), the key and what is
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from importlib import resources
@@ -49,7 +53,7 @@ from etl_assets.automation.triggers import (
 )
 from etl_assets.errors import ConfigError
 from etl_assets.io.tables import TableRef
-from etl_assets.settings import PIPELINES_VAR
+from etl_assets.settings import PIPELINES_VAR, SOURCE_DSN_VAR
 
 EXTRACT_MODES: tuple[str, ...] = ("full", "incremental", "cdc", "chunked")
 LOAD_MODES: tuple[str, ...] = ("insert", "upsert", "truncate_insert", "swap")
@@ -71,14 +75,32 @@ CONTROL_SCHEMA = "etl"
 TABLE_KEYS: tuple[str, ...] = (
     "name", "schema", "table", "extract", "primary_key", "cursor", "load", "target",
     "chunk_size", "lag", "fast_path", "checks", "sensitive", "cursor_time_zone", "late_commits", "deletes",
-    "automation", "freshness",
+    "automation", "freshness", "source",
 )
 LATE_COMMITS: tuple[str, ...] = ("wait", "ignore")
 # A ``lag`` this long covers any difference between two time zones' clocks (UTC-12 .. UTC+14), so a
 # ``timestamp``/``date`` cursor needs no ``cursor_time_zone`` with it (docs/late-commits.md).
 ANY_ZONE_LAG_SECONDS = 26 * 3600
 DELETE_MODES: tuple[str, ...] = ("delete", "flag", "off")
-TOP_LEVEL_KEYS: tuple[str, ...] = ("tables",)
+TOP_LEVEL_KEYS: tuple[str, ...] = ("tables", "sources")
+SOURCE_KEYS: tuple[str, ...] = ("dsn_env", "max_concurrent")
+DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_SOURCE_ENV = SOURCE_DSN_VAR  # tables naming no source read the database in this variable
+_SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A named source database (``sources:``): where its DSN comes from and how many extracts may read
+    it at once (``etl_assets.extract.sourcecap``). Its name is used in resource keys
+    (``source__<name>``) and Celery queues (``source-<name>``), hence letters, digits and ``_`` only."""
+
+    name: str
+    dsn_env: str
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    line: int | None = field(default=None, compare=False)
+    origin: str | None = field(default=None, compare=False)
 SHIPPED_DEMO = "demo.yaml"
 
 
@@ -122,6 +144,9 @@ class TableSpec:
     check_lines: tuple[KeyLines, ...] = field(default=(), hash=False, compare=False)
     automation: Trigger | None = None  # None: the extract mode's default (see .trigger)
     freshness: Freshness | None = None  # None: derived from the trigger
+    # The named source it is read from (``source:``; ``sources:`` declares it); None: the database
+    # in ETL_SOURCE_DSN. (Not ``source``: that field is the source table.)
+    source_name: str | None = None
 
     @property
     def trigger(self) -> Trigger:
@@ -151,6 +176,11 @@ class PipelineConfig:
 
     path: str
     tables: tuple[TableSpec, ...]
+    sources: tuple[SourceSpec, ...] = ()
+
+    def source_named(self, name: str | None) -> SourceSpec | None:
+        """The declared source ``name`` (None for the default source, or when not declared)."""
+        return next((s for s in self.sources if s.name == name), None) if name else None
 
     def by_target(self, target: TableRef | str) -> TableSpec | None:
         ref = TableRef.parse(target) if isinstance(target, str) else target
@@ -243,9 +273,10 @@ def load_pipelines(path: str | os.PathLike[str] | None = None) -> PipelineConfig
     """Read and validate the declaration (``path``, else every file of :func:`pipelines_paths`,
     merged: one target may be declared once across all of them)."""
     files = [Path(path)] if path is not None else pipelines_paths()
-    configs = [_load_file(file) for file in files]
-    if len(configs) == 1:
-        return configs[0]
+    if len(files) == 1:
+        return _load_file(files[0])
+    configs = [_load_file(file, resolve=False) for file in files]
+    sources = _merge_sources(configs)
     seen: dict[TableRef, tuple[str, TableSpec]] = {}
     for config in configs:
         for spec in config.tables:
@@ -257,11 +288,27 @@ def load_pipelines(path: str | os.PathLike[str] | None = None) -> PipelineConfig
                     "key 'target' must differ across files (each target is one asset)."
                 )
             seen[spec.target] = (config.path, spec)
-    return PipelineConfig(path=", ".join(c.path for c in configs),
-                          tables=tuple(spec for c in configs for spec in c.tables))
+    tables = resolve_sources([spec for c in configs for spec in c.tables], sources)
+    return PipelineConfig(path=", ".join(c.path for c in configs), tables=tables, sources=sources)
 
 
-def _load_file(file: Path) -> PipelineConfig:
+def _merge_sources(configs: list[PipelineConfig]) -> tuple[SourceSpec, ...]:
+    """Every file's ``sources:``; a name declared in two files must be declared alike."""
+    merged: dict[str, SourceSpec] = {}
+    for config in configs:
+        for src in config.sources:
+            other = merged.get(src.name)
+            if other is not None and other != src:
+                raise ConfigError(
+                    f"{src.origin}: source {src.name} (line {src.line}) differs from its declaration in "
+                    f"{other.origin} (line {other.line}); declare a source once, or alike in every file."
+                )
+            merged.setdefault(src.name, src)
+    _distinct_variables(tuple(merged.values()))
+    return tuple(merged.values())
+
+
+def _load_file(file: Path, *, resolve: bool = True) -> PipelineConfig:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -271,13 +318,20 @@ def _load_file(file: Path) -> PipelineConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(f"Cannot read the tables declaration {file}: {exc.strerror}.") from None
-    return parse_pipelines(text, str(file))
+    return parse_pipelines(text, str(file), resolve=resolve)
 
 
-def parse_pipelines(text: str, origin: str = "<pipelines>") -> PipelineConfig:
-    """Validate the YAML ``text``; ``origin`` names it in messages (always one line)."""
+def parse_pipelines(text: str, origin: str = "<pipelines>", *, resolve: bool = True) -> PipelineConfig:
+    """Validate the YAML ``text``; ``origin`` names it in messages (always one line).
+
+    ``resolve=False`` leaves the tables' ``source:`` names unchecked (a file read with others, whose
+    ``sources:`` may declare them): :func:`load_pipelines` checks them once all are read."""
     try:
-        return _parse_pipelines(text, origin)
+        config = _parse_pipelines(text, origin)
+        if resolve:
+            config = PipelineConfig(config.path, resolve_sources(config.tables, config.sources),
+                                    config.sources)
+        return config
     except ConfigError as exc:
         message = str(exc)
         if message.isprintable():
@@ -305,6 +359,7 @@ def _parse_pipelines(text: str, origin: str) -> PipelineConfig:
         raise ConfigError(
             f"{origin}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(TOP_LEVEL_KEYS)}."
         )
+    sources = _parse_sources(data.get("sources"), root, origin) if "sources" in data else ()
     tables = data.get("tables")
     if not isinstance(tables, list):
         raise ConfigError(f"{origin}: 'tables' must be a list of table declarations (got {_kind(tables)}).")
@@ -322,7 +377,88 @@ def _parse_pipelines(text: str, origin: str) -> PipelineConfig:
                 f"both have target {spec.target}; key 'target' must differ (each target is one asset)."
             )
         by_target[spec.target] = spec
-    return PipelineConfig(path=origin, tables=tuple(specs))
+    return PipelineConfig(path=origin, tables=tuple(specs), sources=sources)
+
+
+def _parse_sources(raw: object, root: yaml.Node | None, origin: str) -> tuple[SourceSpec, ...]:
+    """``sources: {name: {dsn_env: VAR, max_concurrent: N}}``, each checked with its line."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: 'sources' must be a mapping of names to {{dsn_env: VARIABLE}} "
+                          f"(got {_kind(raw)}), e.g. sources: {{crm: {{dsn_env: CRM_DSN}}}}.")
+    lines = _mapping_lines(root, "sources")
+    out: list[SourceSpec] = []
+    for name, body in raw.items():
+        line = lines.get(str(name))
+        where = f"{origin}: source {_printable(str(name))}" + (f" (line {line})" if line else "")
+        if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a source name is letters, digits and _ (at most 40, not starting "
+                              "with a digit); it names a resource key and a Celery queue. Rename it.")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: must be a mapping such as {{dsn_env: CRM_DSN}} (got {_kind(body)}).")
+        unknown = [str(k) for k in body if k not in SOURCE_KEYS]
+        if unknown:
+            raise ConfigError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(SOURCE_KEYS)}.")
+        env = body.get("dsn_env")
+        if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
+            raise ConfigError(f"{where}: key 'dsn_env' must name the environment variable holding its "
+                              f"connection string, e.g. dsn_env: CRM_DSN (got {_kind(env)}).")
+        cap = body.get("max_concurrent", DEFAULT_MAX_CONCURRENT)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ConfigError(f"{where}: key 'max_concurrent' must be a whole number >= 1 (extracts "
+                              f"reading this source at once), got {cap!r}.")
+        out.append(SourceSpec(name, env, cap, line, origin))
+    _distinct_variables(tuple(out))
+    return tuple(out)
+
+
+def _distinct_variables(sources: tuple[SourceSpec, ...]) -> None:
+    """Two names for one variable would split its cap in two: refused."""
+    seen: dict[str, SourceSpec] = {}
+    for src in sources:
+        other = seen.setdefault(src.dsn_env, src)
+        if other is not src:
+            raise ConfigError(
+                f"{src.origin}: sources {other.name} (line {other.line}) and {src.name} (line {src.line}) "
+                f"both read {src.dsn_env}; one name per database: remove one of them."
+            )
+
+
+def resolve_sources(specs: list[TableSpec] | tuple[TableSpec, ...], sources: tuple[SourceSpec, ...]
+                    ) -> tuple[TableSpec, ...]:
+    """Check each table's ``source:`` against ``sources``; a table naming none reads the default
+    source, which is the declared one whose ``dsn_env`` is ETL_SOURCE_DSN when there is one (so its
+    cap and queue apply to every table reading that database)."""
+    import dataclasses
+
+    names = {s.name for s in sources}
+    default = next((s.name for s in sources if s.dsn_env == DEFAULT_SOURCE_ENV), None)
+    out = []
+    for spec in specs:
+        if spec.source_name is None:
+            out.append(dataclasses.replace(spec, source_name=default) if default else spec)
+            continue
+        if spec.source_name not in names:
+            known = ", ".join(sorted(names)) if names else "none (the file has no sources: key)"
+            raise ConfigError(
+                f"{spec.origin}: table {spec.label}{f' (line {spec.line})' if spec.line else ''}: key "
+                f"'source': unknown source {spec.source_name!r}; declared sources: {known}. Declare it "
+                "under sources: (e.g. sources: {" + spec.source_name + ": {dsn_env: VARIABLE}}) or "
+                "correct the name."
+            )
+        out.append(spec)
+    return tuple(out)
+
+
+def _mapping_lines(root: yaml.Node | None, key_name: str) -> dict[str, int]:
+    """1-based line of each key of the top-level mapping ``key_name``, for messages."""
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == key_name and isinstance(value, yaml.MappingNode):
+            return {k.value: k.start_mark.line + 1 for k, _v in value.value if isinstance(k, yaml.ScalarNode)}
+    return {}
 
 
 def _item_nodes(root: yaml.Node | None) -> list[yaml.Node]:
@@ -467,13 +603,26 @@ def _parse_table(item: object, index: int, node: yaml.Node | None, origin: str) 
 
     target = _target(t, source)
     deletes = _deletes(t, extract, load)
+    source_name = _source_name(t)
     return TableSpec(
         source=source, extract=extract, load=load, target=target, primary_key=primary_key,
         cursor=cursor, chunk_size=chunk_size, lag=float(lag), cursor_time_zone=cursor_time_zone,
         late_commits=late_commits, fast_path=fast_path, sensitive=sensitive, checks=tuple(checks),
         deletes=deletes, line=line, origin=origin, automation=automation, freshness=freshness,
-        key_lines=dict(lines.keys), check_lines=_check_lines(node),
+        key_lines=dict(lines.keys), check_lines=_check_lines(node), source_name=source_name,
     )
+
+
+def _source_name(t: _Table) -> str | None:
+    """``source:``: the name of a declared source (checked against ``sources:`` by
+    :func:`resolve_sources`); absent or null: the default source."""
+    value = t.item.get("source")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SOURCE_NAME.fullmatch(value):
+        raise t.error("source", f"must be the name of a source declared under sources: (letters, digits, "
+                      f"_), got {_kind(value) if not isinstance(value, str) else repr(value)}.")
+    return value
 
 
 def _time_zone(t: _Table, extract: str) -> str | None:

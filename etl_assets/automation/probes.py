@@ -151,8 +151,9 @@ def probe_cdc(src: psycopg.Connection, spec: TableSpec, stored: tuple[str, dict[
     cap = get_capture(src, spec.source)
     if cap is None:
         fingerprint = _digest(state.get("log_id"), state.get("position"), None)
+        command = "etl-assets cdc install" + (f" --source {spec.source_name}" if spec.source_name else "")
         return Probe(target, True, f"{target}: no change capture on {spec.source} yet (the run installs "
-                     "it for the shipped demo; otherwise run `etl-assets cdc install`)", fingerprint)
+                     f"it for the shipped demo; otherwise run `{command}`)", fingerprint)
     newest = src.execute(sql.SQL("SELECT max(position) FROM {}").format(cap.log_ident)).fetchone()[0]
     applied = state.get("position")
     fingerprint = _digest(state.get("log_id"), applied, cap.log_id, newest)

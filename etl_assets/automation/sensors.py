@@ -41,6 +41,7 @@ from etl_assets.automation.probes import (
 from etl_assets.automation.versions import DATA_VERSION_TAG, latest_data_version
 from etl_assets.db import PostgresResource
 from etl_assets.pipeline_config import TableSpec
+from etl_assets.resources import source_key
 
 AUTOMATION_TAG = "etl/automation"
 # The run queue starts higher priorities first: an extract carrying a source change goes ahead of the
@@ -138,24 +139,32 @@ def run_key(sensor_name: str, moved: Sequence[Probe], last: dict[str, str | None
 
 
 def probe_all(specs: Sequence[TableSpec], source: Any, warehouse: Any) -> list[Probe]:
-    """Probe each table: one warehouse read for every stored state, one source connection."""
+    """Probe each table in its own source: one warehouse read for every stored state, one connection
+    per source. ``source``: one resource for every table, or a function of the table giving its own
+    (tables of several named sources in one sensor)."""
     targets = [str(s.target) for s in specs]
     with warehouse.connect(autocommit=True) as wh:
         states = stored_states(wh, targets)
-    probes = []
-    with source.connect(autocommit=True) as src:
-        for spec in specs:
-            stored = states.get(str(spec.target))
-            if spec.extract == "cdc":
-                probes.append(probe_cdc(src, spec, stored))
-            else:
-                probes.append(probe_incremental(src, spec, stored))
-    return probes
+    resolve = source if callable(source) and not hasattr(source, "connect") else (lambda _spec: source)
+    by_source: dict[int, tuple[Any, list[TableSpec]]] = {}
+    for spec in specs:
+        resource = resolve(spec)
+        by_source.setdefault(id(resource), (resource, []))[1].append(spec)
+    found: dict[str, Probe] = {}
+    for resource, group in by_source.values():
+        with resource.connect(autocommit=True) as src:
+            for spec in group:
+                stored = states.get(str(spec.target))
+                if spec.extract == "cdc":
+                    found[str(spec.target)] = probe_cdc(src, spec, stored)
+                else:
+                    found[str(spec.target)] = probe_incremental(src, spec, stored)
+    return [found[str(spec.target)] for spec in specs]
 
 
 def evaluate(context: dg.SensorEvaluationContext, sensor_name: str, interval: float,
              specs: Sequence[TableSpec], source: Any, warehouse: Any) -> dg.SensorResult:
-    """One tick (see module docstring)."""
+    """One tick (see module docstring). ``source``: as for :func:`probe_all`."""
     by_target = {str(s.target): s for s in specs}
     probes = probe_all(specs, source, warehouse)
     for probe in probes:
@@ -269,18 +278,25 @@ def build_source_sensor(interval: float, specs: Sequence[TableSpec]
         tags={AUTOMATION_TAG: f"watch_{label}"},
     )
     name = f"watch_{label}"
+    # Each table is probed in its own source (a named source's resource, or the default one).
+    source_keys = {str(s.target): source_key(s) for s in specs}
 
     @dg.sensor(
         name=name,
         job=job,
         minimum_interval_seconds=max(1, int(interval)),
         default_status=default_status(),
+        required_resource_keys={"warehouse", *source_keys.values()},
         description=f"Every {specs[0].trigger.label.removeprefix('every_')}: probes "
         f"{', '.join(str(s.source) for s in specs)} (newest cursor value / change-log position) and "
         "requests one run of the extracts whose source moved.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, source: PostgresResource,
-                warehouse: PostgresResource) -> dg.SensorResult:
-        return evaluate(context, name, interval, specs, source, warehouse)
+    def _sensor(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult:
+        # Resources come from context.resources: the daemon passes none as arguments, a direct call
+        # (tests) passes every required one.
+        def source_of(spec: TableSpec) -> PostgresResource:
+            return getattr(context.resources, source_keys[str(spec.target)])
+
+        return evaluate(context, name, interval, specs, source_of, context.resources.warehouse)
 
     return _sensor, job

@@ -14,17 +14,20 @@ user's production tables is a DBA's decision.
 
 # No `from __future__ import annotations`: Dagster inspects the annotations at runtime.
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
-from etl_assets.asset_names import op_name, safe_name
+from etl_assets.asset_names import op_name, safe_name, source_op_tags
 from etl_assets.automation.versions import extract_data_version
 from etl_assets.cdc.sync import sync_table
 from etl_assets.db import PostgresResource
-from etl_assets.pipeline_config import SHIPPED_DEMO, TableSpec
+from etl_assets.pipeline_config import DEFAULT_MAX_CONCURRENT, SHIPPED_DEMO, SourceSpec, TableSpec
 from etl_assets.quality.scope import after_extract
-from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
+from etl_assets.resources import DEFAULT_KEYS, ResourceKeys, source_key
 
 
 def is_shipped_demo(origin: str) -> bool:
@@ -38,8 +41,10 @@ def is_shipped_demo(origin: str) -> bool:
         return False
 
 
-def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
-    """The asset applying ``spec.source``'s change log to ``spec.target``."""
+def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS,
+                    source: SourceSpec | None = None) -> dg.AssetsDefinition:
+    """The asset applying ``spec.source``'s change log to ``spec.target``; a table of a named source
+    reads it through that source's resource, in its queue, within its cap (like the other extracts)."""
     key = dg.AssetKey(spec.asset_key_path)
     auto = is_shipped_demo(origin)
     description = (
@@ -49,9 +54,11 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         + (
             "Capture is installed automatically (shipped demo declaration)."
             if auto
-            else f"Needs capture installed on the source: `etl-assets cdc install {spec.source}`."
+            else f"Needs capture installed on the source: `{install_command(spec)}`."
         )
     )
+    source_resource_key = source_key(spec, keys)
+    slots = source.max_concurrent if source is not None else DEFAULT_MAX_CONCURRENT
     metadata = {
         "source": str(spec.source),
         "target": str(spec.target),
@@ -73,15 +80,17 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
         },
         name=op_name(spec),
         pool="warehouse",
-        required_resource_keys={keys.source, keys.warehouse},
+        required_resource_keys={source_resource_key, keys.warehouse},
+        op_tags=source_op_tags(spec),
     )
     def _cdc(context: dg.AssetExecutionContext):
-        source: PostgresResource = getattr(context.resources, keys.source)
+        source: PostgresResource = getattr(context.resources, source_resource_key)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
-        report = sync_table(
-            spec, source.connect, warehouse.connect, run_id=context.run.run_id, auto_install=auto
-        )
+        with _slot(spec, slots, warehouse.connect, context.log.info):
+            report = sync_table(
+                spec, source.connect, warehouse.connect, run_id=context.run.run_id, auto_install=auto
+            )
         for note in report.notes:
             context.log.warning(note) if note.startswith("new snapshot") else context.log.info(note)
         if report.held_back_by:
@@ -101,3 +110,29 @@ def build_cdc_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_K
                                     data_version=version)
 
     return _cdc
+
+
+def install_command(spec: TableSpec) -> str:
+    """The command installing capture for ``spec`` (naming its source when it has a named one)."""
+    flag = f" --source {spec.source_name}" if spec.source_name else ""
+    return f"etl-assets cdc install{flag} {spec.source}"
+
+
+@contextmanager
+def _slot(spec: TableSpec, slots: int, warehouse, log) -> Iterator[None]:
+    """A slot of the table's named source for the sync (etl_assets/extract/sourcecap.py); none for the
+    default source. A missing capture's message names the source to install it in."""
+    from etl_assets.cdc.capture import CaptureMissing
+    from etl_assets.extract.sourcecap import source_slot
+
+    if spec.source_name is None:
+        yield
+        return
+    try:
+        with source_slot(spec.source_name, slots, warehouse, spec.target, log=log):
+            yield
+    except CaptureMissing as exc:
+        flag = f"--source {spec.source_name} "
+        text = re.sub(r"`etl-assets cdc (install|uninstall) ", rf"`etl-assets cdc \1 {flag}", str(exc))
+        raise CaptureMissing(text) from None
+

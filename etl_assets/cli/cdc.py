@@ -3,6 +3,8 @@
 ``install`` and ``uninstall`` change the source database (triggers on the named tables, objects in
 schema ``etl_cdc``); with ``--dry-run`` they print the exact SQL instead, for a DBA to review or run
 by hand. Without TABLE arguments they act on every table the declaration marks ``extract: cdc``.
+``--source NAME`` acts on a named source of the declaration (``sources:``) instead of the database in
+``ETL_SOURCE_DSN``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = cdc.add_parser("status", help="per captured table: log size, pending changes, oldest unapplied one")
     q.add_argument("tables", nargs="*", metavar="TABLE", help=captured)
+    _source_option(q)
     q.set_defaults(handler=_status)
 
     q = cdc.add_parser("prune", help="remove log entries every consumer has applied (never an unapplied one)")
@@ -47,8 +50,14 @@ def _table_options(q: argparse.ArgumentParser, tables_help: str, *, lock_timeout
     """The TABLE arguments and --dry-run shared by the commands that change the source."""
     q.add_argument("tables", nargs="*", metavar="TABLE", help=tables_help)
     q.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    _source_option(q)
     if lock_timeout:
         q.add_argument("--lock-timeout", default="5s", help="give up when a table stays busy this long (5s)")
+
+
+def _source_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--source", metavar="NAME", default=None,
+                   help="a named source of the tables declaration (default: the database in ETL_SOURCE_DSN)")
 
 
 def _parse(texts: list[str]):
@@ -62,39 +71,69 @@ def _parse(texts: list[str]):
     return refs
 
 
-def _declared() -> list[tuple[object, tuple[str, ...]]]:
+def _variable(name: str | None) -> str:
+    """The variable holding the DSN of source ``name`` (None: the default source)."""
+    from etl_assets.pipeline_config import load_pipelines
+    from etl_assets.settings import SOURCE_DSN_VAR
+
+    if name is None:
+        return SOURCE_DSN_VAR
+    config = load_pipelines()
+    declared = config.source_named(name)
+    if declared is None:
+        known = ", ".join(s.name for s in config.sources) or "none"
+        raise ConfigError(f"--source {name}: no such source in the tables declaration ({config.path}); "
+                          f"declared sources: {known}.")
+    return declared.dsn_env
+
+
+def _declared(name: str | None) -> list[tuple[object, tuple[str, ...]]]:
+    """The cdc tables of source ``name``; for None, those reading the database in ETL_SOURCE_DSN."""
     from etl_assets.pipeline_config import load_pipelines
 
     config = load_pipelines()
-    return [(s.source, s.primary_key) for s in config.tables if s.extract == "cdc"]
+    wanted = _variable(name)
+    return [(s.source, s.primary_key) for s in config.tables if s.extract == "cdc"
+            and (config.source_named(s.source_name).dsn_env if s.source_name else _variable(None)) == wanted]
 
 
 def _targets(args: argparse.Namespace) -> list[tuple[object, tuple[str, ...] | None]]:
     if args.tables:
         key = tuple(args.key) if getattr(args, "key", None) else None
         return [(ref, key) for ref in _parse(args.tables)]
-    declared = _declared()
+    declared = _declared(args.source)
     if not declared:
+        which = f"source {args.source}" if args.source else "the default source"
         raise ConfigError(
-            "No TABLE given and the tables declaration has no table with extract: cdc; "
+            f"No TABLE given and the tables declaration has no table with extract: cdc in {which}; "
             "name the tables (schema.table)."
         )
     return [(ref, key or None) for ref, key in declared]
 
 
-def _source():
+def _source(name: str | None = None):
+    """A connection to the default source, or to the named source ``name`` (``--source``)."""
+    import os
+
     from etl_assets.db import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.settings import SOURCE_DSN_VAR
 
     env = ensure_environment(seed_demo=False)
-    return connect(env.source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=True)
+    if name is None:
+        return connect(env.source_dsn, role="source", env_var=SOURCE_DSN_VAR, autocommit=True)
+    variable = _variable(name)
+    dsn = os.environ.get(variable, "").strip()
+    if not dsn:
+        raise ConfigError(f"Source {name} reads its connection string from {variable}, which is not set; "
+                          f"export {variable}=postgresql://user:password@host/database.")
+    return connect(dsn, role=f"{name} source", env_var=variable, autocommit=True)
 
 
 def _install(args: argparse.Namespace) -> int:
     from etl_assets.cdc import capture
 
-    with _source() as conn:
+    with _source(args.source) as conn:
         for ref, key in _targets(args):
             if args.dry_run:
                 statements, cap = capture.install_statements(conn, ref, key, lock_timeout=args.lock_timeout)
@@ -115,7 +154,7 @@ def _install(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     from etl_assets.cdc import capture
 
-    with _source() as conn:
+    with _source(args.source) as conn:
         for ref, _ in _targets(args):
             if args.dry_run:
                 statements = capture.uninstall_statements(conn, ref, lock_timeout=args.lock_timeout)
@@ -132,7 +171,7 @@ def _uninstall(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from etl_assets.cdc import capture
 
-    with _source() as conn:
+    with _source(args.source) as conn:
         rows = capture.status(conn, _parse(args.tables))
     if not rows:
         print("no table has capture installed" + (" among those named" if args.tables else ""))
@@ -172,7 +211,7 @@ def _status(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from etl_assets.cdc import capture
 
-    with _source() as conn:
+    with _source(args.source) as conn:
         refs = _parse(args.tables) or [c.source for c in capture.list_captures(conn)]
         for ref in refs:
             result, script = capture.prune(conn, ref, dry_run=args.dry_run)

@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "worker",
         help="run steps sent by runs with ETL_CELERY_BROKER set (a Celery worker on the same databases)",
         description="Start a Celery worker that runs the steps of the project's runs. It uses the same "
-        "databases (ETL_SOURCE_DSN, ETL_WAREHOUSE_DSN, DAGSTER_PG_URL) and the same tables declaration "
-        "(ETL_PIPELINES) as the process that starts the runs, and the broker in ETL_CELERY_BROKER. "
+        "databases (ETL_SOURCE_DSN, ETL_WAREHOUSE_DSN, DAGSTER_PG_URL, and the variable of each named "
+        "source) and the same tables declaration (ETL_PIPELINES) as the process that starts the runs, and "
+        "the broker in ETL_CELERY_BROKER. "
         "SIGTERM stops it cleanly: running steps finish first.",
     )
     p.add_argument(
@@ -22,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--queue", "-Q", action="append", metavar="QUEUE", dest="queues",
-        help="a queue to take steps from; repeatable (default: every queue the project uses)",
+        help="a queue to take steps from; repeatable (default: every queue the project uses: the default "
+        "one and source-<name> for each named source)",
     )
     p.add_argument("--loglevel", default="INFO", help="Celery log level (default INFO)")
     p.set_defaults(handler=cmd_worker)

@@ -11,21 +11,29 @@ it from for downstream inputs. The declaration is validated here, when the Defin
 
 import dagster as dg
 
-from etl_assets.asset_names import op_name, safe_name
+from etl_assets.asset_names import op_name, safe_name, source_op_tags
 from etl_assets.automation.versions import extract_data_version
 from etl_assets.cdc.asset import build_cdc_asset
 from etl_assets.db import PostgresResource
 from etl_assets.extract.common import target_key
 from etl_assets.extract.runner import run_extract
-from etl_assets.pipeline_config import PipelineConfig, TableSpec, load_pipelines
+from etl_assets.pipeline_config import (
+    DEFAULT_MAX_CONCURRENT,
+    PipelineConfig,
+    SourceSpec,
+    TableSpec,
+    load_pipelines,
+)
 from etl_assets.quality.scope import after_extract, before_extract
-from etl_assets.resources import DEFAULT_KEYS, ResourceKeys
+from etl_assets.resources import DEFAULT_KEYS, ResourceKeys, source_key
 
 
-def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS) -> dg.AssetsDefinition:
-    """The asset of one declared table, reading its databases from the resources named by ``keys``."""
+def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEYS,
+                  source: SourceSpec | None = None) -> dg.AssetsDefinition:
+    """The asset of one declared table, reading its databases from the resources named by ``keys``
+    (a named source's from ``<source>__<name>``, capped at ``source.max_concurrent`` extracts)."""
     if spec.extract == "cdc":
-        return build_cdc_asset(spec, origin, keys)
+        return build_cdc_asset(spec, origin, keys, source)
     key = dg.AssetKey(spec.asset_key_path)
     description = (
         f"{spec.extract} extract of source table {spec.source} into {spec.target} (load: {spec.load}"
@@ -41,6 +49,11 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
     }
     if spec.cursor:
         metadata["cursor"] = spec.cursor
+    if spec.source_name is not None:
+        metadata["source_name"] = spec.source_name
+    source_resource_key = source_key(spec, keys)
+    cap = None if spec.source_name is None else (
+        spec.source_name, source.max_concurrent if source is not None else DEFAULT_MAX_CONCURRENT)
 
     @dg.multi_asset(
         # An explicit output name: keys may hold characters (spaces, quotes) Dagster names may not.
@@ -49,10 +62,11 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
                                        kinds={"postgres"}, is_required=True)},
         name=op_name(spec),
         pool="warehouse",  # the same concurrency pool as every other warehouse writer
-        required_resource_keys={keys.source, keys.warehouse},
+        required_resource_keys={source_resource_key, keys.warehouse},
+        op_tags=source_op_tags(spec),
     )
     def _extract(context: dg.AssetExecutionContext):
-        source: PostgresResource = getattr(context.resources, keys.source)
+        source: PostgresResource = getattr(context.resources, source_resource_key)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
         from etl_assets.extract.runlock import launched_by_automation, lock_wait_seconds
@@ -66,7 +80,7 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
             markers.append(before_extract(spec, warehouse))
 
         report = run_extract(spec, source.connect, warehouse.connect, context.run.run_id, wait=wait,
-                             log=context.log.info, on_locked=on_locked)
+                             log=context.log.info, on_locked=on_locked, source_cap=cap)
         marker = markers[0]
         for warning in report.warnings:
             context.log.warning(warning)
@@ -88,7 +102,8 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
 
 
 def build_assets(config: PipelineConfig, keys: ResourceKeys = DEFAULT_KEYS) -> list[dg.AssetsDefinition]:
-    return [extract_asset(spec, spec.origin or config.path, keys) for spec in config.tables]
+    return [extract_asset(spec, spec.origin or config.path, keys, config.source_named(spec.source_name))
+            for spec in config.tables]
 
 
 def declared_keys(config: PipelineConfig | None = None) -> set[dg.AssetKey]:

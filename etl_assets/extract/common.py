@@ -61,6 +61,10 @@ class ExtractReport:
     lock_waited_seconds: float = 0.0  # waited for another run of this table (etl_assets/extract/runlock.py)
     lock_acquired_at: float | None = None  # time.time() when this run took the table's run lock
     lock_released_at: float | None = None  # time.time() just before it let go (after its last commit)
+    source_name: str | None = None  # the named source read (None: the default source, no cap)
+    source_waited_seconds: float = 0.0  # waited for a slot of the source (etl_assets/extract/sourcecap.py)
+    source_acquired_at: float | None = None  # time.time() when this run took its source slot
+    source_released_at: float | None = None  # time.time() just before it let the slot go
 
     def finish(self) -> ExtractReport:
         self.seconds = time.perf_counter() - self.started
@@ -99,6 +103,10 @@ class ExtractReport:
         if self.extract == "chunked":
             meta["chunks"] = self.chunks
             meta["resumed_after_key"] = "(no)" if self.resumed_after is None else str(self.resumed_after)
+        if self.source_name is not None:
+            meta["source_name"] = self.source_name
+        if self.source_waited_seconds >= 0.01:
+            meta["source_wait_seconds"] = round(self.source_waited_seconds, 2)
         if self.lock_waited_seconds >= 0.01:
             meta["lock_wait_seconds"] = round(self.lock_waited_seconds, 2)
         if self.columns_added:

@@ -82,7 +82,8 @@ def describe(conn: psycopg.Connection, spec: TableSpec) -> SourceTable:
     row = conn.execute("SELECT to_regclass(%s)::oid", (spec.source.regclass_text,)).fetchone()
     if row is None or row[0] is None:
         raise MissingObject(
-            f"Source table {spec.source} does not exist in the source database{where}; create it, "
+            f"Source table {spec.source} does not exist in the "
+            f"{f'{spec.source_name} source' if spec.source_name else 'source'} database{where}; create it, "
             "grant this role access to it, or correct its name in the tables declaration."
         )
     columns = tuple(
@@ -120,7 +121,8 @@ def _require_select(
         return
     which = "" if len(columns) == len(names) else f" (columns {', '.join(columns)})"
     raise MissingPrivilege(
-        f"Role {user} lacks the SELECT privilege on source table {spec.source}{which}{where}. As the table's "
+        f"Role {user} lacks the SELECT privilege on source table {spec.source}{which}"
+        f"{f' in source {spec.source_name}' if spec.source_name else ''}{where}. As the table's "
         f"owner: GRANT SELECT ON {spec.source.regclass_text} TO {user} (docs/roles.md, source role)."
     )
 

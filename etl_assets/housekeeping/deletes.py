@@ -233,16 +233,23 @@ def _op_name(target: TableRef) -> str:
 
 def build_delete_op(spec: TableSpec) -> dg.OpDefinition:
     """The op comparing one target with its source."""
+    from etl_assets.extract.assets import source_op_tags
+    from etl_assets.resources import source_key
+
     asset_key = dg.AssetKey(spec.asset_key_path)
+    # The table's own source (a named source's resource): comparing with another database would
+    # take every key for deleted.
+    source = source_key(spec)
 
     @dg.op(
         name=_op_name(spec.target),
-        required_resource_keys={"source", "warehouse"},
+        required_resource_keys={source, "warehouse"},
+        tags=source_op_tags(spec),
         description=f"Keys of {spec.target} gone from {spec.source}: deletes: {spec.deletes}.",
         pool="warehouse",  # the same pool as every other warehouse writer
     )
     def _detect(context: dg.OpExecutionContext) -> dg.Output[int]:
-        with context.resources.source.connect() as src, context.resources.warehouse.connect() as wh:
+        with getattr(context.resources, source).connect() as src, context.resources.warehouse.connect() as wh:
             report = detect_deletes(spec, src, wh, run_id=context.run_id)
         context.log.info(
             f"{spec.target}: compared {report.keys_compared:,} keys in {report.chunks} chunk(s); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from etl_assets.db import APPLICATION_NAME, PostgresResource, connect
@@ -123,3 +124,36 @@ def test_missing_privileges_name_the_role_object_and_fix(pg_admin_dsn: str, ware
         with psycopg.connect(warehouse_dsn, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_two_sessions_create_one_new_schema_at_once(warehouse_dsn: str) -> None:
+    """Two extracts into one new schema at once (the multiprocess executor): the second CREATE SCHEMA
+    IF NOT EXISTS waits for the first and then hits the unique index; it must count as created."""
+    import secrets
+    import threading
+    import time
+
+    from etl_assets.io.catalog import ensure_schema
+
+    name = f"race_{secrets.token_hex(4)}"
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with psycopg.connect(warehouse_dsn) as b:
+                ensure_schema(b, name)
+                b.commit()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    with psycopg.connect(warehouse_dsn) as a:
+        ensure_schema(a, name)  # created, not committed yet
+        other = threading.Thread(target=second)
+        other.start()
+        time.sleep(0.5)  # the second session is now waiting on the first one's catalog row
+        a.commit()
+        other.join(timeout=30)
+        assert not other.is_alive() and errors == [], errors
+        assert a.execute("SELECT to_regnamespace(%s) IS NOT NULL", (name,)).fetchone()[0]
+        a.execute(f'DROP SCHEMA "{name}"')
+        a.commit()

@@ -80,7 +80,8 @@ def test_sources_parse_and_tables_name_theirs() -> None:
     ("tables:\n  - name: a.b\n    extract: full\n    source: crm\n",
      "bad.yaml: table a.b (line 2): key 'source': unknown source 'crm'; declared sources: none"),
     ("tables:\n  - name: a.b\n    extract: full\n    source: [crm]\n",
-     "bad.yaml: table #1 (a.b, line 2): key 'source': must be the name of a source declared under sources:"),
+     "bad.yaml: table #1 (a.b, line 2): key 'source' (line 4): must be the name of a source declared "
+     "under sources:"),
 ])
 def test_every_mistake_is_one_line_naming_file_and_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -64,7 +64,7 @@ def _seed(source: str, tables: int, rows: int) -> None:
                 "CREATE TABLE {} (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, note text,"
                 " updated_at timestamptz NOT NULL)").format(t))
             conn.execute(sql.SQL(
-                "INSERT INTO {} SELECT g, (g % 10000) / 100.0, 'row ' || g, "
+                "INSERT INTO {} SELECT g, (g %% 10000) / 100.0, 'row ' || g, "
                 "timestamptz '2026-01-01' + g * interval '1 second' FROM generate_series(1, %s) g"
             ).format(t), (rows,))
         conn.execute("ANALYZE")

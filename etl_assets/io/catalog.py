@@ -36,6 +36,10 @@ def ensure_schema(conn: psycopg.Connection, schema: str) -> None:
     try:
         with conn.transaction():
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    except psycopg.errors.UniqueViolation:
+        # Another session created it between our look and our CREATE (two extracts into a new schema
+        # at once: IF NOT EXISTS does not cover that race in PostgreSQL). It exists: done.
+        return
     except psycopg.errors.InsufficientPrivilege:
         user, database = conn.execute("SELECT current_user, current_database()").fetchone()
         raise MissingObject(

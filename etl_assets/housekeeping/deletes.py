@@ -41,6 +41,7 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.errors import MissingObject
+from etl_assets.housekeeping.schedules import daily_schedule
 from etl_assets.io.tables import TableRef
 from etl_assets.pipeline_config import TableSpec, load_pipelines
 
@@ -291,12 +292,8 @@ def build_defs() -> dg.Definitions:
     job = build_delete_job(delete_detection_specs())
     if job is None:
         return dg.Definitions()
-    schedule = dg.ScheduleDefinition(
-        name="detect_source_deletes_daily",
-        job=job,
-        cron_schedule=DELETE_DETECTION_CRON,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Daily: find warehouse rows whose key is gone from the source; delete or flag them.",
+    schedule = daily_schedule(
+        "detect_source_deletes_daily", job, DELETE_DETECTION_CRON,
+        "Daily: find warehouse rows whose key is gone from the source; delete or flag them.",
     )
     return dg.Definitions(jobs=[job], schedules=[schedule])

@@ -21,6 +21,7 @@ import os
 import dagster as dg
 
 from etl_assets.errors import ConfigError
+from etl_assets.housekeeping.schedules import daily_schedule
 
 DLQ_RETENTION_VAR = "ETL_DLQ_RETENTION_DAYS"
 DEFAULT_DLQ_RETENTION_DAYS = 30
@@ -161,32 +162,20 @@ def stream_prune_job() -> None:
     prune_processed_events()
 
 
-cdc_prune_schedule = dg.ScheduleDefinition(
-    name="housekeeping_cdc_prune_daily",
-    job=cdc_prune_job,
-    cron_schedule=CDC_PRUNE_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily: etl-assets cdc prune on every captured table.",
+cdc_prune_schedule = daily_schedule(
+    "housekeeping_cdc_prune_daily", cdc_prune_job, CDC_PRUNE_CRON,
+    "Daily: etl-assets cdc prune on every captured table.",
 )
 
-dead_letter_retention_schedule = dg.ScheduleDefinition(
-    name="housekeeping_dead_letter_retention_daily",
-    job=dead_letter_retention_job,
-    cron_schedule=DLQ_RETENTION_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily: delete resolved dead letters older than ETL_DLQ_RETENTION_DAYS (default 30).",
+dead_letter_retention_schedule = daily_schedule(
+    "housekeeping_dead_letter_retention_daily", dead_letter_retention_job, DLQ_RETENTION_CRON,
+    "Daily: delete resolved dead letters older than ETL_DLQ_RETENTION_DAYS (default 30).",
 )
 
 
-stream_prune_schedule = dg.ScheduleDefinition(
-    name="housekeeping_stream_prune_daily",
-    job=stream_prune_job,
-    cron_schedule=STREAM_PRUNE_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily: forget processed stream event ids older than ETL_STREAM_RETENTION_DAYS (default 7).",
+stream_prune_schedule = daily_schedule(
+    "housekeeping_stream_prune_daily", stream_prune_job, STREAM_PRUNE_CRON,
+    "Daily: forget processed stream event ids older than ETL_STREAM_RETENTION_DAYS (default 7).",
 )
 
 

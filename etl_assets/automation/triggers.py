@@ -77,10 +77,11 @@ def format_duration(seconds: float) -> str:
 
 
 def parse_cron(value: object) -> str:
-    """A five-field cron expression (evaluated in UTC)."""
-    from croniter import croniter
+    """A five-field cron expression (evaluated in UTC), valid by the rules of Dagster's own cron
+    evaluator, the one that runs the schedule (no separate cron library to disagree with it)."""
+    from dagster._utils.schedules import is_valid_cron_string
 
-    if not isinstance(value, str) or len(value.split()) != 5 or not croniter.is_valid(value):
+    if not isinstance(value, str) or len(value.split()) != 5 or not is_valid_cron_string(value):
         raise TriggerError(
             f"must be a five-field cron expression such as \"0 2 * * *\" (daily 02:00 UTC), got {value!r}"
         )
@@ -100,12 +101,12 @@ def cron_label(cron: str) -> str:
 
 
 def cron_period(cron: str) -> float:
-    """The longest gap between consecutive ticks over the next few weeks, in seconds."""
-    from croniter import croniter
+    """The longest gap between consecutive ticks over the next few weeks, in seconds (Dagster's own
+    cron evaluator, as for the schedule)."""
+    from dagster._utils.schedules import cron_string_iterator
 
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    it = croniter(cron, start)
-    ticks = [it.get_next(dt.datetime) for _ in range(60)]
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp()
+    ticks = list(itertools.islice(cron_string_iterator(start, cron, "UTC"), 60))
     return max((b - a).total_seconds() for a, b in itertools.pairwise(ticks))
 
 

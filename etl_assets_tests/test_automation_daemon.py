@@ -103,6 +103,36 @@ def _late_order_for_yesterday(source: str) -> None:
         )
 
 
+def _sensor_runs(env: dict[str, str]) -> dict[str, object]:
+    """The extract runs the sensors launched, from the sensor's request (the run's creation) to the
+    run's end, and the queue wait inside it (creation to start), in seconds."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import RunsFilter
+
+    from etl_assets.automation.sensors import AUTOMATION_TAG
+
+    previous = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")}
+    os.environ.update({k: env[k] for k in previous})
+    try:
+        with dg.DagsterInstance.get() as instance:
+            records = [r for r in instance.get_run_records(RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
+                       if r.dagster_run.tags.get(AUTOMATION_TAG, "").startswith("watch_")
+                       and "watch_changed_days" not in r.dagster_run.tags.get(AUTOMATION_TAG, "")]
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    total = sorted(r.end_time - r.create_timestamp.timestamp() for r in records if r.end_time)
+    queued = sorted(r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time)
+    if not total:
+        return {"sensor_runs": 0}
+    return {"sensor_runs": len(total), "sensor_request_to_end_p50_s": round(statistics.median(total), 1),
+            "sensor_request_to_end_max_s": round(total[-1], 1),
+            "sensor_request_to_start_p50_s": round(statistics.median(queued), 1)}
+
+
 def test_the_daemon_fills_an_empty_warehouse_and_keeps_it_current(fresh_project: dict[str, str]) -> None:
     env = fresh_project
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -139,6 +169,7 @@ def test_the_daemon_fills_an_empty_warehouse_and_keeps_it_current(fresh_project:
             "commit_to_clean_max_s": max(to_clean),
             "commit_to_aggregate_p50_s": statistics.median(to_aggregate),
             "commit_to_aggregate_max_s": max(to_aggregate),
+            **_sensor_runs(env),
         })
     finally:
         stopping = time.monotonic()

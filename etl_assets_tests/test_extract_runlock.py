@@ -270,6 +270,14 @@ def test_wait_setting_and_automation_tags(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv("ETL_EXTRACT_LOCK_WAIT", bad)
         with pytest.raises(ConfigError, match=r"ETL_EXTRACT_LOCK_WAIT=.* is not a number of seconds >= 0"):
             lock_wait_seconds()
+    from etl_assets.extract.runlock import _test_hold
+
+    monkeypatch.setenv("ETL_TEST_EXTRACT_HOLD", "0.5")
+    assert _test_hold() == 0.5
+    monkeypatch.setenv("ETL_TEST_EXTRACT_HOLD", "x")
+    with pytest.raises(ConfigError, match=r"ETL_TEST_EXTRACT_HOLD='x' is not a number of seconds"):
+        _test_hold()
+    monkeypatch.delenv("ETL_TEST_EXTRACT_HOLD")
     from etl_assets.automation.sensors import AUTOMATION_TAG
 
     assert launched_by_automation({AUTOMATION_TAG: "extract_incremental_sensor"})

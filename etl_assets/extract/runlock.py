@@ -254,7 +254,7 @@ def extract_lock(target: TableRef, warehouse: Callable, run_id: str | None, *, w
         held.acquired_at = time.time()
         try:
             _record(conn, target, run_id)
-            hold = float(os.environ.get(HOLD_VAR) or 0)
+            hold = _test_hold()
             if hold > 0:  # tests only: makes an overlap with another run certain
                 time.sleep(hold)
             yield held
@@ -266,3 +266,13 @@ def extract_lock(target: TableRef, warehouse: Callable, run_id: str | None, *, w
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
             except psycopg.Error:
                 pass  # the connection is gone: so is the session's lock (the row is stale, thus ignored)
+
+
+def _test_hold() -> float:
+    """``ETL_TEST_EXTRACT_HOLD`` (tests only): seconds to hold the lock before extracting."""
+    raw = os.environ.get(HOLD_VAR, "").strip()
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        raise ConfigError(f"{HOLD_VAR}={raw!r} is not a number of seconds (it is for tests only: unset "
+                          "it).") from None

@@ -38,7 +38,6 @@ class Transport(Protocol):
     def append(self, query: sql.Composable, params: Sequence[Any], into: TableRef, columns: Sequence[str]
                ) -> int:
         """Add the rows of ``query`` (named ``columns``) to ``into``; returns how many."""
-        ...
 
     def upsert(self, query: sql.Composable, params: Sequence[Any], columns: Sequence[str],
                report: ExtractReport, run_id: str | None, before: int, count_nulls: str | None = None
@@ -46,19 +45,16 @@ class Transport(Protocol):
         """Upsert the rows of ``query`` into the target by its key, refusing repeated keys; adds
         rows_read, inserted, updated, unchanged (and ``count_nulls``' NULLs) to ``report``.
         ``before``: the target's row count (0: it may be empty)."""
-        ...
 
     def chunk(self, query: sql.Composable, params: Sequence[Any], columns: Sequence[str],
               report: ExtractReport, run_id: str | None, before: int) -> tuple[int, list[Any] | None]:
         """Write one keyset chunk (``query`` ordered by the key) into the target in the declared
         load (upsert or insert), adding inserted/updated/unchanged to ``report``; returns the rows
         read and the chunk's last key as text, in the SOURCE's order (None when no row was read)."""
-        ...
 
     def fill(self, table: SourceTable, into: TableRef) -> tuple[int, int]:
         """Copy the whole table (inside the caller's source snapshot) into ``into``; returns (rows,
         chunks read)."""
-        ...
 
 
 class TransportFactory(Protocol):

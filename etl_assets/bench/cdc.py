@@ -29,6 +29,7 @@ import time
 import psycopg
 from psycopg import sql
 
+from etl_assets.bench.scratch import create_database, drop_database
 from etl_assets.cdc import capture, sync
 from etl_assets.environment import ensure_environment
 from etl_assets.io.tables import TableRef
@@ -209,10 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     env = ensure_environment(seed_demo=False)
     admin = with_database(env.source_dsn, "postgres")
     names = ("etl_bench_cdc_source", "etl_bench_cdc_warehouse")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    for name in names:
+        create_database(admin, name)
     try:
         if args.triggers:
             return _trigger_main(with_database(admin, names[0]), args.rows, args.repeat)
@@ -224,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result), flush=True)
             results.append(result)
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            for name in names:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in names:
+            drop_database(admin, name)
     print(
         json.dumps(
             {

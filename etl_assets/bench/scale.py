@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from etl_assets.bench.stream import _create, _drop
+from etl_assets.bench.scratch import create_database, drop_database
 from etl_assets.settings import PROJECT_ROOT, dagster_storage_url
 
 SCHEMA = "bench_scale"
@@ -212,7 +212,7 @@ def run_scale_bench(admin_dsn: str, out: Path, *, tables: int = 20, rows: int = 
     log(f"etl-assets bench --only scale: {tables} tables of {rows:,} rows; scratch databases {prefix}_*")
     if "celery" not in ways:
         log("  celery: skipped, no RabbitMQ answers on 127.0.0.1:5672")
-    dsns = {role: _create(admin_dsn, name) for role, name in names.items()}
+    dsns = {role: create_database(admin_dsn, name) for role, name in names.items()}
     home = Path(tempfile.mkdtemp(prefix="etl-bench-scale-"))
     results: list[dict[str, Any]] = []
     try:
@@ -237,7 +237,7 @@ def run_scale_bench(admin_dsn: str, out: Path, *, tables: int = 20, rows: int = 
             results.append(_way(way, env, keys, source_digests, dsns[way], tables, log))
     finally:
         for name in names.values():
-            _drop(admin_dsn, name)
+            drop_database(admin_dsn, name)
         shutil.rmtree(home, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     report = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tables": tables,

@@ -29,23 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from etl_assets.settings import PROJECT_ROOT, with_database
+from etl_assets.bench.scratch import create_database, drop_database
+from etl_assets.settings import PROJECT_ROOT
 
 GOAL_P95_S = 1.0
 GOAL_DRAIN = 5000.0
-
-
-def _create(dsn: str, name: str) -> str:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(dsn, name)
-
-
-def _drop(dsn: str, name: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -159,7 +148,7 @@ def run_stream_bench(
     names = {"source": f"{tag}_source", "warehouse": f"{tag}_warehouse"}
     report: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        dsns = {role: _create(source_dsn, name) for role, name in names.items()}
+        dsns = {role: create_database(source_dsn, name) for role, name in names.items()}
         log(f"etl-assets bench --only stream: scratch databases {', '.join(names.values())}")
         _fresh(dsns["source"], dsns["warehouse"], 100_000)
         report["latency"] = measure_latency(dsns["source"], dsns["warehouse"], rate, seconds, log)
@@ -170,9 +159,9 @@ def run_stream_bench(
             f"({lat['rate_achieved']:,.0f}/s achieved); goal p95 < {GOAL_P95_S:g} s"
         )
         for name in names.values():
-            _drop(source_dsn, name)
+            drop_database(source_dsn, name)
         names = {role: f"{tag}_drain_{role}" for role in names}  # new names: nothing cached carries over
-        dsns = {role: _create(source_dsn, name) for role, name in names.items()}
+        dsns = {role: create_database(source_dsn, name) for role, name in names.items()}
         _fresh(dsns["source"], dsns["warehouse"], 100_000)
         report["drain"] = measure_drain(dsns["source"], dsns["warehouse"], backlog, log)
         dr = report["drain"]
@@ -201,7 +190,7 @@ def run_stream_bench(
                 )
     finally:
         for name in names.values():
-            _drop(source_dsn, name)
+            drop_database(source_dsn, name)
     with open("/proc/loadavg") as fh:
         report["load_average"] = fh.read().split()[:3]
     out.mkdir(parents=True, exist_ok=True)

@@ -91,32 +91,31 @@ def _commit_per_chunk(spec: TableSpec, source: Connector, warehouse: Connector, 
         note_schema_changes(report, spec, info)
         move = transport(src, wh, spec, table, info)
         state = pass_state(previous, src, report, run_id)
-        bar = chunk_progress(src, spec, state["chunks"])
-        first = True
-        while True:
-            query, params, columns = chunk_query(spec, table, state["after"],
-                                                 state["loaded_at"] if spec.load == "insert" else None)
-            with wh.transaction():
-                lock_target(wh, spec.target)
-                before = target_rows(wh, spec.target, KIND, created=info.created and first)
-                first = False
-                inserted = report.inserted
-                rows, last = move.chunk(query, params, columns, report, run_id, before)
-                finished = rows < spec.chunk_size
-                if rows:
-                    bar.update(1)
-                    report.rows_read += rows
-                    report.chunks += 1
-                    state["chunks"] += 1
-                    state["rows"] += rows
-                state["after"] = None if finished else last
+        with chunk_progress(src, spec, state["chunks"]) as bar:
+            first = True
+            while True:
+                query, params, columns = chunk_query(spec, table, state["after"],
+                                                     state["loaded_at"] if spec.load == "insert" else None)
+                with wh.transaction():
+                    lock_target(wh, spec.target)
+                    before = target_rows(wh, spec.target, KIND, created=info.created and first)
+                    first = False
+                    inserted = report.inserted
+                    rows, last = move.chunk(query, params, columns, report, run_id, before)
+                    finished = rows < spec.chunk_size
+                    if rows:
+                        bar.update(1)
+                        report.rows_read += rows
+                        report.chunks += 1
+                        state["chunks"] += 1
+                        state["rows"] += rows
+                    state["after"] = None if finished else last
+                    if finished:
+                        _mark_finished(state)
+                    state[ROWS_KEY] = report.table_rows = before + report.inserted - inserted
+                    save_state(wh, spec.target, KIND, state, run_id)
                 if finished:
-                    _mark_finished(state)
-                state[ROWS_KEY] = report.table_rows = before + report.inserted - inserted
-                save_state(wh, spec.target, KIND, state, run_id)
-            if finished:
-                break
-        bar.close()
+                    break
         finish_target(wh, report)
     return report.finish()
 

@@ -323,7 +323,7 @@ def test_the_asset_refuses_a_manual_run_and_waits_in_an_automated_one(
     def hold() -> None:
         with extract_lock(spec.target, warehouse, "holder-run"):
             locked.set()
-            time.sleep(2)
+            time.sleep(4)  # longer than the run needs to reach its lock, even on a loaded machine
 
     thread = threading.Thread(target=hold)
     thread.start()

@@ -115,16 +115,22 @@ def test_types_round_trip_exactly(dbs: dict[str, str], extract: str, load: str, 
     execute(dbs["source"], sql.SQL(
         "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};"
         "CREATE TYPE {s}.mood AS ENUM ('sad', 'ok');"
+        "CREATE TYPE {s}.pair AS (a int, b text); CREATE DOMAIN {s}.posint AS int CHECK (VALUE > 0);"
         "CREATE TABLE {s}.t (id bigint PRIMARY KEY, code varchar(20), amount numeric(12,2), f float8,"
         " flag boolean, d date, ts timestamp, tz timestamptz NOT NULL DEFAULT now(), span interval,"
-        " u uuid, raw bytea, doc jsonb, nums int[], words text[], mood {s}.mood);"
-        "INSERT INTO {s}.t (id, code, amount, f, flag, d, ts, span, u, raw, doc, nums, words, mood) VALUES"
+        " u uuid, raw bytea, doc jsonb, nums int[], words text[], mood {s}.mood, moods {s}.mood[],"
+        " p {s}.pair, pi {s}.posint, m money, r int4range, pt point, tsv tsvector, bits bit varying(8),"
+        " ip inet);"
+        "INSERT INTO {s}.t (id, code, amount, f, flag, d, ts, span, u, raw, doc, nums, words, mood, moods,"
+        " p, pi, m, r, pt, tsv, bits, ip) VALUES"
         " (1, 'a,b', 12.30, 'NaN', true, '2024-02-29', '2024-01-01 10:00:00.123456', '1 day 02:03:04',"
         "  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff', '{{\"k\": [1, \"x\"]}}', '{{1,NULL,3}}',"
-        "  '{{\"a b\",\"c,d\",\"\"}}', 'ok'),"
+        "  '{{\"a b\",\"c,d\",\"\"}}', 'ok', '{{sad,ok}}', '(1,\"x, y\")', 5, 12.5, '[1,5)', '(1,2)',"
+        "  'a:1 b:2', B'101', '10.0.0.1/8'),"
         " (2, '', -0.01, 'Infinity', false, 'infinity', '-infinity', '-3 months', NULL, '', '[]', '{{}}',"
-        "  '{{}}', 'sad'),"
-        " (3, NULL, NULL, -1.5e300, NULL, NULL, NULL, NULL, NULL, NULL, 'null', NULL, NULL, NULL)"
+        "  '{{}}', 'sad', '{{}}', '(,)', 1, -0.01, 'empty', '(-1.5,0)', '', B'', '::1'),"
+        " (3, NULL, NULL, -1.5e300, NULL, NULL, NULL, NULL, NULL, NULL, 'null', NULL, NULL, NULL, NULL,"
+        "  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
     ).format(s=sql.Identifier(schema)))
     cursor = "    cursor: tz\n" if extract == "incremental" else ""
     spec = spec_of(f"tables:\n  - name: {schema}.t\n    extract: {extract}\n    load: {load}\n"
@@ -137,7 +143,8 @@ def test_types_round_trip_exactly(dbs: dict[str, str], extract: str, load: str, 
                  "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
     source_types = dict(_rows(dbs["source"], types_sql, [f'"{schema}".t']))
     target_types = dict(_rows(dbs["warehouse"], types_sql, [f"raw.{schema}"]))
-    assert target_types == {**source_types, "mood": "text"}
+    # user-defined types (enum, its array, composite, domain) land as text; built-in ones keep theirs
+    assert target_types == {**source_types, "mood": "text", "moods": "text", "p": "text", "pi": "text"}
 
 
 def _rows(dsn: str, query: str, params: list[str]) -> list[tuple]:

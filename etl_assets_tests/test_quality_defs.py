@@ -44,8 +44,12 @@ def test_definitions_carry_checks_freshness_hooks_and_sensors(project_defs: dg.D
 
 
 def test_demo_run_shows_rule_outcomes_profiles_and_metrics(
-    project_defs: dg.Definitions, etl_env: dict[str, str], warehouse_conn: psycopg.Connection
+    project_defs: dg.Definitions, etl_env: dict[str, str], warehouse_conn: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # profile after every write: an earlier test on this worker's warehouse may have profiled the
+    # demo tables within the default 24 hours
+    monkeypatch.setenv("ETL_PROFILE_EVERY_HOURS", "0")
     with dg.DagsterInstance.get() as instance:
         summary = runner.run(defs=project_defs, instance=instance, out=lambda s: None)
         text = runner.format_summary(summary)

@@ -522,7 +522,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="run only contenders whose group or name contains TEXT (repeatable); "
         "`--only stream` measures the event stream's latency and drain rate instead, `--only scale` "
-        "20 extracts in one process, with the multiprocess executor and on two Celery workers",
+        "20 extracts in one process, with the multiprocess executor and on two Celery workers; "
+        "`--only process` whole `etl-assets run` processes beside Sling, dlt and a psql COPY pipe "
+        "(one --rows size)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the etl_bench schemas afterwards")
     parser.add_argument(
@@ -548,6 +550,12 @@ def run(args: argparse.Namespace, log=print) -> int:
 
         return run_scale_bench(env.warehouse_dsn, Path(args.out).resolve(), tables=5 if args.quick else 20,
                                rows=10_000 if args.quick else 100_000, log=log)
+    if args.only and set(args.only) == {"process"}:  # whole processes, timed as a user times them
+        from etl_assets.bench.process import run_process_bench
+
+        rows = (args.rows or [20_000 if args.quick else 1_000_000])[0]
+        return run_process_bench(env.warehouse_dsn, Path(args.out).resolve(), rows=rows,
+                                 repeat=1 if args.quick else max(1, args.repeat), log=log)
     if args.only and set(args.only) == {"stream"}:  # the stream has its own measurement, not contenders
         from etl_assets.bench.stream import run_stream_bench
 

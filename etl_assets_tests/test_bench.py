@@ -146,3 +146,44 @@ def test_scale_bench_runs_every_way_and_verifies(pg_admin_dsn: str, tmp_path: Pa
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         assert not conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'etl_bench_scale_%'"
                                 ).fetchall()  # scratch databases dropped
+
+
+@pytest.mark.drill
+def test_process_bench_times_every_tool_and_verifies(pg_admin_dsn: str, tmp_path: Path) -> None:
+    """`bench --only process`, small: 3,000 rows, one run per job; every tool's every job present
+    and verified by checksum (Sling and dlt come with the test extras), the goals computed from the
+    run's own figures, and the scratch databases dropped."""
+    from etl_assets.bench import process
+
+    lines: list[str] = []
+    code = process.run_process_bench(pg_admin_dsn, tmp_path, rows=3000, repeat=1, log=lines.append)
+    report = json.loads((tmp_path / "process.json").read_text())
+    got = {(r["job"], r["tool"]): r for r in report["results"]}
+    expected = {("floor", "floor"), ("full", "copy-pipe")} | {
+        (job, tool) for job in ("full", "incremental_unchanged", "incremental_1pct")
+        for tool in ("etl-assets", "sling", "dlt")}
+    assert set(got) == expected, lines
+    assert all(r["verified"] and r["gap"] is None and r["seconds"] > 0 and r["peak_mb"] > 5
+               for r in got.values()), lines
+    assert code == 0
+    # peak memory is the process's own (wait4), not this test's: Sling's Go binary is far below Python
+    assert got[("full", "sling")]["peak_mb"] < got[("full", "etl-assets")]["peak_mb"]
+    assert report["ratios"][0]["goal"].startswith("incremental, nothing changed")
+    assert all(g["value"] is not None and g["limit"] is not None for g in report["ratios"])
+    table = process.format_process_table(report)
+    assert "| full load |" in table and "etl-assets vs Sling" in table
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        assert not conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'etl_bench_proc_%'"
+                                ).fetchall()
+
+
+def test_process_timing_reports_the_child_peak_memory_and_exit(tmp_path: Path) -> None:
+    """`timed` measures the child, not this process: a child that allocates ~200 MB reports at least
+    that, one that exits 3 reports 3, and its output is kept."""
+    from etl_assets.bench.process import timed
+
+    big = timed([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]);"
+                 "print('done')"], dict(os.environ))
+    small = timed([sys.executable, "-c", "import sys; sys.exit(3)"], dict(os.environ))
+    assert big.exit == 0 and big.peak_mb >= 200 and "done" in big.output
+    assert small.exit == 3 and small.peak_mb < big.peak_mb - 150

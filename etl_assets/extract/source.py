@@ -142,7 +142,7 @@ def copy_query_to_frame(conn: psycopg.Connection, query: sql.Composable, params:
     return csv_to_frame(buffer.getvalue(), columns)
 
 
-PIECE_BYTES = 32 * 1024 * 1024  # CSV bytes per frame when streaming a COPY (bounds memory)
+PIECE_BYTES = 8 * 1024 * 1024  # CSV bytes per frame when streaming a COPY (bounds memory)
 
 
 def _record_boundary(buffer: bytearray) -> int:

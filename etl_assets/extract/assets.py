@@ -37,7 +37,7 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
     key = dg.AssetKey(spec.asset_key_path)
     description = (
         f"{spec.extract} extract of source table {spec.source} into {spec.target} (load: {spec.load}"
-        f"{', COPY-to-COPY fast path' if spec.fast_path else ''}), declared in {origin}"
+        f"{', COPY to COPY' if spec.fast_path else ', through polars frames'}), declared in {origin}"
         f"{f' line {spec.line}' if spec.line else ''}."
     )
     metadata = {

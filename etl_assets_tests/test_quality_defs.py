@@ -113,3 +113,20 @@ def test_definitions_load_with_a_hostile_named_table(
     assert "checks:" in file.read_text()
     with pytest.raises(ConfigError, match=r"Table app\.Audit Log: its checks cannot be attached"):
         build_definitions()
+
+
+def test_definitions_leave_extracts_out_of_dagsters_schema_check_op(
+    project_defs: dg.Definitions,
+) -> None:
+    """Extracts carry the check themselves; transforms keep Dagster's (one op over their keys)."""
+    graph = project_defs.resolve_asset_graph()
+    for key in (dg.AssetKey(["raw", "orders"]), dg.AssetKey(["raw", "categories"])):
+        node = graph.get(key)
+        assert dg.AssetCheckKey(key, "column_schema_change") in node.check_keys
+    owners = {}
+    for item in project_defs.asset_checks or []:
+        for check_key in item.check_keys:
+            if check_key.name == "column_schema_change":
+                owners[check_key.asset_key.to_user_string()] = item
+    assert "raw/orders" not in owners and "raw/categories" not in owners
+    assert "clean/orders" in owners  # a transform: Dagster's check op

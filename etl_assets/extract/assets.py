@@ -24,6 +24,7 @@ from etl_assets.pipeline_config import (
     TableSpec,
     load_pipelines,
 )
+from etl_assets.quality.schema_change import SCHEMA_CHANGE_CHECK, schema_change_result, schema_change_spec
 from etl_assets.quality.scope import after_extract, before_extract
 from etl_assets.resources import DEFAULT_KEYS, ResourceKeys, source_key
 
@@ -61,6 +62,8 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
                                        description=description, metadata=metadata,
                                        kinds={"postgres"}, is_required=True)},
         name=op_name(spec),
+        # The column-schema change check, answered by this step (etl_assets/quality/schema_change.py).
+        check_specs=[c for c in [schema_change_spec(key)] if c is not None],
         pool="warehouse",  # the same concurrency pool as every other warehouse writer
         required_resource_keys={source_resource_key, keys.warehouse},
         op_tags=source_op_tags(spec),
@@ -95,8 +98,11 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         # rebuild for nothing (etl_assets.automation.versions).
         changed = bool(report.inserted or report.updated or report.deleted)
         version = extract_data_version(context.instance, key, context.run.run_id, changed)
-        return dg.MaterializeResult(asset_key=key, metadata={**quality, **report.metadata()},
-                                    data_version=version)
+        metadata = {**quality, **report.metadata()}
+        checks = [schema_change_result(context.instance, key, metadata.get("dagster/column_schema"))
+                  for check in context.selected_asset_check_keys if check.name == SCHEMA_CHANGE_CHECK]
+        return dg.MaterializeResult(asset_key=key, metadata=metadata, data_version=version,
+                                    check_results=checks)
 
     return _extract
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-import re
 import warnings
 from typing import Any
 
@@ -37,6 +36,7 @@ from etl_assets.quality.metrics import (
     summary_markdown,
 )
 from etl_assets.quality.rules import parse_rules, parse_sensitive
+from etl_assets.quality.schema_change import SCHEMA_CHANGE_CHECK, checkable
 
 SUMMARY_KEY = dg.AssetKey(["etl", "run_metrics_summary"])
 SUMMARY_WINDOW = "7d"
@@ -44,8 +44,6 @@ FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=_dt.timedelta(hours=24), warn_window=_dt.timedelta(hours=12)
 )
 SCHEMA_CHANGE_EXCLUDE = {SUMMARY_KEY}
-SCHEMA_CHANGE_CHECK = "column_schema_change"  # the name dg.build_column_schema_change_checks gives
-_DAGSTER_NAME = re.compile(r"[A-Za-z0-9_]+")
 _log = logging.getLogger(__name__)
 
 
@@ -195,17 +193,6 @@ def _with_hooks(assets: Any) -> list[Any]:
     return out
 
 
-def checkable(key: dg.AssetKey, check_name: str) -> bool:
-    """Whether Dagster can hold a check named ``check_name`` on ``key``.
-
-    Dagster names a check's op/output after the asset key and check name, and refuses names outside
-    ``^[A-Za-z0-9_]+$``; a declared target like ``history."audit log"`` gives such a key (the extract
-    asset itself copes, with an explicit output name, but a check cannot choose its output name).
-    """
-    identifier = dg.AssetCheckSpec(check_name, asset=key).get_python_identifier()
-    return _DAGSTER_NAME.fullmatch(identifier) is not None
-
-
 def schema_change_keys(assets: list[Any]) -> list[dg.AssetKey]:
     """The keys of ``assets`` that get a column-schema change check; the others are left out with a
     logged warning instead of making the whole Definitions fail to load."""
@@ -270,6 +257,8 @@ def apply_quality(defs: dg.Definitions) -> dg.Definitions:
         and item.is_executable
         and not isinstance(item, dg.AssetChecksDefinition)
         and not set(item.keys) & SCHEMA_CHANGE_EXCLUDE
+        # extracts answer the check in their own step (etl_assets/quality/schema_change.py)
+        and not any(c.name == SCHEMA_CHANGE_CHECK for c in item.check_specs)
     ]
     schema_keys = schema_change_keys(table_assets)
     with warnings.catch_warnings():

@@ -229,11 +229,11 @@ class Tools:
         assert self.sling
         mode = ["--mode", "full-refresh"] if job == "full" else \
             ["--mode", "incremental", "--primary-key", "id", "--update-key", "updated_at"]
-        env = {**self.plain_env, "ETL_BENCH_SRC": _sling_url(self.dsns["source"]),
-               "ETL_BENCH_TGT": _sling_url(self.dsns["sling"]), "SLING_HOME_DIR": str(self.home / "sling"),
+        env = {**self.plain_env, "BENCH_SRC": _sling_url(self.dsns["source"]),
+               "BENCH_TGT": _sling_url(self.dsns["sling"]), "SLING_HOME_DIR": str(self.home / "sling"),
                "SLING_DISABLE_TELEMETRY": "true"}
-        return timed([self.sling, "run", "--src-conn", "ETL_BENCH_SRC", "--src-stream", f"{SCHEMA}.{TABLE}",
-                      "--tgt-conn", "ETL_BENCH_TGT", "--tgt-object", f"{SCHEMA}.{job_table(job)}", *mode],
+        return timed([self.sling, "run", "--src-conn", "BENCH_SRC", "--src-stream", f"{SCHEMA}.{TABLE}",
+                      "--tgt-conn", "BENCH_TGT", "--tgt-object", f"{SCHEMA}.{job_table(job)}", *mode],
                      env)
 
     def dlt_run(self, job: str) -> Timing:
@@ -249,10 +249,10 @@ class Tools:
         assert self.psql
         out = f"\\copy (SELECT * FROM {SCHEMA}.{TABLE}) TO STDOUT (FORMAT binary)"
         into = f"\\copy {SCHEMA}.{TABLE} FROM STDIN (FORMAT binary)"
-        script = (f"{self.psql} -X -q -d \"$ETL_BENCH_SRC\" -c '{out}' | "
-                  f"{self.psql} -X -q -v ON_ERROR_STOP=1 -d \"$ETL_BENCH_TGT\" -c '{into}'; "
+        script = (f"{self.psql} -X -q -d \"$BENCH_SRC\" -c '{out}' | "
+                  f"{self.psql} -X -q -v ON_ERROR_STOP=1 -d \"$BENCH_TGT\" -c '{into}'; "
                   "exit ${PIPESTATUS[0]}${PIPESTATUS[1]#0}")
-        env = {**self.plain_env, "ETL_BENCH_SRC": self.dsns["source"], "ETL_BENCH_TGT": self.dsns["pipe"]}
+        env = {**self.plain_env, "BENCH_SRC": self.dsns["source"], "BENCH_TGT": self.dsns["pipe"]}
         return timed(["bash", "-o", "pipefail", "-c", script], env)
 
 

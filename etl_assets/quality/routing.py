@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -49,6 +48,8 @@ def route_failing_rows(
 ) -> int:
     """Move the rows failing ``rule`` from ``table`` (within ``scope``, a partition) into the
     dead-letter table; returns how many."""
+    import polars as pl
+
     ensure_migrated(conn)  # the dead-letter table's migration
     cond, params = failing_condition(rule, table, scope)
     if scope is not None:

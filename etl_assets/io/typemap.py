@@ -510,12 +510,14 @@ def reconcile(
     a too-short varchar, which widens to text. Otherwise a safe widening by type is applied only if
     the values do not already fit the column.
     """
-    import polars as pl
+    null = text = False
+    if series is not None:  # a frame's column; the COPY fast path passes none and needs no polars
+        import polars as pl
 
-    dtype = series.dtype if series is not None else None
-    if isinstance(dtype, pl.Null):
+        null, text = isinstance(series.dtype, pl.Null), isinstance(series.dtype, pl.String)
+    if null:
         return None
-    if isinstance(dtype, pl.String) or (dtype is None and incoming.base == "text"):
+    if text or (series is None and incoming.base == "text"):
         if existing.base == "varchar" and existing.precision is not None and existing.dims == 0:
             if series is not None and values_fit(existing, series):
                 return None

@@ -48,8 +48,6 @@ def route_failing_rows(
 ) -> int:
     """Move the rows failing ``rule`` from ``table`` (within ``scope``, a partition) into the
     dead-letter table; returns how many."""
-    import polars as pl
-
     ensure_migrated(conn)  # the dead-letter table's migration
     cond, params = failing_condition(rule, table, scope)
     if scope is not None:
@@ -75,6 +73,8 @@ def route_failing_rows(
             state[1][ROUTED_KEY] = [*state[1].get(ROUTED_KEY, []), *(m for m in moved if m["c"] is not None)]
         if state is not None:
             _update_state(conn, table, state[1], len(rows))
+        import polars as pl  # here: a rule that fails no row needs no frame
+
         frame = pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
         types = dlq.frame_types(frame)
         message = f"failed data-quality rule {rule.name}: {rule.describe()}"

@@ -213,8 +213,12 @@ def test_polars_rule_declared_as_a_function_is_built_when_it_runs(warehouse_conn
         Rule(name="r", kind="polars", expression=42)
     with pytest.raises(ConfigError, match="'bad': its expression function returned str, not a polars"):
         run(warehouse_conn, table, Rule(name="bad", kind="polars", expression=lambda p: "x"))
+    boom = Rule(name="boom", kind="polars", expression=lambda p: p.nope())
     with pytest.raises(ConfigError, match=r"'boom': building its polars expression failed: .*nope"):
-        run(warehouse_conn, table, Rule(name="boom", kind="polars", expression=lambda p: p.nope()))
+        run(warehouse_conn, table, boom)
+    # the failed check's recorded definition names the function instead of failing in turn
+    assert boom.definition()["expression"].startswith("function ")
+    assert "<lambda>" in boom.definition()["expression"]
 
 
 def test_missing_column_is_named(warehouse_conn, table) -> None:

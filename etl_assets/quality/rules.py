@@ -254,7 +254,12 @@ class Rule:
         if self.on_fail != "block":
             out["on_fail"] = self.on_fail
         if self.expression is not None:
-            expression = self.polars_expression() if self.kind == "polars" else self.expression
+            expression = self.expression
+            if self.kind == "polars" and callable(expression) and not _is_polars_expr(expression):
+                try:
+                    expression = self.polars_expression()
+                except ConfigError:  # the check's result already says why; name the function here
+                    expression = f"function {getattr(expression, '__qualname__', expression)!s}"
             out["expression"] = expression if isinstance(expression, str) else str(expression)
         if self.kind in ("range",) and hidden & set(self.columns):
             out.pop("min", None)

@@ -23,14 +23,16 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from etl_assets.errors import ConfigError
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 STATUSES = ("pending", "replayed", "discarded")
 TABLE = sql.Identifier("etl", "dead_letters")
@@ -43,6 +45,8 @@ TABLE = sql.Identifier("etl", "dead_letters")
 
 def type_code(dtype: pl.DataType) -> str:
     """A short, stable code for a polars dtype (stored with each payload)."""
+    import polars as pl
+
     if dtype.is_integer():
         return "int"
     if dtype.is_float():
@@ -86,6 +90,8 @@ def _encode(value: Any, code: str) -> Any:
 
 
 def _json_safe(value: Any) -> Any:
+    import polars as pl
+
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -128,6 +134,8 @@ def _decode(value: Any, code: str) -> Any:
 
 
 def _dtype_for(code: str, values: list[Any]) -> pl.DataType | None:
+    import polars as pl
+
     if code == "int":
         return pl.Int64()
     if code == "float":
@@ -161,6 +169,8 @@ def frame_types(frame: Any) -> dict[str, str]:
 
 def as_polars(frame: Any) -> pl.DataFrame:
     """The frame as polars (pandas frames are converted; both engines then hash alike)."""
+    import polars as pl
+
     if isinstance(frame, pl.DataFrame):
         return frame
     return pl.from_pandas(frame)
@@ -186,6 +196,8 @@ def frame_payloads(frame: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
 
 def frame_from_payloads(payloads: Sequence[dict[str, Any]], types: dict[str, str]) -> pl.DataFrame:
     """Rebuild a polars frame from payloads of one shape (the inverse of :func:`frame_payloads`)."""
+    import polars as pl
+
     columns: dict[str, pl.Series] = {}
     for name, code in types.items():
         values = [_decode(p.get(name), code) for p in payloads]

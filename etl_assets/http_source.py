@@ -22,15 +22,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from etl_assets.errors import ConfigError, EtlError
 from etl_assets.retry import Backoff, HttpStatusError, parse_retry_after, retrying
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 FX_URL_VAR = "ETL_FX_URL"
 SNAPSHOT = "fx_rates.json"
@@ -95,6 +97,8 @@ class FxRates:
             ) from None
 
     def frame(self) -> pl.DataFrame:
+        import polars as pl
+
         currencies = sorted(self.rates)
         return pl.DataFrame(
             {

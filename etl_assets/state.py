@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from etl_assets.db import connect
+from etl_assets.connections import connect
 from etl_assets.migrations import ensure_migrated
 from etl_assets.settings import WAREHOUSE_DSN_VAR
 

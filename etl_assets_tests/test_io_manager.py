@@ -13,6 +13,7 @@ from psycopg import sql
 
 from etl_assets.db import PostgresResource
 from etl_assets.io.batch import LoadBatch
+from etl_assets.io.frametypes import PandasFrame, PolarsFrame
 from etl_assets.io.manager import PostgresIOManager
 from etl_assets.io.tables import TableRef
 from etl_assets_tests.io_helpers import rows
@@ -76,6 +77,34 @@ def test_pandas_and_polars_assets_store_and_load_by_annotation(io_manager, conn,
     assert (meta["rows_inserted"].value, meta["duplicate_keys_dropped"].value) == (2, 1)
     assert [c.name for c in meta["dagster/column_schema"].schema.columns] == ["id", "name"]
     assert mats["totals"]["write_mode"].value == "swap"
+
+
+def test_inputs_load_as_the_frame_type_annotations_name(io_manager, conn, fresh_schema):
+    """PolarsFrame/PandasFrame (etl_assets.io.frametypes: no import when the Definitions load) and
+    pl.LazyFrame each get their kind of frame, with the stored rows."""
+    seen: dict[str, object] = {}
+
+    def items(name: str) -> dg.AssetsDefinition:
+        @dg.asset(key=[fresh_schema, name])
+        def one() -> pl.DataFrame:
+            return pl.DataFrame({"id": [1, 2], "name": ["a", "b"]})
+
+        return one
+
+    upstream = [items(f"items_{name}") for name in ("p", "d", "z")]
+
+    @dg.asset(key_prefix=[fresh_schema], ins={n: dg.AssetIn([fresh_schema, f"items_{n}"]) for n in "pdz"})
+    def seen_by(p: PolarsFrame, d: PandasFrame, z: pl.LazyFrame) -> None:
+        seen.update(p=type(p), d=type(d), z=type(z))
+        seen["rows"] = (
+            p.sort("id").rows(), d.sort_values("id").values.tolist(), z.sort("id").collect().rows()
+        )
+
+    result = dg.materialize([*upstream, seen_by], resources={"io_manager": io_manager})
+    assert result.success
+    expected = [(1, "a"), (2, "b")]
+    assert seen == {"p": pl.DataFrame, "d": pd.DataFrame, "z": pl.LazyFrame,
+                    "rows": (expected, [list(r) for r in expected], expected)}
 
 
 def test_partitioned_asset_replaces_its_partition_and_loads_only_it(io_manager, conn, fresh_schema):

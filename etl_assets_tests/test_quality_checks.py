@@ -4,6 +4,7 @@ info passes with its measurement; every result carries counts, a sample and the 
 from __future__ import annotations
 
 import dagster as dg
+import polars
 import psycopg
 import pytest
 from psycopg import sql
@@ -168,6 +169,39 @@ def test_broken_rule_fails_with_reason_and_others_still_report(
         got = evaluations(result)
         assert got["broken"].passed is False
         assert "no_such_column" in got["broken"].metadata["error"].value
+        assert got["fine"].passed is True
+        assert result.success
+
+
+def test_polars_rules_declared_as_functions_in_a_real_run(fresh_schema, warehouse_dsn, warehouse) -> None:
+    """Built when the check step runs: the working one counts its failing row and records the built
+    expression; the broken one fails with its reason, and the others still report."""
+    src, down, src_key, _ = graph(fresh_schema, warehouse_dsn)
+    rules = RuleSet(
+        src_key,
+        (
+            Rule(name="emails", kind="polars", severity="warning",
+                 expression=lambda pl: pl.col("email").str.contains("@")),
+            Rule(name="broken", kind="polars", severity="warning", expression=lambda pl: pl.nope()),
+            Rule(name="fine", kind="not_null", columns=["k"]),
+        ),
+        table=TableRef(fresh_schema, "src"),
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+        got = evaluations(result)
+        assert got["emails"].passed is False
+        assert got["emails"].metadata["failing_rows"].value == 1
+        built = polars.col("email").str.contains("@")
+        assert got["emails"].metadata["rule"].value["expression"] == str(built)
+        assert got["broken"].passed is False
+        assert "building its polars expression failed" in got["broken"].metadata["error"].value
+        assert got["broken"].metadata["rule"].value["expression"].startswith("function ")
         assert got["fine"].passed is True
         assert result.success
 

@@ -190,6 +190,37 @@ def test_polars_rule_masks_and_streams(warehouse_conn, table, monkeypatch) -> No
     assert result.sample == [{"id": 3, "email": MASK}, {"id": 7, "email": None}]
 
 
+def test_polars_rule_declared_as_a_function_is_built_when_it_runs(warehouse_conn, table) -> None:
+    """The function form (what the demo uses, so that declaring it does not load polars) gives the same
+    result and the same recorded definition as the expression itself; a function that does not give
+    an expression fails the check with a message naming it."""
+    calls = []
+
+    def amount_not_negative(polars):
+        calls.append(polars)
+        return polars.col("amount") >= 0
+
+    lazy = Rule(name="r", kind="polars", expression=amount_not_negative)
+    assert calls == []  # declaring builds nothing
+    built = run(warehouse_conn, table, lazy)
+    direct = run(warehouse_conn, table, Rule(name="r", kind="polars", expression=pl.col("amount") >= 0))
+    assert (built.passed, built.total_rows, built.failing_rows) == (False, 10, 1)
+    assert failing_ids(built) == failing_ids(direct) == [4]
+    assert lazy.definition()["expression"] == direct.rule.definition()["expression"]
+    assert calls == [pl]  # built once, with the polars module
+
+    with pytest.raises(ConfigError, match="kind polars needs 'expression'"):
+        Rule(name="r", kind="polars", expression=42)
+    with pytest.raises(ConfigError, match="'bad': its expression function returned str, not a polars"):
+        run(warehouse_conn, table, Rule(name="bad", kind="polars", expression=lambda p: "x"))
+    boom = Rule(name="boom", kind="polars", expression=lambda p: p.nope())
+    with pytest.raises(ConfigError, match=r"'boom': building its polars expression failed: .*nope"):
+        run(warehouse_conn, table, boom)
+    # the failed check's recorded definition names the function instead of failing in turn
+    assert boom.definition()["expression"].startswith("function ")
+    assert "<lambda>" in boom.definition()["expression"]
+
+
 def test_missing_column_is_named(warehouse_conn, table) -> None:
     with pytest.raises(MissingObject, match="nope"):
         run(warehouse_conn, table, Rule(name="r", kind="not_null", columns=["nope"]))

@@ -115,7 +115,7 @@ def _source(name: str | None = None):
     """A connection to the default source, or to the named source ``name`` (``--source``)."""
     import os
 
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.settings import SOURCE_DSN_VAR
 

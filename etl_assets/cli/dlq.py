@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _warehouse():  # a context manager yielding a connection
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.settings import WAREHOUSE_DSN_VAR
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.quality.metrics import parse_window, run_outcomes, summarize
     from etl_assets.settings import WAREHOUSE_DSN_VAR

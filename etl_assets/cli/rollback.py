@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from psycopg import sql
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from etl_assets.db import connect
+    from psycopg import sql  # here, not at the top: `etl-assets --help` imports every command module
+
+    from etl_assets.connections import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.io.swap import rollback
     from etl_assets.io.tables import TableRef

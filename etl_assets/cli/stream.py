@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _source(autocommit: bool = True):
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.settings import SOURCE_DSN_VAR
 
@@ -89,7 +89,7 @@ def _status(args: argparse.Namespace) -> int:
         f", oldest enqueued {st.oldest_enqueued_at:%Y-%m-%d %H:%M:%S %Z}" if st.oldest_enqueued_at else ""
     )
     print(f"stream queue etl_stream.events: {st.messages:,} messages ({st.invisible:,} claimed){oldest}")
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
     from etl_assets.environment import ensure_environment
     from etl_assets.settings import WAREHOUSE_DSN_VAR
     from etl_assets.stream import sink

@@ -49,7 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     bin_dir = os.path.dirname(sys.executable)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
 
     with connect(env.warehouse_dsn, role="warehouse", env_var=WAREHOUSE_DSN_VAR) as conn:
         ensure_migrated(conn)  # reachable, and the control schema is current before the first step

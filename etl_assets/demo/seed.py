@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
-from etl_assets.db import connect
+from etl_assets.connections import connect
 from etl_assets.settings import SOURCE_DSN_VAR
 
 SCHEMA = "shop"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
@@ -22,6 +22,9 @@ from etl_assets.io.tables import TableRef
 from etl_assets.io.transfer import set_text_format
 from etl_assets.io.typemap import PgType, warehouse_type
 from etl_assets.pipeline_config import TableSpec
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,8 @@ def iter_copy_frames(conn: psycopg.Connection, query: sql.Composable, params: Se
 
 
 def csv_to_frame(data: bytes, columns: Sequence[str]) -> pl.DataFrame:
+    import polars as pl
+
     if not data:
         return pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns})
     return pl.read_csv(

@@ -16,32 +16,36 @@ stream starts with the 19-byte header and ends with ``int16 -1``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import numpy as np
-import polars as pl
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from etl_assets.io.typemap import PgType
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import numpy as np
+    import polars as pl
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 _EPOCH_2000_US = 946_684_800_000_000
 _EPOCH_2000_DAYS = 10_957
+#: PostgreSQL type -> (the polars dtype, by name, that encodes it as is; its big-endian numpy code).
 _FIXED = {
-    "smallint": (pl.Int16, ">i2"),
-    "integer": (pl.Int32, ">i4"),
-    "bigint": (pl.Int64, ">i8"),
-    "real": (pl.Float32, ">f4"),
-    "double precision": (pl.Float64, ">f8"),
+    "smallint": ("Int16", ">i2"),
+    "integer": ("Int32", ">i4"),
+    "bigint": ("Int64", ">i8"),
+    "real": ("Float32", ">f4"),
+    "double precision": ("Float64", ">f8"),
 }
 
 
 def _column_ok(dtype: pl.DataType, pg: PgType) -> bool:
+    import polars as pl
+
     if pg.dims:
         return False
     base = pg.base
     if base in _FIXED:
-        return dtype == _FIXED[base][0]
+        return dtype == getattr(pl, _FIXED[base][0])
     if base == "boolean":
         return dtype == pl.Boolean
     if base == "date":
@@ -71,11 +75,16 @@ def supports(frame: pl.DataFrame, targets: Mapping[str, PgType] | None) -> bool:
 
 
 def _bytes(values: np.ndarray, width: int) -> np.ndarray:
+    import numpy as np
+
     return values.view(np.uint8).reshape(-1, width)
 
 
 def _numeric(series: pl.Series) -> tuple[np.ndarray, int]:
     """PostgreSQL's numeric wire format (base-10000 digits), one fixed-width row per value."""
+    import numpy as np
+    import polars as pl
+
     dtype = series.dtype
     scale = dtype.scale or 0
     n = series.len()
@@ -101,6 +110,10 @@ def _numeric(series: pl.Series) -> tuple[np.ndarray, int]:
 
 def encode(piece: pl.DataFrame, targets: Mapping[str, PgType]) -> bytes:
     """The tuples of ``piece`` in binary COPY format (no header or trailer)."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+
     n = piece.height
     fields: list[tuple] = []
     for name in piece.columns:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
@@ -28,6 +27,9 @@ from etl_assets.errors import SchemaMismatch
 from etl_assets.io import binary
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType, copy_ready, to_polars
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 PIECE_BYTES = 8 * 1024 * 1024  # target size of one CSV piece sent to the server
 BINARY_PIECE_ROWS = 100_000  # rows per binary piece (about 10 MB for the benchmark shape)
@@ -98,6 +100,8 @@ def copy_frame(
     Runs on ``conn`` in whatever transaction is open; a value PostgreSQL rejects raises
     :class:`SchemaMismatch` naming the table, column and line.
     """
+    import polars as pl
+
     if not isinstance(frame, pl.DataFrame):
         frame, _ = to_polars(frame)
     if columns is not None:

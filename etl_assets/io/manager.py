@@ -13,8 +13,10 @@ its definition metadata:
 
 An asset may return a :class:`~etl_assets.io.batch.LoadBatch` to run hooks (cursor, dead letters) in
 the write's transaction and add metadata. Returning ``None`` stores nothing. Loading returns pandas
-or polars according to the input parameter's annotation (pandas when unannotated); input metadata
-``columns`` selects columns; a partitioned input loads only its partitions' rows.
+or polars according to the input parameter's annotation (``pl.DataFrame``/``pl.LazyFrame``,
+``pd.DataFrame``, or :data:`~etl_assets.io.frametypes.PolarsFrame`/``PandasFrame``, which do not load
+the library when the Definitions load; pandas when unannotated); input metadata ``columns`` selects
+columns; a partitioned input loads only its partitions' rows.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from etl_assets.db import PostgresResource
 from etl_assets.errors import ConfigError
 from etl_assets.io.batch import LoadBatch
+from etl_assets.io.frametypes import frame_kind_of
 from etl_assets.io.reader import FrameKind, read_table
 from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import WRITE_MODES, PartitionWindow, write_frame
@@ -49,7 +51,8 @@ class _PolarsHandler(_FrameHandler):
     kind: FrameKind = "polars"
 
     def handles(self, typ: Any) -> bool:
-        return typ in (pl.DataFrame, pl.LazyFrame) or getattr(typ, "__module__", "").startswith("polars")
+        # by module name: comparing with pl.DataFrame would load polars for a pandas input
+        return getattr(typ, "__module__", "").startswith("polars")
 
 
 class _PandasHandler(_FrameHandler):
@@ -194,17 +197,15 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         asset_key = context.asset_key if context.has_asset_key else None
         target = self._target(asset_key, upstream_meta)
         typ = getattr(context.dagster_type, "typing_type", None)
-        kind: FrameKind = "pandas"
-        for handler in HANDLERS:
-            if handler.handles(typ):
-                kind = handler.kind
-                break
+        kind: FrameKind = frame_kind_of(context.dagster_type) or next(
+            (handler.kind for handler in HANDLERS if handler.handles(typ)), "pandas"
+        )
         partition = None
         if context.has_asset_partitions and upstream_meta.get("partition_expr"):
             partition = partition_for(context, upstream_meta["partition_expr"])
         columns = input_meta.get("columns")
         with self.warehouse.connect() as conn:
             frame = read_table(conn, target, columns=columns, partition=partition, kind=kind)
-        if typ is pl.LazyFrame:
+        if getattr(typ, "__name__", None) == "LazyFrame" and _PolarsHandler().handles(typ):
             return frame.lazy()
         return frame

@@ -11,9 +11,8 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
@@ -21,6 +20,9 @@ from etl_assets.errors import ConfigError, MissingObject
 from etl_assets.io import catalog
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PG_TYPES_ATTR, PgType, polars_dtype_for
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 FrameKind = Literal["pandas", "polars"]
 FETCH_ROWS = 50_000
@@ -76,6 +78,8 @@ def _read_rows(
     order_by: Sequence[str] | None,
 ) -> pl.DataFrame:
     """The fallback route: psycopg's row loaders (types the COPY route does not render)."""
+    import polars as pl
+
     select = [
         sql.SQL("{}::text").format(sql.Identifier(n))
         if types[n].base in ("json", "jsonb", "uuid")
@@ -147,6 +151,8 @@ def _copy_select(name: str, pg: PgType) -> sql.Composable:
 
 
 def _copy_cast(name: str, pg: PgType, raw: pl.Series) -> pl.Series:
+    import polars as pl
+
     dtype = polars_dtype_for(pg)
     if pg.dims:
         return raw.str.json_decode(dtype).alias(name)
@@ -180,6 +186,8 @@ def _read_copy(
     order_by: Sequence[str] | None,
 ) -> pl.DataFrame:
     """The COPY route: one ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed by polars."""
+    import polars as pl
+
     buf = io.BytesIO()
     query, params = _where(
         sql.SQL("SELECT {} FROM {}").format(
@@ -211,6 +219,8 @@ def _read_copy(
 
 
 def _series(name: str, values: list[Any], pg: PgType) -> pl.Series:
+    import polars as pl
+
     dtype = polars_dtype_for(pg)
     if pg.base == "numeric" and pg.precision is None and not pg.dims:
         scale = max((-v.as_tuple().exponent for v in values if v is not None and v.is_finite()), default=0)
@@ -224,6 +234,7 @@ def _to_pandas(frame: pl.DataFrame, types: dict[str, PgType]) -> Any:
     import uuid
 
     import pandas as pd
+    import polars as pl
 
     data: dict[str, Any] = {}
     for name in frame.columns:

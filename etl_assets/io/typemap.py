@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import uuid
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from etl_assets.errors import ConfigError, SchemaMismatch
+
+if TYPE_CHECKING:  # polars loads when a frame is built, not when this module is imported
+    import polars as pl
 
 # Canonical base names (what format_type() prints, shortened where it is long).
 #: ``pandas.DataFrame.attrs`` key: column -> the PostgreSQL type it was read from (set by the reader
@@ -118,6 +120,12 @@ def is_pandas(frame: Any) -> bool:
 
 
 def is_polars(frame: Any) -> bool:
+    """Whether ``frame`` is a polars DataFrame, without importing polars: no polars frame exists
+    before polars is loaded."""
+    if "polars" not in sys.modules:
+        return False
+    import polars as pl
+
     return isinstance(frame, pl.DataFrame)
 
 
@@ -133,6 +141,8 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
     dicts (or lists of dicts) become JSON text hinted ``jsonb``. Everything else goes through
     Arrow (``pl.from_pandas``), which is columnar and keeps NULL distinct from ''.
     """
+    import polars as pl
+
     hints: dict[str, PgType] = {}
     if isinstance(frame, pl.LazyFrame):
         frame = frame.collect()
@@ -201,6 +211,8 @@ def _declared_decimal(series: pl.Series, declared: str | None) -> pl.Series:
     same data through polars, whose Decimal dtype keeps it. Values that no longer fit (a transform
     made them bigger) keep the inferred type.
     """
+    import polars as pl
+
     if declared is None or not isinstance(series.dtype, pl.Decimal):
         return series
     pg = PgType.parse(declared)
@@ -220,6 +232,7 @@ def _decimal_series(name: str, col: Any) -> pl.Series:
     The scale comes from a sample (values with a larger scale make the typed conversion fail, and
     then pyarrow infers over every value); the precision from the largest magnitude, vectorised.
     """
+    import polars as pl
     import pyarrow as pa
 
     values = col.to_numpy()
@@ -256,6 +269,8 @@ def _has_dict(value: Any) -> bool:
 
 def pg_type_for(name: str, dtype: pl.DataType, hint: PgType | None = None) -> PgType:
     """The PostgreSQL type a new column for ``dtype`` gets."""
+    import polars as pl
+
     if hint is not None:
         return hint
     if isinstance(dtype, pl.Int8 | pl.Int16 | pl.UInt8):
@@ -302,6 +317,8 @@ def pg_type_for(name: str, dtype: pl.DataType, hint: PgType | None = None) -> Pg
 
 
 def _nested_struct(dtype: pl.DataType) -> bool:
+    import polars as pl
+
     while isinstance(dtype, pl.List | pl.Array):
         dtype = dtype.inner
     return isinstance(dtype, pl.Struct)
@@ -314,6 +331,8 @@ def _nested_struct(dtype: pl.DataType) -> bool:
 
 def _array_element(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     """Render one array element for a PostgreSQL array literal (strings quoted and escaped)."""
+    import polars as pl
+
     if isinstance(dtype, pl.List | pl.Array):
         return _array_literal(expr, dtype)
     if isinstance(dtype, pl.Binary):
@@ -335,6 +354,8 @@ def _array_element(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
 
 
 def _array_literal(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    import polars as pl
+
     if isinstance(dtype, pl.Array):
         expr = expr.arr.to_list()
     inner = dtype.inner
@@ -344,6 +365,8 @@ def _array_literal(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
 
 def _json_of_list(col: pl.Expr) -> pl.Expr:
     """JSON text of a list column: encode ``{"v": list}`` and cut the wrapper off (vectorised)."""
+    import polars as pl
+
     encoded = pl.struct(col.alias("v")).struct.json_encode().str.slice(5).str.head(-1)
     return pl.when(col.is_null()).then(None).otherwise(encoded)
 
@@ -355,6 +378,8 @@ def copy_expression(name: str, dtype: pl.DataType, target: PgType | None = None)
     bytes become ``\\x`` hex, durations microsecond intervals, structs JSON, lists array literals.
     NaN and infinity are written as ``NaN``/``inf``, which PostgreSQL reads for real and double.
     """
+    import polars as pl
+
     col = pl.col(name)
     if isinstance(dtype, pl.List | pl.Array) and (
         _nested_struct(dtype) or (target is not None and target.base in ("json", "jsonb"))
@@ -391,6 +416,8 @@ def copy_ready(frame: pl.DataFrame, targets: dict[str, PgType] | None = None) ->
 
 def polars_dtype_for(pg: PgType) -> pl.DataType:
     """The polars dtype a PostgreSQL column loads as (uuid and json come back as text)."""
+    import polars as pl
+
     if pg.dims:
         inner = polars_dtype_for(pg.element)
         for _ in range(pg.dims):
@@ -450,6 +477,8 @@ def values_fit(existing: PgType, series: pl.Series) -> bool:
     Used before widening by type alone: a polars Int64 column of small numbers goes into an
     ``integer`` column as it is, instead of rewriting the table (and failing on dependent views).
     """
+    import polars as pl
+
     if existing.dims or series.null_count() == series.len():
         return existing.dims == 0 or series.null_count() == series.len()
     if existing.base in _INT_DIGITS and series.dtype.is_integer():
@@ -481,10 +510,14 @@ def reconcile(
     a too-short varchar, which widens to text. Otherwise a safe widening by type is applied only if
     the values do not already fit the column.
     """
-    dtype = series.dtype if series is not None else None
-    if isinstance(dtype, pl.Null):
+    null = text = False
+    if series is not None:  # a frame's column; the COPY fast path passes none and needs no polars
+        import polars as pl
+
+        null, text = isinstance(series.dtype, pl.Null), isinstance(series.dtype, pl.String)
+    if null:
         return None
-    if isinstance(dtype, pl.String) or (dtype is None and incoming.base == "text"):
+    if text or (series is None and incoming.base == "text"):
         if existing.base == "varchar" and existing.precision is not None and existing.dims == 0:
             if series is not None and values_fit(existing, series):
                 return None

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
@@ -36,6 +36,9 @@ from etl_assets.io import catalog
 from etl_assets.io.bulk import copy_error, copy_frame
 from etl_assets.io.tables import TableRef
 from etl_assets.io.typemap import PgType
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 ORDINAL = "__etl_ordinal"
 MASK = "***"  # what a value of a sensitive column shows as in a message
@@ -71,6 +74,8 @@ def deduplicate(frame: pl.DataFrame, keys: Sequence[str], order_by: str | None) 
     Done in polars (hash-based, vectorised) so PostgreSQL gets rows ON CONFLICT can take in one
     statement, without a sort of the staging table.
     """
+    import polars as pl
+
     if frame.height < 2 or not frame.select(pl.struct(list(keys)).is_duplicated().any()).item():
         return frame
     if order_by is not None:
@@ -104,6 +109,8 @@ def refuse_duplicates_in_frame(
     frame: pl.DataFrame, target: TableRef, keys: Sequence[str], sensitive: Collection[str] = ()
 ) -> None:
     """Raise :class:`DuplicateKeys` when two rows of ``frame`` share a key (vectorised)."""
+    import polars as pl
+
     if frame.height < 2 or not frame.select(pl.struct(list(keys)).is_duplicated().any()).item():
         return
     groups = frame.group_by(list(keys)).len().filter(pl.col("len") > 1).sort("len", descending=True)

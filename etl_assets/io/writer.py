@@ -26,10 +26,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
-import polars as pl
 import psycopg
 from psycopg import sql
 
@@ -43,6 +42,9 @@ from etl_assets.io.target import TargetShape, ensure_target
 from etl_assets.io.typemap import PgType, pg_type_for, to_polars
 from etl_assets.io.upsert import upsert_frame
 from etl_assets.migrations import ensure_control_tables
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 WriteMode = Literal["insert", "upsert", "truncate_insert", "swap"]
 WRITE_MODES: tuple[str, ...] = ("insert", "upsert", "truncate_insert", "swap")
@@ -136,6 +138,8 @@ def ensure_table(
 
     ``create_as`` evolves a copy (the swap's new table) instead of the target itself.
     """
+    import polars as pl
+
     if not isinstance(frame, pl.DataFrame):
         frame, more = to_polars(frame)
         hints = {**more, **(hints or {})}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -74,6 +73,8 @@ def route_failing_rows(
             state[1][ROUTED_KEY] = [*state[1].get(ROUTED_KEY, []), *(m for m in moved if m["c"] is not None)]
         if state is not None:
             _update_state(conn, table, state[1], len(rows))
+        import polars as pl  # here: a rule that fails no row needs no frame
+
         frame = pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
         types = dlq.frame_types(frame)
         message = f"failed data-quality rule {rule.name}: {rule.describe()}"

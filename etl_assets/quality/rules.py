@@ -28,16 +28,20 @@ import datetime as _dt
 import decimal
 import math
 import re
+import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from etl_assets.errors import ConfigError, MissingObject
 from etl_assets.io.tables import TableRef
+
+if TYPE_CHECKING:  # polars loads when a polars rule runs
+    import polars as pl
 
 SEVERITIES = ("error", "warning", "info")
 MASK = "***"
@@ -80,7 +84,9 @@ class Rule:
 
     ``expression`` means, per kind: ``sql`` a SQL boolean predicate over the table's columns that is
     true for a *valid* row (rows where it is false or NULL fail); ``polars`` a polars expression
-    (``pl.Expr``, or SQL text turned into one with ``polars.sql_expr``) true for a valid row.
+    (``pl.Expr``, or SQL text turned into one with ``polars.sql_expr``) true for a valid row, or a
+    function that takes the polars module and returns that expression: it is built when the check
+    runs, so declaring the rule does not load polars into every process that loads the Definitions.
     ``query`` (kind ``sql``) is a whole SELECT over the warehouse returning the failing rows.
     Thresholds: with neither set a single failing row fails the rule; otherwise every limit given
     must hold (``failing <= max_failing_rows`` and ``percent <= max_failing_percent``).
@@ -184,8 +190,11 @@ class Rule:
                     object.__setattr__(self, "expression", pl.sql_expr(self.expression))
                 except Exception as exc:
                     return f"'expression' is not a valid polars SQL expression: {exc}"
-            elif not _is_polars_expr(self.expression):
-                return "kind polars needs 'expression': a polars expression or SQL text for polars.sql_expr"
+            elif not _is_polars_expr(self.expression) and not callable(self.expression):
+                return (
+                    "kind polars needs 'expression': a polars expression, SQL text for polars.sql_expr, "
+                    "or a function taking the polars module and returning the expression"
+                )
         if (
             self.kind == "not_in_future"
             and self.tolerance is not None
@@ -193,6 +202,25 @@ class Rule:
         ):
             return "'tolerance' must be an interval as text, e.g. '5 minutes'"
         return None
+
+    def polars_expression(self) -> pl.Expr:
+        """The expression of a ``polars`` rule, built now if it was declared as a function."""
+        expression = self.expression
+        if _is_polars_expr(expression) or not callable(expression):
+            return expression
+        import polars as pl
+
+        try:
+            built = expression(pl)
+        except Exception as exc:
+            raise ConfigError(f"Check {self.name!r}: building its polars expression failed: {exc}") from exc
+        if not isinstance(built, pl.Expr):
+            raise ConfigError(
+                f"Check {self.name!r}: its expression function returned {type(built).__name__}, "
+                "not a polars expression."
+            )
+        object.__setattr__(self, "expression", built)  # built once; later calls and metadata reuse it
+        return built
 
     @property
     def blocking(self) -> bool:
@@ -226,7 +254,13 @@ class Rule:
         if self.on_fail != "block":
             out["on_fail"] = self.on_fail
         if self.expression is not None:
-            out["expression"] = self.expression if isinstance(self.expression, str) else str(self.expression)
+            expression = self.expression
+            if self.kind == "polars" and callable(expression) and not _is_polars_expr(expression):
+                try:
+                    expression = self.polars_expression()
+                except ConfigError:  # the check's result already says why; name the function here
+                    expression = f"function {getattr(expression, '__qualname__', expression)!s}"
+            out["expression"] = expression if isinstance(expression, str) else str(expression)
         if self.kind in ("range",) and hidden & set(self.columns):
             out.pop("min", None)
             out.pop("max", None)
@@ -265,10 +299,10 @@ def _bounds(low: Any, high: Any) -> str:
 
 
 def _is_polars_expr(value: Any) -> bool:
-    try:
-        import polars as pl
-    except ImportError:  # pragma: no cover - polars is a dependency
+    if "polars" not in sys.modules:  # no polars expression exists before polars is loaded
         return False
+    import polars as pl
+
     return isinstance(value, pl.Expr)
 
 
@@ -688,7 +722,7 @@ def _evaluate_polars(
     """Stream the needed columns in chunks and evaluate a row-wise polars expression on each chunk."""
     import polars as pl
 
-    expr: pl.Expr = rule.expression
+    expr = rule.polars_expression()
     needed = list(expr.meta.root_names())
     missing = [c for c in needed if c not in columns]
     if missing:

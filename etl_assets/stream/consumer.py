@@ -32,8 +32,8 @@ from typing import Any
 
 import psycopg
 
+from etl_assets.connections import connect
 from etl_assets.console import plural
-from etl_assets.db import connect
 from etl_assets.retry import is_transient
 from etl_assets.settings import SOURCE_DSN_VAR, WAREHOUSE_DSN_VAR
 from etl_assets.stream import processor, queue, sink

@@ -228,7 +228,7 @@ def produce(
     smaller batches could not keep 1,000 events/s). ``on_commit(ids, time.time())`` is called after
     each COMMIT (the benchmark measures latency from there).
     """
-    from etl_assets.db import connect
+    from etl_assets.connections import connect
     from etl_assets.settings import SOURCE_DSN_VAR
 
     size = batch_size or (max(1, int(rate // 10)) if rate else 500)

@@ -9,9 +9,8 @@ transient failures (a dropped connection, a deadlock), so a flaky warehouse cost
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from psycopg import sql
 
 from etl_assets.io.reader import read_table
@@ -19,16 +18,25 @@ from etl_assets.io.tables import TableRef
 from etl_assets.io.writer import PartitionWindow
 from etl_assets.retry import Backoff, with_connection_retry
 
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
+
 COLUMNS = ("order_date", "category_id", "category_name", "user_id", "amount", "amount_eur")
-OUTPUT_SCHEMA = {
-    "order_date": pl.Date,
-    "category_id": pl.Int64,
-    "category_name": pl.String,
-    "total_amount": pl.Float64,
-    "total_amount_eur": pl.Float64,
-    "event_count": pl.Int64,
-    "unique_users": pl.Int64,
-}
+
+
+def output_schema() -> dict[str, type[pl.DataType]]:
+    """The totals' columns and dtypes (a function: polars loads when a frame is built)."""
+    import polars as pl
+
+    return {
+        "order_date": pl.Date,
+        "category_id": pl.Int64,
+        "category_name": pl.String,
+        "total_amount": pl.Float64,
+        "total_amount_eur": pl.Float64,
+        "event_count": pl.Int64,
+        "unique_users": pl.Int64,
+    }
 
 
 def read_day(
@@ -49,8 +57,11 @@ def read_day(
 
 def daily_category_totals(orders: pl.DataFrame) -> pl.DataFrame:
     """Total amount, event count and unique users per day and category (unknown categories grouped)."""
+    import polars as pl
+
+    schema = output_schema()
     if orders.height == 0:
-        return pl.DataFrame(schema=OUTPUT_SCHEMA)
+        return pl.DataFrame(schema=schema)
     return (
         orders.group_by("order_date", "category_id", "category_name")
         .agg(
@@ -59,8 +70,8 @@ def daily_category_totals(orders: pl.DataFrame) -> pl.DataFrame:
             pl.len().cast(pl.Int64).alias("event_count"),
             pl.col("user_id").n_unique().cast(pl.Int64).alias("unique_users"),
         )
-        .select(list(OUTPUT_SCHEMA))
-        .cast(OUTPUT_SCHEMA)
+        .select(list(schema))
+        .cast(schema)
         .sort("order_date", "category_id", nulls_last=True)
     )
 

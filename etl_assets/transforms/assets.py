@@ -8,6 +8,9 @@ records its dead letters in the same transaction as its data, and whose metadata
 """
 
 # No `from __future__ import annotations`: Dagster inspects the `context` and config annotations.
+# Frame inputs are annotated PolarsFrame/PandasFrame (etl_assets.io.frametypes), not pl.DataFrame or
+# pd.DataFrame: Dagster resolves annotations when the Definitions load, and the real classes would load
+# pandas, polars and pyarrow into every process that loads the code location.
 
 import datetime as dt
 import re
@@ -16,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import pandas as pd
-import polars as pl
 from pydantic import Field
 
 from etl_assets import dlq
@@ -27,6 +28,7 @@ from etl_assets.db import PostgresResource
 from etl_assets.errors import EtlError
 from etl_assets.http_source import FX_URL_VAR, FxRatesSource
 from etl_assets.io.batch import LoadBatch
+from etl_assets.io.frametypes import PandasFrame, PolarsFrame
 from etl_assets.io.tables import TableRef
 from etl_assets.migrations import ensure_migrated
 from etl_assets.retry import STEP_RETRY_POLICY, is_transient, with_connection_retry
@@ -163,7 +165,7 @@ def fx_rates(context: dg.AssetExecutionContext, fx_source: FxRatesSource) -> dg.
 )
 def clean_customers(
     context: dg.AssetExecutionContext, config: TransformConfig, warehouse: PostgresResource,
-    customers: pl.DataFrame,
+    customers: PolarsFrame,
 ) -> LoadBatch:
     now = dt.datetime.now(dt.UTC)
     return capture_output(
@@ -173,6 +175,8 @@ def clean_customers(
 
 
 def _rate(rates: Any, config: OrdersConfig) -> float:
+    import polars as pl
+
     frame = rates if isinstance(rates, pl.DataFrame) else pl.from_pandas(rates)
     match = frame.filter(pl.col("currency") == config.currency.upper())
     if match.height != 1:
@@ -199,7 +203,7 @@ def _rate(rates: Any, config: OrdersConfig) -> float:
 )
 def clean_orders(
     context: dg.AssetExecutionContext, config: OrdersConfig, warehouse: PostgresResource,
-    orders: pl.DataFrame, rates: pl.DataFrame,
+    orders: PolarsFrame, rates: PolarsFrame,
 ) -> LoadBatch:
     rate, currency, now = _rate(rates, config), config.currency.lower(), dt.datetime.now(dt.UTC)
     return capture_output(
@@ -222,7 +226,7 @@ def clean_orders(
 )
 def clean_orders_pandas_asset(
     context: dg.AssetExecutionContext, config: OrdersConfig, warehouse: PostgresResource,
-    orders: pd.DataFrame, rates: pd.DataFrame,
+    orders: PandasFrame, rates: PandasFrame,
 ) -> LoadBatch:
     rate, currency, now = _rate(rates, config), config.currency.lower(), dt.datetime.now(dt.UTC)
     return capture_output(
@@ -263,7 +267,7 @@ def clean_orders_engines_agree(warehouse: PostgresResource) -> dg.AssetCheckResu
     metadata={"write_mode": "truncate_insert", "primary_key": ["id"]},
 )
 def orders_enriched(
-    context: dg.AssetExecutionContext, orders: pl.DataFrame, categories: pl.DataFrame
+    context: dg.AssetExecutionContext, orders: PolarsFrame, categories: PolarsFrame
 ) -> dg.Output:
     frame, stats = enrich_orders(orders, categories)
     if stats.unmatched_rows:

@@ -22,11 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-import polars as pl
 import psycopg
 
 from etl_assets import dlq
+from etl_assets.io.typemap import is_pandas, is_polars
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class FailureRateExceeded(Exception):
 
 
 def _height(frame: Any) -> int:
-    return frame.height if isinstance(frame, pl.DataFrame) else len(frame)
+    return frame.height if is_polars(frame) else len(frame)
 
 
 @dataclass
@@ -130,7 +129,7 @@ def _substitute(frame: Any, corrections: dict[str, dlq.DeadLetter]) -> tuple[Any
     rebuilt = dlq.frame_from_payloads(payloads, types)
     source = dlq.as_polars(frame)
     rebuilt = rebuilt.cast(dict(source.schema), strict=False)
-    if isinstance(frame, pd.DataFrame):
+    if is_pandas(frame):
         rebuilt_pd = rebuilt.to_pandas()
         rebuilt_pd.index = frame.index
         rebuilt_pd = rebuilt_pd.astype(frame.dtypes.to_dict(), errors="ignore")

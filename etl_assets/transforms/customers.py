@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from etl_assets.transforms.capture import RowFailure, TransformResult
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 EMAIL = re.compile(r"^[^@\s]+@([A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+)$")
 
@@ -63,6 +64,8 @@ def transform_customer(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
 
 def clean_customers(frame: pl.DataFrame, now: dt.datetime | None = None) -> TransformResult:
     """Transform every row; a row that raises becomes a :class:`RowFailure` with its exception."""
+    import polars as pl
+
     now = now or dt.datetime.now(dt.UTC)
     schema = {
         "id": frame.schema["id"],

@@ -9,8 +9,10 @@ multiply orders: rows out = rows in, always.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class EnrichStats:
 
 
 def enrich_orders(orders: pl.DataFrame, categories: pl.DataFrame) -> tuple[pl.DataFrame, EnrichStats]:
+    import polars as pl
+
     key_dtype = orders.schema["category_id"]
     dim = categories.select(
         pl.col("id").cast(key_dtype).alias("category_id"),

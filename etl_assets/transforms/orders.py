@@ -12,11 +12,13 @@ Unknown category ids are *not* rejected here: the enrichment keeps and counts th
 from __future__ import annotations
 
 import datetime as dt
-
-import pandas as pd
-import polars as pl
+from typing import TYPE_CHECKING
 
 from etl_assets.transforms.capture import RowFailure, TransformResult
+
+if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
+    import pandas as pd
+    import polars as pl
 
 MAX_AMOUNT = 1_000_000  # an order at or above this is a data error (the demo's "huge" amounts)
 
@@ -46,6 +48,8 @@ def clean_orders_polars(
     frame: pl.DataFrame, rate: float, currency: str = "eur", now: dt.datetime | None = None
 ) -> TransformResult:
     """Validate and convert orders with polars expressions."""
+    import polars as pl
+
     now = now or dt.datetime.now(dt.UTC)
     created_dtype = frame.schema["created_at"]
     tz = getattr(created_dtype, "time_zone", None)
@@ -74,6 +78,8 @@ def clean_orders_pandas(
     frame: pd.DataFrame, rate: float, currency: str = "eur", now: dt.datetime | None = None
 ) -> TransformResult:
     """The same transform with pandas (3.x: copy-on-write, nullable dtypes)."""
+    import pandas as pd
+
     now = now or dt.datetime.now(dt.UTC)
     amount = pd.to_numeric(frame["amount"].astype("Float64"), errors="coerce")
     created = pd.to_datetime(frame["created_at"])

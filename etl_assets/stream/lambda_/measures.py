@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-import polars as pl
-
 from etl_assets.transforms.orders import clean_orders_polars
 
 CANCELLED = "cancelled"
@@ -23,6 +21,8 @@ CANCELLED = "cancelled"
 def passing(states: Sequence[dict[str, Any]], now: dt.datetime | None = None) -> list[str | None]:
     """For each order state (amount, created_at, …): None when it passes clean.orders' rules, else the
     name of the first rule it fails."""
+    import polars as pl
+
     if not states:
         return []
     frame = pl.DataFrame(

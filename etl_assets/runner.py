@@ -680,6 +680,9 @@ def run(
         instance = dg.DagsterInstance.get()
         keep_storage_connections(instance)
         phases["instance"] = time.monotonic() - mark
+    from etl_assets.startup import resume_collection
+
+    resume_collection()  # the console script paused the collector while the process started
     summary = RunSummary(distributed=distributed, phases=phases)
     mark = time.monotonic()
     summary.cleaned_runs = cleanup_dead_runs(instance, local_instance=local_instance())

@@ -46,6 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> int:
+    """The ``etl-assets`` console script (and ``python -m etl_assets.cli``): :func:`main` with the
+    garbage collector kept off the start-up heap and the final pass (etl_assets/startup.py)."""
+    from etl_assets import startup
+
+    if _command(sys.argv[1:]) == "run":
+        startup.pause_collection()  # the runner resumes it when the run's Definitions are ready
+    try:
+        return main()
+    finally:
+        startup.resume_collection()
+        startup.skip_final_collection()
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand of ``argv`` (its first word after the global options), without parsing."""
+    words = iter(argv)
+    for word in words:
+        if word == "--pipelines":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -532,3 +532,96 @@ def test_merge_and_upsert_statements(
     )
     assert _run(spec, source_dsn, warehouse_dsn).applied == {"update": 1, "insert": 1}
     assert assert_equal(source_conn, warehouse_conn, spec) == 6
+
+
+def test_one_row_updates_after_a_large_one_and_composite_keys(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """The UPDATE trigger logs a one-row statement with its own statement and a many-row one through
+    ``EXECUTE``: in one session, a many-row update, then one-row updates (one moving its key), then a
+    many-row key move again are each logged exactly (U for a kept key, D + I for a moved one) and
+    replay to the source. A composite key is matched column by column."""
+    ref = make_items(source_conn, 300)
+    cap, _ = capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    t = ref.ident
+    before = len(_log_positions(source_conn, cap))
+    source_conn.execute(sql.SQL("UPDATE {} SET amount = amount + 1").format(t))
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'one' WHERE id = 7").format(t))
+    source_conn.execute(sql.SQL("UPDATE {} SET id = 1007 WHERE id = 8").format(t))
+    source_conn.execute(sql.SQL("UPDATE {} SET id = id + 2000 WHERE id BETWEEN 291 AND 300").format(t))
+    logged = source_conn.execute(
+        sql.SQL("SELECT op, (key->>'id')::int, data->>'name' FROM {} ORDER BY position OFFSET %s").format(
+            cap.log_ident
+        ),
+        (before,),
+    ).fetchall()
+    assert len(logged) == 300 + 1 + 2 + 20
+    assert all(op == "U" for op, _, _ in logged[:300])
+    assert logged[300] == ("U", 7, "one")
+    assert sorted(logged[301:303]) == [("D", 8, None), ("I", 1007, "name 8")]
+    moved = sorted(logged[303:])
+    assert moved == [("D", i, None) for i in range(291, 301)] + [
+        ("I", 2000 + i, f"name {i}") for i in range(291, 301)
+    ]
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.applied == {"update": 301, "delete": 11, "insert": 11}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 300
+
+    pair = TableRef(ref.schema, "pairs")
+    source_conn.execute(
+        sql.SQL("CREATE TABLE {} (a int, b text, v text, PRIMARY KEY (a, b))").format(pair.ident)
+    )
+    source_conn.execute(
+        sql.SQL("INSERT INTO {} SELECT g % 3, 'k' || g, 'v' FROM generate_series(1, 9) g").format(pair.ident)
+    )
+    pcap, _ = capture.install(source_conn, pair)
+    source_conn.execute(sql.SQL("UPDATE {} SET v = 'w', a = a + 10 WHERE a = 0").format(pair.ident))
+    source_conn.execute(sql.SQL("UPDATE {} SET v = 'x' WHERE a = 1").format(pair.ident))
+    source_conn.execute(sql.SQL("UPDATE {} SET b = b || '!' WHERE b = 'k2'").format(pair.ident))
+    rows = source_conn.execute(
+        sql.SQL("SELECT op, (key->>'a')::int, key->>'b' FROM {} ORDER BY position").format(pcap.log_ident)
+    ).fetchall()
+    assert sorted(rows[:6]) == sorted(
+        [("D", 0, f"k{g}") for g in (3, 6, 9)] + [("I", 10, f"k{g}") for g in (3, 6, 9)]
+    )
+    assert sorted(rows[6:9]) == [("U", 1, f"k{g}") for g in (1, 4, 7)]
+    assert sorted(rows[9:]) == [("D", 2, "k2"), ("I", 2, "k2!")]
+
+
+def test_install_replaces_an_earlier_statement_function_keeping_pending_changes(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """A statement capture whose function has an earlier body (here: one that logs updates as
+    updates of the new key only) gets this version's function from `cdc install`: same log id and
+    triggers, changes logged before the replacement still applied, later ones logged correctly."""
+    ref = make_items(source_conn, 20)
+    cap, _ = capture.install(source_conn, ref)
+    spec = spec_for(ref, fresh_schema)
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+            "SET search_path = pg_catalog, pg_temp AS $f$ BEGIN "
+            "IF TG_OP = 'UPDATE' THEN INSERT INTO {log} (op, key, data, txid) "
+            "SELECT 'U', jsonb_build_object('id', n.id), to_jsonb(n), pg_current_xact_id() FROM new_rows n; "
+            "ELSIF TG_OP = 'INSERT' THEN INSERT INTO {log} (op, key, data, txid) "
+            "SELECT 'I', jsonb_build_object('id', n.id), to_jsonb(n), pg_current_xact_id() FROM new_rows n; "
+            "END IF; RETURN NULL; END $f$"
+        ).format(fn=cap.function_ident, log=cap.log_ident)
+    )
+    source_conn.execute(sql.SQL("UPDATE {} SET name = 'pending' WHERE id <= 5").format(ref.ident))
+    source_conn.execute(sql.SQL("INSERT INTO {} (id, name) VALUES (100, 'pending')").format(ref.ident))
+    assert capture.health(source_conn, cap).intact
+    statements, _ = capture.install_statements(source_conn, ref)
+    assert statements[-1].as_string(source_conn).startswith("CREATE OR REPLACE FUNCTION")
+    new, changed = capture.install(source_conn, ref)
+    assert changed and new.log_id == cap.log_id
+    assert _triggers(source_conn, ref) == _STATEMENT_TRIGGERS
+    assert capture.install(source_conn, ref)[1] is False
+    source_conn.execute(sql.SQL("UPDATE {} SET id = id + 1000 WHERE id BETWEEN 6 AND 8").format(ref.ident))
+    source_conn.execute(sql.SQL("DELETE FROM {} WHERE id = 9").format(ref.ident))
+    report = _run(spec, source_dsn, warehouse_dsn)
+    assert report.applied == {"update": 5, "insert": 4, "delete": 4}
+    assert assert_equal(source_conn, warehouse_conn, spec) == 20

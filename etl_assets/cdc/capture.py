@@ -63,6 +63,7 @@ TRUNCATE_TRIGGER = "etl_cdc_capture_truncate"
 ALL_TRIGGERS = (ROW_TRIGGER, *STATEMENT_TRIGGERS.values(), TRUNCATE_TRIGGER)
 DEFAULT_LOCK_TIMEOUT = "5s"
 _DOLLAR = "$etl_cdc$"
+_DOLLAR_QUERY = "$etl_cdc_q$"  # quotes the dynamic UPDATE statement inside the function body
 
 REGISTRY_DDL: tuple[str, ...] = (
     "CREATE SCHEMA IF NOT EXISTS etl_cdc",
@@ -406,6 +407,46 @@ def _function_header(fn_ident: sql.Identifier, body: sql.Composable) -> sql.Comp
     ).format(fn=fn_ident, body=body)
 
 
+def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str) -> sql.Composed:
+    """The UPDATE statement's logging ``INSERT … SELECT``: OLD and NEW rows are not paired, so they
+    are joined on the key columns with their own ``=`` (the equality of the unique index that makes
+    them a key; typed columns hash far cheaper than jsonb). ``m`` marks a side present in the join."""
+    match = sql.SQL(" AND ").join(
+        sql.SQL("o.{k} = n.{k}").format(k=sql.Identifier(f"k{i}")) for i in range(len(key))
+    )
+
+    def keys(alias: str) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{}.{} AS {}").format(sql.Identifier(alias), sql.Identifier(k), sql.Identifier(f"k{i}"))
+            for i, k in enumerate(key)
+        )
+
+    def key_object(alias: str) -> sql.Composable:
+        return sql.SQL("jsonb_build_object({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.Identifier(alias), sql.Identifier(f"k{i}"))
+                for i, k in enumerate(key)
+            )
+        )
+
+    return sql.SQL(
+        """INSERT INTO {log} (op, key, data, txid)
+        SELECT CASE WHEN n.m IS NULL THEN 'D' WHEN o.m IS NULL THEN 'I' ELSE 'U' END,
+               CASE WHEN n.m IS NULL THEN {old_key} ELSE {new_key} END, to_jsonb(n.r), """
+        + xid
+        + """
+          FROM (SELECT {old_cols}, true AS m FROM old_rows o) o
+          FULL JOIN (SELECT {new_cols}, n AS r, true AS m FROM new_rows n) n ON {match}"""
+    ).format(
+        log=log_ident,
+        old_key=key_object("o"),
+        new_key=key_object("n"),
+        old_cols=keys("o"),
+        new_cols=keys("n"),
+        match=match,
+    )
+
+
 def _function_sql(
     source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier, key: Sequence[str]
 ) -> sql.Composed:
@@ -413,6 +454,11 @@ def _function_sql(
 
     An empty transition table (a statement that changed no row) logs nothing and, by returning
     before ``pg_current_xact_id()``, does not make a read-only transaction take a transaction id.
+
+    The UPDATE join runs as a static statement only for one-row statements, and through
+    ``EXECUTE`` (planned for the actual row counts) otherwise: PL/pgSQL keeps a statement's plan for
+    the session, and a hash join planned for a 200,000-row statement, reused for every later
+    one-row update, cost each of them ~100× the update itself.
     """
     body = sql.SQL(
         """
@@ -437,16 +483,26 @@ BEGIN
         v_xid := pg_current_xact_id();
         -- OLD and NEW rows are not paired: match them by key. Unmatched old keys were deleted (or
         -- moved away), unmatched new keys inserted (or moved here).
-        INSERT INTO {log} (op, key, data, txid)
-        SELECT CASE WHEN n.k IS NULL THEN 'D' WHEN o.k IS NULL THEN 'I' ELSE 'U' END,
-               coalesce(n.k, o.k), n.d, v_xid
-          FROM (SELECT {old_key} AS k FROM old_rows o) o
-          FULL JOIN (SELECT {new_key} AS k, to_jsonb(n) AS d FROM new_rows n) n ON n.k = o.k;
+        IF NOT EXISTS (SELECT FROM new_rows OFFSET 1) THEN
+        {update_static};
+        ELSE
+        EXECUTE """
+        + _DOLLAR_QUERY
+        + "{update_dynamic}"
+        + _DOLLAR_QUERY
+        + """ USING v_xid;
+        END IF;
     END IF;
     RETURN NULL;
 END
 """
-    ).format(log=log_ident, old_key=_key_object(key, "o"), new_key=_key_object(key, "n"))
+    ).format(
+        log=log_ident,
+        old_key=_key_object(key, "o"),
+        new_key=_key_object(key, "n"),
+        update_static=_update_sql(log_ident, key, "v_xid"),
+        update_dynamic=_update_sql(log_ident, key, "$1"),
+    )
     return _function_header(fn_ident, body)
 
 
@@ -528,6 +584,18 @@ def _trigger_statements(
     return statements
 
 
+def _function_current(conn: psycopg.Connection, capture: Capture, *, row_level: bool) -> bool:
+    """Whether the capture's trigger function has the body this version installs."""
+    make = _row_function_sql if row_level else _function_sql
+    expected = make(capture.source, capture.log_ident, capture.function_ident, capture.key_columns)
+    body = expected.as_string(conn).split(_DOLLAR)[1]
+    row = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%s)",
+        (f'{SCHEMA}."{capture.log_function}"()',),
+    ).fetchone()
+    return row is not None and row[0] == body
+
+
 def install_statements(
     conn: psycopg.Connection,
     source: TableRef,
@@ -543,7 +611,9 @@ def install_statements(
     An intact capture installed by an earlier version with a row trigger is upgraded in place: the
     same log, the function replaced and the triggers swapped in one transaction (which waits for
     writers of the table and blocks new ones until it commits), so every change is logged by
-    exactly one of the two. ``row_level`` installs that earlier design (benchmarks, tests); by
+    exactly one of the two. An intact capture whose function has an earlier body gets this
+    version's (``CREATE OR REPLACE FUNCTION``: one atomic statement, the same log and triggers).
+    ``row_level`` installs that earlier design (benchmarks, tests); by
     default it is used only for a partition, whose rows written through its parent fire the
     partition's row triggers but not its statement triggers."""
     relid = table_oid(conn, source)
@@ -563,13 +633,19 @@ def install_statements(
         state = health(conn, existing)
         if state.intact:
             if state.row_level == row_level:
-                return [], existing
+                if _function_current(conn, existing, row_level=row_level):
+                    return [], existing
+                # Same triggers, an earlier body of the function: replacing it is one atomic statement.
+                make = _row_function_sql if row_level else _function_sql
+                fn = make(source, existing.log_ident, existing.function_ident, existing.key_columns)
+                return [*statements, fn], existing
             return statements + _trigger_statements(existing, row_level=row_level, replace=True), existing
         statements += _drop_statements(conn, existing)
     key_cols = _resolve_key(conn, source, relid, key)
     for name in key_cols:
-        if _DOLLAR in name:
-            raise ConfigError(f"Column name {name!r} of {source} contains {_DOLLAR}, which capture reserves.")
+        for tag in (_DOLLAR, _DOLLAR_QUERY):
+            if tag in name:
+                raise ConfigError(f"Column name {name!r} of {source} contains {tag}, which capture reserves.")
     log_table, seq, fn = log_names(source)
     capture = Capture(source, relid, log_table, seq, fn, log_id or str(uuid.uuid4()), key_cols)
     statements += [

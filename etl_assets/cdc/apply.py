@@ -1,31 +1,34 @@
 """Applying a window of changes to the warehouse: one transaction holding the data and the position.
 
-The window's net effect (one row per touched key, see :func:`etl_assets.cdc.reader.net_effect_query`)
-streams from the source's binary ``COPY … TO STDOUT`` into a temporary staging table through the
-warehouse's ``COPY … FROM STDIN`` (no rows in Python). Then, in the same transaction: every touched
-key is deleted from the target, the keys whose final state is a row are inserted from the jsonb
-image with ``jsonb_populate_record`` (PostgreSQL converts each value to the target column's type:
-no second type mapping in Python), and the consumed position is saved in ``etl.state``. A crash at
-any point rolls all of it back; the next run reads the same window again.
+The window's net effect (one row per touched key, typed, see
+:func:`etl_assets.cdc.reader.net_effect_query`) streams from the source's ``COPY … TO STDOUT`` into
+a temporary staging table with the target's column types through the warehouse's ``COPY … FROM
+STDIN`` (no rows in Python; binary when every column's type matches, as in the snapshot). Then, in
+the same transaction: every touched key is deleted from the target (one join on the key columns),
+the keys whose final state is a row are inserted (one ``INSERT … SELECT``), and the consumed
+position is saved in ``etl.state``. A crash at any point rolls all of it back; the next run reads
+the same window again.
 
 Deleting then inserting (rather than ``INSERT … ON CONFLICT``) also moves rows whose key changed:
-the old key is deleted, the new one inserted.
+the old key is deleted, the new one inserted, and it needs no unique index on the target.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from etl_assets.cdc.reader import Window, net_effect_query, scalar_key_columns
 from etl_assets.errors import EtlError
 from etl_assets.extract.source import SourceTable
 from etl_assets.extract.state import save_state, state_key
 from etl_assets.io import target as target_table
 from etl_assets.io.tables import TableRef
+from etl_assets.io.transfer import binary_compatible, set_text_format, stream_copy
 from etl_assets.io.writer import lock_target
 
 KIND = "cdc"
@@ -105,48 +108,61 @@ class ApplyCounts:
         return self.deleted + self.truncated
 
 
+def stage_flag(columns: Sequence[str]) -> str:
+    """The staging table's delete-flag column: a name none of the target's columns has."""
+    flag = "etl_cdc_delete"
+    while flag in columns:
+        flag += "_"
+    return flag
+
+
 def apply_net_effect(
-    conn: psycopg.Connection,
+    src: psycopg.Connection,
+    wh: psycopg.Connection,
     target: TableRef,
+    table: SourceTable,
     key: Sequence[str],
     columns: Sequence[str],
-    chunks: Iterable[bytes],
+    window: Window,
     *,
     truncate_first: bool,
 ) -> ApplyCounts:
-    """Inside the caller's transaction: stage the net effect, delete touched keys, insert final rows."""
+    """Inside the caller's transactions: stage the net effect, delete touched keys, insert final rows.
+
+    The stage has the target's own column types (plus the delete flag), so the source streams typed
+    values (binary COPY when every column's type is the target's, text otherwise, as the snapshot)
+    and the delete and insert are plain joins and copies on typed columns.
+    """
     counts = ApplyCounts()
     if truncate_first:
-        counts.truncated = conn.execute(sql.SQL("DELETE FROM {}").format(target.ident)).rowcount
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS etl_cdc_stage "
-        "(k jsonb, position bigint, is_delete boolean, data jsonb) ON COMMIT DELETE ROWS"
-    )
-    conn.execute("TRUNCATE etl_cdc_stage")
-    with conn.cursor() as cur, cur.copy("COPY etl_cdc_stage FROM STDIN (FORMAT binary)") as copy:
-        for chunk in chunks:
-            copy.write(chunk)
-    conn.execute("ANALYZE etl_cdc_stage")
-    match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
-    key_list = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(k)) for k in key)
-    deleted, replaced = conn.execute(
-        sql.SQL(
-            "WITH gone AS (DELETE FROM {target} t USING (SELECT {keys}, s.is_delete AS etl_cdc_is_delete "
-            "FROM etl_cdc_stage s CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.k) r) d "
-            "WHERE {match} RETURNING d.etl_cdc_is_delete) "
-            "SELECT count(*) FILTER (WHERE etl_cdc_is_delete), count(*) FILTER (WHERE NOT etl_cdc_is_delete) "
-            "FROM gone"
-        ).format(target=target.ident, keys=key_list, match=match)
-    ).fetchone()
+        counts.truncated = wh.execute(sql.SQL("DELETE FROM {}").format(target.ident)).rowcount
+    flag = stage_flag(columns)
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    written = conn.execute(
+    wh.execute("DROP TABLE IF EXISTS pg_temp.etl_cdc_stage")
+    wh.execute(
         sql.SQL(
-            "INSERT INTO {target} ({cols}) SELECT {rcols} FROM etl_cdc_stage s "
-            "CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, s.data) r WHERE NOT s.is_delete"
-        ).format(
-            target=target.ident,
-            cols=cols,
-            rcols=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns),
+            "CREATE TEMP TABLE etl_cdc_stage ON COMMIT DROP AS "
+            "SELECT NULL::boolean AS {flag}, {cols} FROM {target} WITH NO DATA"
+        ).format(flag=sql.Identifier(flag), cols=cols, target=target.ident)
+    )
+    binary = binary_compatible(wh, target, {c: table.column(c).pg_type for c in columns})
+    if not binary:  # text must be written and read with the same settings on both sides
+        for conn in (src, wh):
+            set_text_format(conn, local=True)
+    scalar = scalar_key_columns(src, window.capture)
+    query, params = net_effect_query(window, table, key, columns, scalar, flag)
+    stream_copy(src, wh, query, params, sql.Identifier("etl_cdc_stage"), [flag, *columns], binary)
+    wh.execute("ANALYZE etl_cdc_stage")
+    match = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
+    deleted, replaced = wh.execute(
+        sql.SQL(
+            "WITH gone AS (DELETE FROM {target} t USING etl_cdc_stage s WHERE {match} RETURNING s.{flag}) "
+            "SELECT count(*) FILTER (WHERE {flag}), count(*) FILTER (WHERE NOT {flag}) FROM gone"
+        ).format(target=target.ident, match=match, flag=sql.Identifier(flag))
+    ).fetchone()
+    written = wh.execute(
+        sql.SQL("INSERT INTO {target} ({cols}) SELECT {cols} FROM etl_cdc_stage WHERE NOT {flag}").format(
+            target=target.ident, cols=cols, flag=sql.Identifier(flag)
         )
     ).rowcount
     counts.deleted = int(deleted)

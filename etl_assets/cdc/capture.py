@@ -410,7 +410,8 @@ def _function_header(fn_ident: sql.Identifier, body: sql.Composable) -> sql.Comp
 def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str) -> sql.Composed:
     """The UPDATE statement's logging ``INSERT … SELECT``: OLD and NEW rows are not paired, so they
     are joined on the key columns with their own ``=`` (the equality of the unique index that makes
-    them a key; typed columns hash far cheaper than jsonb). ``m`` marks a side present in the join."""
+    them a key; typed columns hash far cheaper than jsonb). ``m`` marks a side present in the join.
+    Whole rows are written ``n.*``: a bare ``n`` would mean a column of that name if the table has one."""
     match = sql.SQL(" AND ").join(
         sql.SQL("o.{k} = n.{k}").format(k=sql.Identifier(f"k{i}")) for i in range(len(key))
     )
@@ -432,11 +433,11 @@ def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str) -> sql.
     return sql.SQL(
         """INSERT INTO {log} (op, key, data, txid)
         SELECT CASE WHEN n.m IS NULL THEN 'D' WHEN o.m IS NULL THEN 'I' ELSE 'U' END,
-               CASE WHEN n.m IS NULL THEN {old_key} ELSE {new_key} END, to_jsonb(n.r), """
+               CASE WHEN n.m IS NULL THEN {old_key} ELSE {new_key} END, n.d, """
         + xid
         + """
           FROM (SELECT {old_cols}, true AS m FROM old_rows o) o
-          FULL JOIN (SELECT {new_cols}, n AS r, true AS m FROM new_rows n) n ON {match}"""
+          FULL JOIN (SELECT {new_cols}, to_jsonb(n.*) AS d, true AS m FROM new_rows n) n ON {match}"""
     ).format(
         log=log_ident,
         old_key=key_object("o"),
@@ -477,7 +478,7 @@ BEGIN
         IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;
         v_xid := pg_current_xact_id();
         INSERT INTO {log} (op, key, data, txid)
-        SELECT 'I', {new_key}, to_jsonb(n), v_xid FROM new_rows n;
+        SELECT 'I', {new_key}, to_jsonb(n.*), v_xid FROM new_rows n;
     ELSE
         IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;
         v_xid := pg_current_xact_id();

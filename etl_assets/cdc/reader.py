@@ -37,7 +37,7 @@ replayed exactly as the source committed it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ from psycopg import sql
 
 from etl_assets.cdc.capture import Capture
 from etl_assets.errors import EtlError
+from etl_assets.extract.source import SourceTable
 
 MAX_HORIZONS = 8
 OPS = {"I": "insert", "U": "update", "D": "delete", "T": "truncate"}
@@ -253,32 +254,92 @@ def describe_window(conn: psycopg.Connection, window: Window) -> None:
     window.last_truncate = max(truncates) if truncates else None
 
 
-def net_effect_query(window: Window) -> tuple[sql.Composable, list[Any]]:
-    """One row per key touched after the last truncate: the key, whether its final state is
-    deleted, and the final row. Equivalent to replaying the range in position order, because each
-    entry carries the whole row and each key's final state is its last event: a delete (D, or the
-    old key of an update that moved the row) or a row (I, U)."""
+#: Type categories whose jsonb image (``key ->> 'col'``) is the type's own text input: numbers,
+#: strings, booleans, date/time, intervals, bit strings, enums, network addresses.
+_SCALAR_CATEGORIES = frozenset("NSBDTVEI")
+
+
+def scalar_key_columns(conn: psycopg.Connection, capture: Capture) -> set[str]:
+    """The key columns whose logged value casts back from ``key ->> 'col'`` (cheaper than
+    ``jsonb_populate_record``, which the other key columns, arrays, composites, json, use)."""
+    rows = conn.execute(
+        """SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+            WHERE a.attrelid = %s::oid AND a.attname = ANY(%s) AND NOT a.attisdropped
+              AND (t.typcategory::text = ANY(%s) OR t.typname = 'uuid')""",
+        (capture.relid, list(capture.key_columns), sorted(_SCALAR_CATEGORIES)),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def net_effect_query(
+    window: Window,
+    table: SourceTable,
+    key: Sequence[str],
+    columns: Sequence[str],
+    scalar_keys: set[str],
+    flag: str,
+) -> tuple[sql.Composable, list[Any]]:
+    """One row per key touched after the last truncate, typed: ``flag`` (true: the key's final
+    state is deleted), then ``columns`` (the key's final row; NULL but the key when deleted).
+
+    Equivalent to replaying the range in position order, because each entry carries the whole row
+    and each key's final state is its last event: a delete (D, or the old key of an update that
+    moved the row, logged by the row trigger) or a row (I, U). Keys are compared as their columns'
+    own types (one sort on typed values, far cheaper than on jsonb), and only each key's last row
+    is converted from jsonb (``jsonb_populate_record`` with the source table's row type); columns of
+    user-defined types travel as text, as in the snapshot.
+    """
     where, params = window.where(window.last_truncate)
+    source = window.capture.source.ident
+
+    def key_value(col: str, image: str) -> sql.Composable:
+        column = table.column(col)
+        if col in scalar_keys:
+            value = sql.SQL("({} ->> {})::" + column.type_sql).format(sql.Identifier(image), sql.Literal(col))
+        else:
+            value = sql.SQL("(jsonb_populate_record(NULL::{}, {})).{}").format(
+                source, sql.Identifier(image), sql.Identifier(col)
+            )
+        return value
+
+    def keys(image: str) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(key_value(k, image), sql.Identifier(f"etl_cdc_k{i}"))
+            for i, k in enumerate(key)
+        )
+
+    key_names = sql.SQL(", ").join(sql.Identifier(f"etl_cdc_k{i}") for i in range(len(key)))
+    position = {k: i for i, k in enumerate(key)}
+
+    def output(col: str) -> sql.Composable:
+        value: sql.Composable = (
+            sql.SQL("e.{}").format(sql.Identifier(f"etl_cdc_k{position[col]}"))
+            if col in position
+            else sql.SQL("r.{}").format(sql.Identifier(col))
+        )
+        return value if table.column(col).builtin else sql.SQL("{}::text").format(value)
+
     query = sql.SQL(
-        """SELECT DISTINCT ON (k) k, position, is_delete, data FROM (
-             SELECT key AS k, position, 1 AS sub, op = 'D' AS is_delete, data
-               FROM {log} WHERE {where} AND op IN ('I', 'U', 'D')
-             UNION ALL
-             SELECT old_key, position, 0, true, NULL::jsonb
-               FROM {log} WHERE {where} AND op = 'U' AND old_key IS NOT NULL
-           ) e ORDER BY k, position DESC, sub DESC"""
-    ).format(log=window.capture.log_ident, where=where)
+        """SELECT e.etl_cdc_delete AS {flag}, {outputs} FROM (
+             SELECT DISTINCT ON ({key_names}) {key_names}, etl_cdc_delete, data FROM (
+               SELECT {new_keys}, position, 1 AS sub, op = 'D' AS etl_cdc_delete, data
+                 FROM {log} WHERE {where} AND op IN ('I', 'U', 'D')
+               UNION ALL
+               SELECT {old_keys}, position, 0, true, NULL::jsonb
+                 FROM {log} WHERE {where} AND op = 'U' AND old_key IS NOT NULL
+             ) x ORDER BY {key_names}, position DESC, sub DESC
+           ) e LEFT JOIN LATERAL jsonb_populate_record(NULL::{source}, e.data) r ON NOT e.etl_cdc_delete"""
+    ).format(
+        flag=sql.Identifier(flag),
+        outputs=sql.SQL(", ").join(output(c) for c in columns),
+        key_names=key_names,
+        new_keys=keys("key"),
+        old_keys=keys("old_key"),
+        log=window.capture.log_ident,
+        where=where,
+        source=source,
+    )
     return query, params + params
-
-
-def stream_net_effect(conn: psycopg.Connection, window: Window) -> Iterator[bytes]:
-    """The net effect as binary COPY data (``k jsonb, position bigint, is_delete boolean, data jsonb``)."""
-    query, params = net_effect_query(window)
-    with (
-        conn.cursor() as cur,
-        cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query), params) as copy,
-    ):
-        yield from copy
 
 
 def batch_end(conn: psycopg.Connection, capture: Capture, start: int, bound: int, limit: int) -> int:

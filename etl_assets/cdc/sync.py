@@ -364,11 +364,13 @@ def _apply_batch(
         if window.changes:
             shape = apply.ensure_target(wh, target, table, spec.primary_key)
             counts = apply.apply_net_effect(
+                src,
                 wh,
                 target,
+                table,
                 spec.primary_key,
                 shape.columns,
-                reader.stream_net_effect(src, window),
+                window,
                 truncate_first=window.last_truncate is not None,
             )
             report.rows_inserted += counts.inserted

@@ -152,7 +152,6 @@ def apply_net_effect(
     scalar = scalar_key_columns(src, window.capture)
     query, params = net_effect_query(window, table, key, columns, scalar, flag)
     stream_copy(src, wh, query, params, sql.Identifier("etl_cdc_stage"), [flag, *columns], binary)
-    wh.execute("ANALYZE etl_cdc_stage")
     match = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
     deleted, replaced = wh.execute(
         sql.SQL(

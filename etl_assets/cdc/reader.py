@@ -192,6 +192,7 @@ class Window:
     exclude_through: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
     last_truncate: int | None = None
+    moved_keys: int = 0  # updates logged with ``old_key`` (by the row trigger: partitions, earlier versions)
     held_back_by: str | None = None
 
     @property
@@ -241,17 +242,18 @@ def check_continuity(
 
 
 def describe_window(conn: psycopg.Connection, window: Window) -> None:
-    """Fill ``counts`` and ``last_truncate`` (inside the read transaction)."""
+    """Fill ``counts``, ``last_truncate`` and ``moved_keys`` (inside the read transaction)."""
     where, params = window.where()
     rows = conn.execute(
-        sql.SQL("SELECT op, count(*), max(position) FROM {} WHERE {} GROUP BY op").format(
-            window.capture.log_ident, where
-        ),
+        sql.SQL(
+            "SELECT op, count(*), max(position), count(old_key) FROM {} WHERE {} GROUP BY op"
+        ).format(window.capture.log_ident, where),
         params,
     ).fetchall()
-    window.counts = {OPS[op]: int(n) for op, n, _ in rows}
-    truncates = [int(top) for op, _, top in rows if op == "T"]
+    window.counts = {OPS[op]: int(n) for op, n, _, _ in rows}
+    truncates = [int(top) for op, _, top, _ in rows if op == "T"]
     window.last_truncate = max(truncates) if truncates else None
+    window.moved_keys = sum(int(moved) for _, _, _, moved in rows)
 
 
 #: Type categories whose jsonb image (``key ->> 'col'``) is the type's own text input: numbers,
@@ -319,33 +321,41 @@ def net_effect_query(
         )
         return value if table.column(col).builtin else sql.SQL("{}::text").format(value)
 
+    # The old keys of moved rows exist only in logs of the row trigger: a second scan only then.
+    moved = sql.SQL(
+        """UNION ALL
+               SELECT {old_keys}, position, 0, true, NULL::jsonb
+                 FROM {log} WHERE {where} AND op = 'U' AND old_key IS NOT NULL"""
+        if window.moved_keys
+        else ""
+    ).format(old_keys=keys("old_key"), log=window.capture.log_ident, where=where)
     query = sql.SQL(
         """SELECT e.etl_cdc_delete AS {flag}, {outputs} FROM (
              SELECT DISTINCT ON ({key_names}) {key_names}, etl_cdc_delete, data FROM (
                SELECT {new_keys}, position, 1 AS sub, op = 'D' AS etl_cdc_delete, data
                  FROM {log} WHERE {where} AND op IN ('I', 'U', 'D')
-               UNION ALL
-               SELECT {old_keys}, position, 0, true, NULL::jsonb
-                 FROM {log} WHERE {where} AND op = 'U' AND old_key IS NOT NULL
+               {moved}
              ) x ORDER BY {key_names}, position DESC, sub DESC
            ) e LEFT JOIN LATERAL jsonb_populate_record(NULL::{source}, e.data) r ON NOT e.etl_cdc_delete"""
     ).format(
+        moved=moved,
         flag=sql.Identifier(flag),
         outputs=sql.SQL(", ").join(output(c) for c in columns),
         key_names=key_names,
         new_keys=keys("key"),
-        old_keys=keys("old_key"),
         log=window.capture.log_ident,
         where=where,
         source=source,
     )
-    return query, params + params
+    return query, (params + params) if window.moved_keys else params
 
 
 def batch_end(conn: psycopg.Connection, capture: Capture, start: int, bound: int, limit: int) -> int:
     """The position ending the first ``limit`` entries after ``start`` (``bound`` when fewer remain):
     an index range scan on the log's primary key, so batches stay bounded however far behind a
-    target is."""
+    target is. Positions are unique, so a range no wider than ``limit`` needs no look."""
+    if bound - start <= limit:
+        return bound
     top, count = conn.execute(
         sql.SQL(
             "SELECT max(position), count(*) FROM (SELECT position FROM {} WHERE position > %s "

@@ -187,3 +187,29 @@ def test_process_timing_reports_the_child_peak_memory_and_exit(tmp_path: Path) -
     small = timed([sys.executable, "-c", "import sys; sys.exit(3)"], dict(os.environ))
     assert big.exit == 0 and big.peak_mb >= 200 and "done" in big.output
     assert small.exit == 3 and small.peak_mb < big.peak_mb - 150
+
+
+@pytest.mark.timeout(600)
+def test_cdc_bench_applies_verifies_and_compares_the_trigger_designs(pg_admin_dsn: str) -> None:
+    """`bench --only cdc`, small: the mixed changes are applied and verified by checksum, the
+    trigger comparison logs every change of every statement under both designs, and the scratch
+    databases are dropped."""
+    from etl_assets.bench import cdc
+
+    lines: list[str] = []
+    assert cdc.run_cdc_bench(pg_admin_dsn, 2000, 1000, 1, log=lines.append) == 0, lines
+    run = json.loads(lines[0])
+    assert run["verified"] and run["changes"] == 1100 and run["applied"] == {
+        "insert": 400, "update": 500, "delete": 200
+    }
+    lines.clear()
+    assert cdc.run_cdc_bench(pg_admin_dsn, 5000, 0, 1, triggers=True, log=lines.append) == 0, lines
+    costs = json.loads(lines[0])
+    # insert 5,000 + update 5,000 + 2,000 single-row updates + key move 2 x 5,000 + delete 5,000
+    assert costs["statement"]["log_entries"] == 27000
+    assert costs["row"]["log_entries"] == 22000  # the row trigger logs a key move as one entry
+    assert set(costs["statement_ratio"]) == {"insert_select", "update_all", "oltp_2000", "update_keys",
+                                             "delete_all"}
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'etl_bench_cdc_%'").fetchall()
+    assert not left  # scratch databases dropped

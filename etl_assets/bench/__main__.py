@@ -524,7 +524,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "`--only stream` measures the event stream's latency and drain rate instead, `--only scale` "
         "20 extracts in one process, with the multiprocess executor and on two Celery workers; "
         "`--only process` whole `etl-assets run` processes beside Sling, dlt and a psql COPY pipe "
-        "(one --rows size)",
+        "(one --rows size); `--only cdc` CDC apply (--rows changes) and the capture triggers' cost "
+        "(2x --rows-row writes)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the etl_bench schemas afterwards")
     parser.add_argument(
@@ -556,6 +557,15 @@ def run(args: argparse.Namespace, log=print) -> int:
         rows = (args.rows or [20_000 if args.quick else 1_000_000])[0]
         return run_process_bench(env.warehouse_dsn, Path(args.out).resolve(), rows=rows,
                                  repeat=1 if args.quick else max(1, args.repeat), log=log)
+    if args.only and set(args.only) == {"cdc"}:  # change capture: apply rate and the triggers' cost
+        from etl_assets.bench.cdc import run_cdc_bench
+        from etl_assets.settings import with_database
+
+        rows = (args.rows or [2_000 if args.quick else 100_000])[0]
+        repeat = 1 if args.quick else max(1, args.repeat)
+        admin = with_database(env.source_dsn, "postgres")
+        applied = run_cdc_bench(admin, rows, rows, repeat, log=log)
+        return run_cdc_bench(admin, 2 * rows, 0, repeat, triggers=True, log=log) or applied
     if args.only and set(args.only) == {"stream"}:  # the stream has its own measurement, not contenders
         from etl_assets.bench.stream import run_stream_bench
 

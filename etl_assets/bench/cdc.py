@@ -2,6 +2,7 @@
 
     python -m etl_assets.bench.cdc [--changes 100000] [--rows 100000] [--repeat 3]
     python -m etl_assets.bench.cdc --triggers [--rows 200000] [--repeat 3]
+    etl-assets bench --only cdc [--rows 100000] [--repeat 3] [--quick]   (both: N changes, 2N-row writes)
 
 Creates two scratch databases on the server of ``ETL_SOURCE_DSN`` (the embedded server when unset),
 a source table of ``--rows`` rows with capture installed, takes the snapshot, then makes
@@ -198,38 +199,29 @@ def trigger_costs(dsn: str, rows: int) -> dict[str, object]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m etl_assets.bench.cdc", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--changes", type=int, default=100_000)
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--triggers", action="store_true", help="compare the capture trigger designs")
-    args = parser.parse_args(argv)
-    env = ensure_environment(seed_demo=False)
-    admin = with_database(env.source_dsn, "postgres")
+def run_cdc_bench(admin: str, rows: int, changes: int, repeat: int, *, triggers: bool = False,
+                  log=print) -> int:
+    """The measurement on the server of ``admin`` (a DSN allowed to create databases), in two scratch
+    databases dropped afterwards; exit status 0 when every run was verified."""
     names = ("etl_bench_cdc_source", "etl_bench_cdc_warehouse")
     for name in names:
         create_database(admin, name)
     try:
-        if args.triggers:
-            return _trigger_main(with_database(admin, names[0]), args.rows, args.repeat)
+        if triggers:
+            return _trigger_main(with_database(admin, names[0]), rows, repeat, log)
         results = []
-        for _ in range(args.repeat):
-            result = run_once(
-                with_database(admin, names[0]), with_database(admin, names[1]), args.rows, args.changes
-            )
-            print(json.dumps(result), flush=True)
+        for _ in range(repeat):
+            result = run_once(with_database(admin, names[0]), with_database(admin, names[1]), rows, changes)
+            log(json.dumps(result))
             results.append(result)
     finally:
         for name in names:
             drop_database(admin, name)
-    print(
+    log(
         json.dumps(
             {
                 "summary": "median",
-                "changes": args.changes,
+                "changes": changes,
                 "changes_per_second": statistics.median(r["changes_per_second"] for r in results),
                 "apply_seconds": statistics.median(r["apply_seconds"] for r in results),
                 "trigger_overhead": statistics.median(r["trigger_overhead"] for r in results),
@@ -241,17 +233,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["verified"] for r in results) else 1
 
 
-def _trigger_main(dsn: str, rows: int, repeat: int) -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m etl_assets.bench.cdc", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--changes", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--triggers", action="store_true", help="compare the capture trigger designs")
+    args = parser.parse_args(argv)
+    env = ensure_environment(seed_demo=False)
+    admin = with_database(env.source_dsn, "postgres")
+    return run_cdc_bench(admin, args.rows, args.changes, args.repeat, triggers=args.triggers,
+                         log=lambda line: print(line, flush=True))
+
+
+def _trigger_main(dsn: str, rows: int, repeat: int, log=print) -> int:
     results = []
     for _ in range(repeat):
         result = trigger_costs(dsn, rows)
-        print(json.dumps(result), flush=True)
+        log(json.dumps(result))
         results.append(result)
     summary: dict[str, object] = {"summary": "median", "rows": rows}
     for design in ("row_ratio", "statement_ratio"):
         keys = results[0][design].keys()  # type: ignore[union-attr]
         summary[design] = {k: statistics.median(r[design][k] for r in results) for k in keys}  # type: ignore[index]
-    print(json.dumps(summary), flush=True)
+    log(json.dumps(summary))
     return 0
 
 

@@ -625,3 +625,42 @@ def test_install_replaces_an_earlier_statement_function_keeping_pending_changes(
     report = _run(spec, source_dsn, warehouse_dsn)
     assert report.applied == {"update": 5, "insert": 4, "delete": 4}
     assert assert_equal(source_conn, warehouse_conn, spec) == 20
+
+
+def test_case_insensitive_key_moved_to_another_case_reaches_the_warehouse(
+    source_conn, warehouse_conn, source_dsn, warehouse_dsn, fresh_schema
+) -> None:
+    """Under a nondeterministic (case-insensitive) collation 'a' and 'A' are one key to the source's
+    unique index but two in the warehouse: the UPDATE trigger then matches OLD and NEW on the logged
+    jsonb keys, so changing a key's case is logged as delete + insert and the warehouse follows.
+    Keys of built-in types with deterministic collations are matched on the typed columns."""
+    schema = f"ci_{fresh_schema}"
+    ref = TableRef(schema, "names")
+    source_conn.execute(sql.SQL("CREATE SCHEMA {}").format(ref.schema_ident))
+    ci = sql.Identifier(schema, "ci")
+    collation = "CREATE COLLATION {} (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+    source_conn.execute(sql.SQL(collation).format(ci))
+    table = "CREATE TABLE {} (k text COLLATE {} PRIMARY KEY, v int)"
+    source_conn.execute(sql.SQL(table).format(ref.ident, ci))
+    source_conn.execute(sql.SQL("INSERT INTO {} VALUES ('a', 1), ('b', 2), ('c', 3)").format(ref.ident))
+    cap, _ = capture.install(source_conn, ref)
+    assert not capture._typed_key_join(source_conn, cap.relid, cap.key_columns)
+    items = make_items(source_conn, 3)
+    items_cap, _ = capture.install(source_conn, items)
+    assert capture._typed_key_join(source_conn, items_cap.relid, items_cap.key_columns)
+    spec = type(spec_for(ref, fresh_schema))(
+        source=ref, extract="cdc", load="upsert", target=TableRef(fresh_schema, "names"), primary_key=("k",)
+    )
+    _run(spec, source_dsn, warehouse_dsn)
+    source_conn.execute(sql.SQL("UPDATE {} SET k = upper(k) WHERE k IN ('a', 'b')").format(ref.ident))
+    source_conn.execute(sql.SQL("UPDATE {} SET k = 'C', v = 30 WHERE k = 'c'").format(ref.ident))
+    logged = source_conn.execute(
+        sql.SQL("SELECT op, key->>'k' FROM {} ORDER BY position").format(cap.log_ident)
+    ).fetchall()
+    assert sorted(logged[:4]) == [("D", "a"), ("D", "b"), ("I", "A"), ("I", "B")]
+    assert sorted(logged[4:]) == [("D", "c"), ("I", "C")]
+    _run(spec, source_dsn, warehouse_dsn)
+    query = sql.SQL("SELECT k::text, v FROM {} ORDER BY 1")
+    final = [("A", 1), ("B", 2), ("C", 30)]
+    assert warehouse_conn.execute(query.format(spec.target.ident)).fetchall() == final
+    assert source_conn.execute(query.format(ref.ident)).fetchall() == final

@@ -407,12 +407,13 @@ def _function_header(fn_ident: sql.Identifier, body: sql.Composable) -> sql.Comp
     ).format(fn=fn_ident, body=body)
 
 
-def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str) -> sql.Composed:
+def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str, *, typed: bool) -> sql.Composed:
     """The UPDATE statement's logging ``INSERT … SELECT``: OLD and NEW rows are not paired, so they
-    are joined on the key columns with their own ``=`` (the equality of the unique index that makes
-    them a key; typed columns hash far cheaper than jsonb). ``m`` marks a side present in the join.
-    Whole rows are written ``n.*``: a bare ``n`` would mean a column of that name if the table has one."""
-    match = sql.SQL(" AND ").join(
+    are joined on the key. ``typed``: on the key columns with their own ``=`` (typed columns hash far
+    cheaper than jsonb); otherwise on the logged jsonb key objects (see :func:`_typed_key_join`).
+    ``m`` marks a side present in the join. Whole rows are written ``n.*``: a bare ``n`` would mean
+    a column of that name if the table has one."""
+    match: sql.Composable = sql.SQL(" AND ").join(
         sql.SQL("o.{k} = n.{k}").format(k=sql.Identifier(f"k{i}")) for i in range(len(key))
     )
 
@@ -430,6 +431,8 @@ def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str) -> sql.
             )
         )
 
+    if not typed:
+        match = sql.SQL("{} = {}").format(key_object("o"), key_object("n"))
     return sql.SQL(
         """INSERT INTO {log} (op, key, data, txid)
         SELECT CASE WHEN n.m IS NULL THEN 'D' WHEN o.m IS NULL THEN 'I' ELSE 'U' END,
@@ -449,7 +452,12 @@ def _update_sql(log_ident: sql.Identifier, key: Sequence[str], xid: str) -> sql.
 
 
 def _function_sql(
-    source: TableRef, log_ident: sql.Identifier, fn_ident: sql.Identifier, key: Sequence[str]
+    source: TableRef,
+    log_ident: sql.Identifier,
+    fn_ident: sql.Identifier,
+    key: Sequence[str],
+    *,
+    typed: bool = True,
 ) -> sql.Composed:
     """The statement-level trigger function: one ``INSERT … SELECT`` per statement and event.
 
@@ -501,8 +509,8 @@ END
         log=log_ident,
         old_key=_key_object(key, "o"),
         new_key=_key_object(key, "n"),
-        update_static=_update_sql(log_ident, key, "v_xid"),
-        update_dynamic=_update_sql(log_ident, key, "$1"),
+        update_static=_update_sql(log_ident, key, "v_xid", typed=typed),
+        update_dynamic=_update_sql(log_ident, key, "$1", typed=typed),
     )
     return _function_header(fn_ident, body)
 
@@ -543,19 +551,51 @@ END
     return _function_header(fn_ident, body)
 
 
+def _typed_key_join(conn: psycopg.Connection, relid: int, key: Sequence[str]) -> bool:
+    """Whether the UPDATE trigger may match OLD and NEW rows on the key columns' own ``=``: every key
+    column has a built-in type (whose ``=`` is its btree equality) and no nondeterministic collation.
+    Otherwise rows are matched on their logged jsonb keys, as the apply compares them: under a
+    case-insensitive collation ``'a'`` and ``'A'`` are equal to ``=`` but are two keys in the
+    warehouse, and a user-defined type may have no ``=`` at all (the trigger, and with it the
+    application's write, would fail)."""
+    row = conn.execute(
+        """SELECT count(*) FILTER (WHERE t.typnamespace = 'pg_catalog'::regnamespace
+                                     AND coalesce(c.collisdeterministic, true))
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_collation c ON c.oid = a.attcollation
+            WHERE a.attrelid = %s::oid AND a.attname = ANY(%s) AND NOT a.attisdropped""",
+        (relid, list(key)),
+    ).fetchone()
+    return bool(row) and int(row[0]) == len(key)
+
+
+def _function_for(conn: psycopg.Connection, capture: Capture, *, row_level: bool) -> sql.Composed:
+    """The trigger function this version installs for ``capture``."""
+    if row_level:
+        return _row_function_sql(
+            capture.source, capture.log_ident, capture.function_ident, capture.key_columns
+        )
+    return _function_sql(
+        capture.source,
+        capture.log_ident,
+        capture.function_ident,
+        capture.key_columns,
+        typed=_typed_key_join(conn, capture.relid, capture.key_columns),
+    )
+
+
 def _trigger_statements(
-    capture: Capture, *, row_level: bool = False, replace: bool = False
+    conn: psycopg.Connection, capture: Capture, *, row_level: bool = False, replace: bool = False
 ) -> list[sql.Composable]:
     """The function and the triggers logging ``capture.source``'s changes; with ``replace``, first
     drop the capture triggers there (run in one transaction, so no statement goes unlogged)."""
     source, fn = capture.source, capture.function_ident
-    make = _row_function_sql if row_level else _function_sql
     statements: list[sql.Composable] = [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(t), source.ident)
         for t in (ALL_TRIGGERS if replace else ())
     ]
     statements += [
-        make(source, capture.log_ident, fn, capture.key_columns),
+        _function_for(conn, capture, row_level=row_level),
         sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(fn),
     ]
     if row_level:
@@ -587,9 +627,7 @@ def _trigger_statements(
 
 def _function_current(conn: psycopg.Connection, capture: Capture, *, row_level: bool) -> bool:
     """Whether the capture's trigger function has the body this version installs."""
-    make = _row_function_sql if row_level else _function_sql
-    expected = make(capture.source, capture.log_ident, capture.function_ident, capture.key_columns)
-    body = expected.as_string(conn).split(_DOLLAR)[1]
+    body = _function_for(conn, capture, row_level=row_level).as_string(conn).split(_DOLLAR)[1]
     row = conn.execute(
         "SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%s)",
         (f'{SCHEMA}."{capture.log_function}"()',),
@@ -637,10 +675,9 @@ def install_statements(
                 if _function_current(conn, existing, row_level=row_level):
                     return [], existing
                 # Same triggers, an earlier body of the function: replacing it is one atomic statement.
-                make = _row_function_sql if row_level else _function_sql
-                fn = make(source, existing.log_ident, existing.function_ident, existing.key_columns)
-                return [*statements, fn], existing
-            return statements + _trigger_statements(existing, row_level=row_level, replace=True), existing
+                return [*statements, _function_for(conn, existing, row_level=row_level)], existing
+            swap = _trigger_statements(conn, existing, row_level=row_level, replace=True)
+            return statements + swap, existing
         statements += _drop_statements(conn, existing)
     key_cols = _resolve_key(conn, source, relid, key)
     for name in key_cols:
@@ -663,7 +700,7 @@ def install_statements(
 )"""
         ).format(log=capture.log_ident, seq_text=sql.Literal(f'{SCHEMA}."{seq}"')),
         sql.SQL("ALTER SEQUENCE {} OWNED BY {}.position").format(capture.sequence_ident, capture.log_ident),
-        *_trigger_statements(capture, row_level=row_level),
+        *_trigger_statements(conn, capture, row_level=row_level),
         sql.SQL(
             "INSERT INTO etl_cdc.capture (source_schema, source_table, relid, log_table, log_sequence, "
             "log_function, log_id, key_columns) VALUES ({}, {}, {}, {}, {}, {}, {}, {})"

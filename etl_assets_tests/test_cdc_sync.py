@@ -450,7 +450,9 @@ def test_keys_and_columns_of_every_kind_of_type(
             "g / 3.0, jsonb_build_object('g', g), 'sad' FROM generate_series(1, 30) g"
         ).format(t)
     )
-    capture.install(source_conn, ref)
+    cap, _ = capture.install(source_conn, ref)
+    # The enum key column is user-defined: the UPDATE trigger matches OLD and NEW on the jsonb keys.
+    assert not capture._typed_key_join(source_conn, cap.relid, cap.key_columns)
     spec = type(spec_for(ref, fresh_schema))(
         source=ref, extract="cdc", load="upsert", target=TableRef(fresh_schema, "things"),
         primary_key=("tags", "u", "m"),

@@ -15,10 +15,11 @@ and ``pg_prepared_xacts``; such transactions cannot write this database's logs) 
 that could hold a position <= L has ended, so in that snapshot the entries with position <= L are
 final: committed ones are visible and no other will ever appear. The range ``(applied, L]`` is then
 read in position order, which for any one row is the order its changes happened (row locks and
-unique-index waits serialise writers of a key, the AFTER ROW trigger runs before the commit, the
-sequence has CACHE 1, and keys must be non-deferrable, so the rows of one statement are logged in an
-order that can be replayed). When an old transaction is still running the run waits a little, then
-applies up to the newest earlier horizon that is final, and reports what holds it back.
+unique-index waits serialise writers of a key, the AFTER trigger, statement or row, runs before
+the commit, the sequence has CACHE 1, and keys must be non-deferrable; a statement trigger logs each
+key of its statement once, a row trigger logs a statement's rows in an order that can be replayed).
+When an old transaction is still running the run waits a little, then applies up to the newest
+earlier horizon that is final, and reports what holds it back.
 
 After the initial snapshot a range also skips the entries the snapshot already contains:
 ``pg_visible_in_snapshot(txid, snapshot)`` for positions up to the snapshot's highest visible one.

@@ -3,7 +3,7 @@
 The source's ``COPY (SELECT …) TO STDOUT`` is streamed block by block into the warehouse's
 ``COPY … FROM STDIN`` - what ``pg_dump | psql`` does - in BINARY format when every column has a
 built-in type identical on both sides (no parsing or printing of values at all), in text format
-otherwise (:mod:`etl_assets.io.transfer`). Memory stays at one network block whatever the table
+otherwise (:mod:`etl_assets.io.transfer`). Memory stays at one ~1 MB batch of COPY data whatever the table
 size. The read strategies (:mod:`.full`, :mod:`.incremental`, :mod:`.chunked`) are the same as for
 frames; only the way their rows travel differs:
 

@@ -56,7 +56,7 @@ BATCH_BYTES = 1 << 20  # COPY data gathered from the source before one write to 
 def stream_copy(src: psycopg.Connection, wh: psycopg.Connection, query: sql.Composable, params: Sequence[Any],
                 into: sql.Composable, columns: Sequence[str], binary: bool) -> int:
     """Stream ``COPY (query) TO STDOUT`` into ``COPY into (columns) FROM STDIN`` block by block (rows
-    never become Python objects; memory stays at one network block); returns the rows copied.
+    never become Python objects; memory stays at one ~1 MB batch); returns the rows copied.
 
     In text format both connections must already use :data:`TEXT_FORMAT` (:func:`set_text_format`).
     A value the warehouse rejects raises :func:`~etl_assets.io.bulk.copy_error` (values masked).

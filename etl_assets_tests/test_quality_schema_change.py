@@ -50,8 +50,16 @@ def test_extract_reports_added_removed_and_retyped_columns_in_its_own_step(
         assert not passed
         assert "Added columns: colour" in text
         assert "- size: integer -> bigint" in text
-        event = instance.get_latest_materialization_event(asset.key)
-        assert event is not None
+        # The check alone (the UI's "execute checks", the daily full-checks job): the two latest
+        # stored materializations, and no new materialization.
+        job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.all_asset_checks())
+        defs = dg.Definitions(assets=[asset], jobs=[job], resources=resources)
+        before = instance.get_latest_materialization_event(asset.key).run_id
+        alone = defs.resolve_job_def("checks_only").execute_in_process(instance=instance)
+        assert alone.success
+        ((passed, text),) = _verdicts(alone)
+        assert not passed and "Added columns: colour" in text
+        assert instance.get_latest_materialization_event(asset.key).run_id == before
     # WARN: a changed schema is reported, the run itself succeeds (checked above) and exits 0.
 
 

@@ -44,17 +44,30 @@ def _columns(schema: Any) -> dict[str, str] | None:
     return None if columns is None else {c.name: c.type for c in columns}
 
 
-def schema_change_result(instance: dg.DagsterInstance, key: dg.AssetKey, current: Any
+_STORED = object()
+
+
+def schema_change_result(instance: dg.DagsterInstance, key: dg.AssetKey, current: Any = _STORED
                          ) -> dg.AssetCheckResult:
     """The check's result for this materialization (``current``: its ``dagster/column_schema``)
-    against the latest stored one, with the verdicts and wording of Dagster's check."""
+    against the latest stored one, with the verdicts and wording of Dagster's check. Without
+    ``current`` (the check run alone: the UI's "execute checks", the daily full-checks job), the
+    latest stored materialization against the one before, as Dagster's check does."""
 
     def result(passed: bool, text: str, **extra: Any) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(asset_key=key, check_name=SCHEMA_CHANGE_CHECK, passed=passed,
                                    severity=dg.AssetCheckSeverity.WARN, description=text,
                                    metadata={"description": text, **extra})
 
-    records = instance.fetch_materializations(records_filter=key, limit=1).records
+    if current is _STORED:  # the check alone: the two latest stored materializations
+        records = instance.fetch_materializations(records_filter=key, limit=2).records
+        if len(records) < 2:
+            return result(True, "The asset has been materialized fewer than 2 times")
+        latest = records[0].asset_materialization
+        current = (latest.metadata if latest else {}).get("dagster/column_schema")
+        records = records[1:]
+    else:
+        records = instance.fetch_materializations(records_filter=key, limit=1).records
     if not records:
         return result(True, "The asset has been materialized fewer than 2 times")
     now = _columns(current)

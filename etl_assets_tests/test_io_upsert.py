@@ -355,3 +355,16 @@ def test_key_only_table_duplicates_refused_and_reruns_unchanged(dbs, fast):
     with pytest.raises(DuplicateKeys, match=r"\(a, b\) = \(1, 2\) 2 times"):
         run(spec, dbs)
     assert scalar(dbs["warehouse"], sql.SQL("SELECT count(*) FROM {}").format(spec.target.ident)) == 2
+
+
+def test_repeated_keys_are_found_with_one_or_several_key_columns_and_nulls():
+    from etl_assets.io.upsert import has_repeated_keys
+
+    one = pl.DataFrame({"k": [1, 2, None, 3], "v": [1, 1, 1, 1]})
+    assert not has_repeated_keys(one, ["k"])
+    assert has_repeated_keys(one.vstack(pl.DataFrame({"k": [None], "v": [2]})), ["k"])  # NULLs group
+    assert has_repeated_keys(one.vstack(pl.DataFrame({"k": [2], "v": [2]})), ["k"])
+    two = pl.DataFrame({"a": [1, 1, None, None], "b": ["x", "y", "x", None]})
+    assert not has_repeated_keys(two, ["a", "b"])
+    assert has_repeated_keys(two.vstack(pl.DataFrame({"a": [None], "b": [None]})), ["a", "b"])
+    assert not has_repeated_keys(two.head(1), ["a", "b"]) and not has_repeated_keys(two.head(0), ["a"])

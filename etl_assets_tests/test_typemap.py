@@ -16,7 +16,7 @@ from psycopg import sql
 from etl_assets.errors import SchemaMismatch
 from etl_assets.io.reader import read_table
 from etl_assets.io.tables import TableRef
-from etl_assets.io.typemap import PgType
+from etl_assets.io.typemap import PgType, to_polars
 from etl_assets.io.writer import write_frame
 
 UTC = dt.UTC
@@ -256,3 +256,97 @@ def test_unsigned_and_128_bit_integers_go_to_numeric(conn, fresh_schema):
         (Decimal(0), Decimal(2**100), 0),
         (Decimal(2**64 - 1), Decimal(-(2**100)), 2**32 - 1),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# pandas Decimal columns: typed (vectorised) conversion to the target's numeric(p,s), exact fallback
+# --------------------------------------------------------------------------------------------------
+
+
+def _decimals(values: list) -> pd.DataFrame:
+    return pd.DataFrame({"d": pd.Series(values, dtype=object)})
+
+
+def test_pandas_decimals_take_the_target_numeric_type_exactly():
+    values = [Decimal("-9999999999.99"), Decimal("0.1"), None, Decimal("7"), Decimal("NaN"), 3]
+    out, hints = to_polars(_decimals(values), {"d": PgType("numeric", 12, 2)})
+    assert out["d"].dtype == pl.Decimal(12, 2) and hints == {}
+    # pandas semantics: Decimal NaN is a missing value (as without a target type)
+    assert out["d"].to_list() == [Decimal("-9999999999.99"), Decimal("0.10"), None, Decimal("7.00"), None, 3]
+    assert to_polars(_decimals(values))[0]["d"].to_list() == out["d"].to_list()
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (Decimal("123456.78"), "more integer digits than numeric(7,2)"),
+        (Decimal("1.234"), "a finer scale"),
+        (Decimal("1E-40"), "more than 38 digits below the scale (pyarrow's decimal128 would give 0)"),
+        (Decimal("0." + "0" * 44 + "5"), "far below the scale"),
+    ],
+)
+def test_values_that_do_not_fit_the_target_type_keep_the_exact_path(value, reason):
+    values = [Decimal("1.50"), value]
+    out, _ = to_polars(_decimals(values), {"d": PgType("numeric", 7, 2)})
+    assert out["d"].dtype != pl.Decimal(7, 2), reason
+    assert [Decimal(str(v)) for v in out["d"].to_list()] == values, reason
+
+
+def test_a_float_among_decimals_is_handled_as_without_a_target_type():
+    frame = _decimals([Decimal("1.50"), 2.5])
+    try:
+        expected = to_polars(frame)[0]["d"].to_list()
+    except SchemaMismatch:
+        with pytest.raises(SchemaMismatch):
+            to_polars(frame, {"d": PgType("numeric", 7, 2)})
+    else:
+        assert to_polars(frame, {"d": PgType("numeric", 7, 2)})[0]["d"].to_list() == expected
+
+
+@pytest.mark.parametrize(
+    "target",
+    [PgType("numeric", 40, 2), PgType("numeric"), PgType("numeric", 3, 5), PgType.parse("numeric(5,-2)")],
+)
+def test_numeric_types_without_a_128_bit_decimal_keep_the_exact_path(target):
+    values = [Decimal("1.25"), None, Decimal("-300")]
+    out, _ = to_polars(_decimals(values), {"d": target})
+    assert out["d"].dtype == to_polars(_decimals(values))[0]["d"].dtype
+    assert out["d"].to_list() == [Decimal("1.25"), None, Decimal("-300.00")]
+
+
+def test_decimals_beyond_38_digits_go_as_exact_numeric_text():
+    big = Decimal("1." + "1" * 45)
+    out, hints = to_polars(_decimals([big, None, Decimal("-2")]))
+    assert out["d"].dtype == pl.String and hints["d"] == PgType("numeric")
+    assert [None if v is None else Decimal(v) for v in out["d"].to_list()] == [big, None, Decimal("-2")]
+
+
+def test_pandas_decimal_upsert_round_trips_exactly_into_existing_numeric(conn, fresh_schema):
+    t = TableRef(fresh_schema, "money")
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, amount numeric(20,4), big numeric)").format(t.ident)
+    )
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 1, 1), (2, 2, 2)").format(t.ident))
+    huge = Decimal("9" * 50 + "." + "1" * 10)
+    df = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "amount": pd.Series(
+                [Decimal("1.0000"), Decimal("-9999999999999999.9999"), None, Decimal("0.0001")], dtype=object
+            ),
+            "big": pd.Series([Decimal("1"), huge, Decimal("1E-60"), None], dtype=object),
+        }
+    )
+    r = write_frame(conn, df, t, "upsert", primary_key=["id"])
+    assert (r.inserted, r.updated, r.unchanged) == (2, 1, 1)
+    assert _types(conn, t)["amount"] == "numeric(20,4)" and _types(conn, t)["big"] == "numeric"
+    got = conn.execute(sql.SQL("SELECT id, amount, big FROM {} ORDER BY id").format(t.ident)).fetchall()
+    assert got == [
+        (1, Decimal("1.0000"), Decimal("1")),
+        (2, Decimal("-9999999999999999.9999"), huge),
+        (3, None, Decimal("1E-60")),
+        (4, Decimal("0.0001"), None),
+    ]
+    # the same frame again: nothing changed
+    again = write_frame(conn, df, t, "upsert", primary_key=["id"])
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 4)

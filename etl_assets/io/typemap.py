@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -134,12 +135,17 @@ def _first_value(series: Any) -> Any:
     return None if idx is None else series.loc[idx]
 
 
-def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
+def to_polars(
+    frame: Any, numeric: Mapping[str, PgType] | None = None
+) -> tuple[pl.DataFrame, dict[str, PgType]]:
     """Return ``frame`` as polars plus PostgreSQL type hints for columns polars cannot express.
 
     pandas ``object`` columns holding ``uuid.UUID`` become text hinted ``uuid``; columns holding
     dicts (or lists of dicts) become JSON text hinted ``jsonb``. Everything else goes through
     Arrow (``pl.from_pandas``), which is columnar and keeps NULL distinct from ''.
+    ``numeric``: the ``numeric(p,s)`` types of the columns of the table the frame goes into, if it
+    exists; a pandas ``Decimal`` column is converted straight to that type when its values fit
+    (:func:`_decimal_column`).
     """
     import polars as pl
 
@@ -185,7 +191,9 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
             converted[name] = col.map(json.dumps, na_action="ignore")
             hints[name] = PgType("jsonb")
         elif isinstance(value, Decimal):
-            decimals[name] = _declared_decimal(_decimal_series(name, col), declared.get(name))
+            decimals[name] = _decimal_column(name, col, declared.get(name), (numeric or {}).get(name))
+            if decimals[name].dtype == pl.String:
+                hints[name] = PgType("numeric")
     if converted:
         frame = frame.assign(**converted)
     try:
@@ -201,6 +209,62 @@ def to_polars(frame: Any) -> tuple[pl.DataFrame, dict[str, PgType]]:
     for name in converted:
         out = out.with_columns(pl.col(name).cast(pl.String))
     return out, hints
+
+
+MAX_DECIMAL128 = 38  # digits of Arrow's (and polars') 128-bit decimal
+
+
+def _decimal_column(name: str, col: Any, declared: str | None, target: PgType | None) -> pl.Series:
+    """A pandas object column of ``Decimal`` as polars, exactly.
+
+    First choice, vectorised: the ``numeric(p,s)`` the column was read from (``declared``) or the
+    one it goes into (``target``), when every value fits it (:func:`_decimal_as`): one typed Arrow
+    conversion, no scale sampling, no precision scan, the table's own type (nothing to reconcile).
+    Otherwise (values bigger or finer than that type, no such type) the smallest fitting precision
+    (:func:`_decimal_series`); values with more than 38 digits go as exact text hinted ``numeric``.
+    """
+    tried: set[PgType] = set()
+    for pg in (PgType.parse(declared) if declared else None, target):
+        if pg is None or pg in tried:
+            continue
+        tried.add(pg)
+        typed = _decimal_as(name, col, pg)
+        if typed is not None:
+            return typed
+    return _declared_decimal(_decimal_series(name, col), declared)
+
+
+def _decimal128(values: Any, precision: int, scale: int) -> Any:
+    """``values`` (Decimal objects, None/NaN as NULL) as an Arrow ``decimal128(precision, scale)``
+    array; raises if a value does not fit exactly.
+
+    Parsed as ``decimal256(76, scale)`` and then cast with overflow checks: pyarrow's direct
+    ``decimal128`` conversion turns a value with more than 38 digits below the target scale into
+    0 without an error (``Decimal("1E-40")`` into scale 2); the 256-bit parse rejects it.
+    """
+    import pyarrow as pa
+
+    wide = pa.array(values, type=pa.decimal256(2 * MAX_DECIMAL128, scale), from_pandas=True)
+    return wide.cast(pa.decimal128(precision, scale))
+
+
+def _decimal_as(name: str, col: Any, pg: PgType) -> pl.Series | None:
+    """``col`` as polars ``Decimal(p, s)`` of the ``numeric(p,s)`` ``pg``, or None when a value does
+    not fit it exactly (too many digits, a finer scale, not a Decimal or integer, infinity) or the
+    type has no 128-bit decimal (precision above 38, a negative scale, scale above precision)."""
+    import polars as pl
+    import pyarrow as pa
+
+    if pg.base != "numeric" or pg.dims or pg.precision is None:
+        return None
+    scale = pg.scale or 0
+    if not 0 <= scale <= pg.precision <= MAX_DECIMAL128 or pg.precision < 1:
+        return None
+    try:
+        arr = _decimal128(col.to_numpy(), pg.precision, scale)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
+        return None
+    return pl.Series(name, arr)
 
 
 def _declared_decimal(series: pl.Series, declared: str | None) -> pl.Series:
@@ -239,12 +303,17 @@ def _decimal_series(name: str, col: Any) -> pl.Series:
     sample = col.dropna().iloc[:1000]
     try:
         scale = pa.array(sample.to_numpy()).type.scale if len(sample) else 0
-        arr = pa.array(values, type=pa.decimal128(38, scale), from_pandas=True)
+        arr = _decimal128(values, MAX_DECIMAL128, scale)
     except (pa.ArrowInvalid, pa.ArrowTypeError, AttributeError):
         try:
             arr = pa.array(values, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise SchemaMismatch(f"Column {name!r} holds decimals PostgreSQL cannot take: {exc}") from exc
+            text = _decimal_text(name, col)
+            if text is None:
+                raise SchemaMismatch(f"Column {name!r} holds decimals PostgreSQL cannot take: {exc}") from exc
+            return text
+        if pa.types.is_decimal(arr.type) and arr.type.precision > MAX_DECIMAL128:
+            return pl.Series(name, arr.cast(pa.string()))
     series = pl.Series(name, arr)
     if not isinstance(series.dtype, pl.Decimal):
         return series
@@ -252,6 +321,22 @@ def _decimal_series(name: str, col: Any) -> pl.Series:
     biggest = series.abs().max()
     digits = len(str(int(biggest))) if biggest is not None and int(biggest) != 0 else 1
     return series.cast(pl.Decimal(min(38, max(digits + scale, 1)), scale))
+
+
+def _decimal_text(name: str, col: Any) -> pl.Series | None:
+    """Decimals with more digits than any Arrow decimal (76) as exact text, which the caller hints
+    ``numeric`` and PostgreSQL parses (its numeric takes them); None if a value is not a Decimal.
+
+    Python per value, but only for columns no decimal type can hold.
+    """
+    import pandas as pd
+    import polars as pl
+
+    values = col.to_numpy()
+    missing = pd.isna(values)  # None, NaN and Decimal NaN, as Arrow's from_pandas sees them
+    if not all(isinstance(v, Decimal) for v in values[~missing]):
+        return None
+    return pl.Series(name, [None if m else str(v) for v, m in zip(values, missing, strict=True)], pl.String)
 
 
 def _has_dict(value: Any) -> bool:

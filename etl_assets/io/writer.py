@@ -39,7 +39,7 @@ from etl_assets.io.bulk import copy_frame
 from etl_assets.io.swap import ATTEMPTS, LOCK_TIMEOUT, build_and_swap
 from etl_assets.io.tables import TableRef, lock_target
 from etl_assets.io.target import TargetShape, ensure_target
-from etl_assets.io.typemap import PgType, pg_type_for, to_polars
+from etl_assets.io.typemap import PgType, is_pandas, pg_type_for, to_polars
 from etl_assets.io.upsert import upsert_frame
 from etl_assets.migrations import ensure_control_tables
 
@@ -353,6 +353,25 @@ def swap_write(
 # --------------------------------------------------------------------------------------------------
 
 
+def _converted(
+    conn: psycopg.Connection, frame: Any, target: TableRef, order_by: str | None, *, known: bool
+) -> tuple[pl.DataFrame, dict[str, PgType]]:
+    """``frame`` as polars (:func:`to_polars`), with its ``order_by`` column checked.
+
+    ``known``: pass the target's ``numeric(p,s)`` column types, so that pandas ``Decimal`` columns
+    are converted straight to them (one typed Arrow conversion each) instead of to the smallest
+    type their values need. Asked inside the write's transaction: outside it the query would open
+    one on a connection that is not in autocommit.
+    """
+    numeric = None
+    if known:
+        numeric = {c.name: c.type for c in catalog.columns(conn, target) if c.type.base == "numeric"}
+    df, hints = to_polars(frame, numeric)
+    if order_by is not None and order_by not in df.columns:
+        raise ConfigError(f"order_by column {order_by!r} is not in the frame for {target} ({df.columns}).")
+    return df, hints
+
+
 def write_frame(
     conn: psycopg.Connection,
     frame: Any,
@@ -379,14 +398,16 @@ def write_frame(
         )
     if mode == "swap" and partition is not None:
         raise ConfigError(f"write_mode 'swap' replaces all of {target}; it cannot write one partition.")
-    df, hints = to_polars(frame)
-    if order_by is not None and order_by not in df.columns:
-        raise ConfigError(f"order_by column {order_by!r} is not in the frame for {target} ({df.columns}).")
+    from_pandas = is_pandas(frame)
+    if not from_pandas:
+        df, hints = _converted(conn, frame, target, order_by, known=False)
     hooks = list(on_commit)
     if mode == "swap":
         ensure_control_tables(conn)  # etl.swap_history records the previous version for rollback
     with conn.transaction():
         lock_target(conn, target)
+        if from_pandas:  # converted to the target's numeric types, read in this transaction
+            df, hints = _converted(conn, frame, target, order_by, known=True)
         if mode == "swap":
             result = swap_write(
                 conn,

@@ -306,7 +306,12 @@ def run_process_bench(admin_dsn: str, out: Path, *, rows: int = 1_000_000, repea
     (out / "process.json").write_text(json.dumps(report, indent=2))
     log("")
     log(format_process_table(report))
-    log(f"results: {out / 'process.json'}")
+    try:
+        drew = draw_process_chart(report, out / "process.png")
+    except Exception as exc:  # a chart must never lose the measured results
+        log(f"chart not drawn: {type(exc).__name__}: {exc}")
+        drew = False
+    log(f"results: {out / 'process.json'}" + (f"; chart: {out / 'process.png'}" if drew else ""))
     ran = [r for r in results if not r.gap]
     return 0 if ran and all(r.verified for r in ran) else 1
 
@@ -481,3 +486,42 @@ def format_process_table(report: dict[str, Any]) -> str:
         state = "n/a" if g["met"] is None else ("met" if g["met"] else "MISSED")
         lines.append(f"  {g['goal']}: {g['value']} {g['unit']} (limit {g['limit']}): {state}")
     return "\n".join(lines)
+
+
+def draw_process_chart(report: dict[str, Any], path: Path) -> bool:
+    """Seconds and peak memory per job and tool, the floor as a line. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rs = [JobResult(**r) for r in report["results"]]
+    jobs = [("full", "full load"), ("incremental_unchanged", "incremental,\nnothing changed"),
+            ("incremental_1pct", "incremental,\n1 % changed")]
+    tools = [("copy-pipe", "tab:green"), ("etl-assets", "tab:blue"), ("sling", "tab:orange"),
+             ("dlt", "tab:purple")]
+    floor = _find(rs, "floor", "floor")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    width = 0.2
+    for col, (field_name, title) in enumerate([("seconds", "seconds per process (lower is better)"),
+                                               ("peak_mb", "peak resident memory, MB")]):
+        ax = axes[col]
+        for i, (tool, color) in enumerate(tools):
+            values = []
+            for job, _ in jobs:
+                r = _find(rs, job, tool)
+                values.append(getattr(r, field_name) if r else 0)
+            ax.bar([j + (i - 1.5) * width for j in range(len(jobs))], values, width, label=tool, color=color)
+        if floor is not None:
+            ax.axhline(getattr(floor, field_name), color="black", linestyle="--", linewidth=1,
+                       label="floor: a do-nothing Dagster run")
+        ax.set_xticks(range(len(jobs)), [label for _, label in jobs])
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Whole processes, {report['rows']:,} rows (median of {report['repeat']})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

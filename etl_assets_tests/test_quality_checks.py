@@ -147,6 +147,19 @@ def test_threshold_turns_a_blocking_failure_into_a_pass(fresh_schema, warehouse_
         assert evaluations(result)["no_null_ids"].metadata["failing_rows"].value == 1
 
 
+def _materialize_with_rules(src, down, rules, warehouse):
+    """The two test assets and the rules' checks, materialized on a test instance: the result and the
+    check evaluations by name."""
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [src, down, build_asset_checks(rules)],
+            resources={"warehouse": warehouse},
+            instance=instance,
+            raise_on_error=False,
+        )
+        return result, evaluations(result)
+
+
 def test_broken_rule_fails_with_reason_and_others_still_report(
     fresh_schema, warehouse_dsn, warehouse
 ) -> None:
@@ -159,18 +172,11 @@ def test_broken_rule_fails_with_reason_and_others_still_report(
         ),
         table=TableRef(fresh_schema, "src"),
     )
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [src, down, build_asset_checks(rules)],
-            resources={"warehouse": warehouse},
-            instance=instance,
-            raise_on_error=False,
-        )
-        got = evaluations(result)
-        assert got["broken"].passed is False
-        assert "no_such_column" in got["broken"].metadata["error"].value
-        assert got["fine"].passed is True
-        assert result.success
+    result, got = _materialize_with_rules(src, down, rules, warehouse)
+    assert got["broken"].passed is False
+    assert "no_such_column" in got["broken"].metadata["error"].value
+    assert got["fine"].passed is True
+    assert result.success
 
 
 def test_polars_rules_declared_as_functions_in_a_real_run(fresh_schema, warehouse_dsn, warehouse) -> None:
@@ -187,23 +193,16 @@ def test_polars_rules_declared_as_functions_in_a_real_run(fresh_schema, warehous
         ),
         table=TableRef(fresh_schema, "src"),
     )
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [src, down, build_asset_checks(rules)],
-            resources={"warehouse": warehouse},
-            instance=instance,
-            raise_on_error=False,
-        )
-        got = evaluations(result)
-        assert got["emails"].passed is False
-        assert got["emails"].metadata["failing_rows"].value == 1
-        built = polars.col("email").str.contains("@")
-        assert got["emails"].metadata["rule"].value["expression"] == str(built)
-        assert got["broken"].passed is False
-        assert "building its polars expression failed" in got["broken"].metadata["error"].value
-        assert got["broken"].metadata["rule"].value["expression"].startswith("function ")
-        assert got["fine"].passed is True
-        assert result.success
+    result, got = _materialize_with_rules(src, down, rules, warehouse)
+    assert got["emails"].passed is False
+    assert got["emails"].metadata["failing_rows"].value == 1
+    built = polars.col("email").str.contains("@")
+    assert got["emails"].metadata["rule"].value["expression"] == str(built)
+    assert got["broken"].passed is False
+    assert "building its polars expression failed" in got["broken"].metadata["error"].value
+    assert got["broken"].metadata["rule"].value["expression"].startswith("function ")
+    assert got["fine"].passed is True
+    assert result.success
 
 
 def test_checks_run_read_only_with_a_statement_timeout(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from etl_assets import console
-from etl_assets.bench.harness import Contender, Observed, Result, run_batch, run_contender
+from etl_assets.bench.harness import Contender, Observed, Result, draw_safely, run_batch, run_contender
 
 DEFAULT_SIZES = (100_000, 1_000_000)
 LARGE_SIZE = 5_000_000
@@ -654,11 +654,7 @@ def run(args: argparse.Namespace, log=print) -> int:
     json_path.write_text(json.dumps(report, indent=2))
     partial_path.unlink(missing_ok=True)
     png = out / "bench.png"
-    try:
-        drew = draw_chart(results, png)
-    except Exception as exc:  # a chart must never lose the measured results
-        log(f"chart not drawn: {type(exc).__name__}: {exc}")
-        drew = False
+    drew = draw_safely(lambda: draw_chart(results, png), log)
     log(f"\nresults: {json_path}" + (f"; chart: {png}" if drew else " (no chart: pip install -e '.[bench]')"))
     ran = [r for r in results if not r.gap]
     return 0 if ran and all(r.verified for r in ran) else 1

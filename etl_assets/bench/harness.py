@@ -482,3 +482,13 @@ if __name__ == "__main__":
     from etl_assets.bench import harness as _harness
 
     sys.exit(_harness._child(sys.argv[1], sys.argv[2]))
+
+
+def draw_safely(draw: Any, log: Any) -> bool:
+    """Call ``draw()`` (a chart): True when drawn; a failure is logged, never raised, so that a chart
+    never loses the measured results (False also when matplotlib is missing)."""
+    try:
+        return bool(draw())
+    except Exception as exc:
+        log(f"chart not drawn: {type(exc).__name__}: {exc}")
+        return False

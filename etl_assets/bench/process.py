@@ -46,6 +46,7 @@ import psycopg
 from psycopg import sql
 
 from etl_assets.bench.data import ddl, table_checksum_dsn
+from etl_assets.bench.harness import draw_safely
 from etl_assets.bench.scratch import create_database, drop_database
 from etl_assets.settings import PROJECT_ROOT, dagster_storage_url
 
@@ -306,11 +307,7 @@ def run_process_bench(admin_dsn: str, out: Path, *, rows: int = 1_000_000, repea
     (out / "process.json").write_text(json.dumps(report, indent=2))
     log("")
     log(format_process_table(report))
-    try:
-        drew = draw_process_chart(report, out / "process.png")
-    except Exception as exc:  # a chart must never lose the measured results
-        log(f"chart not drawn: {type(exc).__name__}: {exc}")
-        drew = False
+    drew = draw_safely(lambda: draw_process_chart(report, out / "process.png"), log)
     log(f"results: {out / 'process.json'}" + (f"; chart: {out / 'process.png'}" if drew else ""))
     ran = [r for r in results if not r.gap]
     return 0 if ran and all(r.verified for r in ran) else 1

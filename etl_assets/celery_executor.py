@@ -96,6 +96,16 @@ def build_executor():
     return celery_executor.configured(executor_config(), name="etl_celery")
 
 
+def one_table_run_config() -> dict:
+    """The run config of an automated run of one table: its steps (the extract and its checks) in the
+    run's own process. Dagster's default executor starts a process per step, each importing Dagster
+    and the Definitions again (seconds per step) to gain nothing when a single extract runs; with
+    Celery the steps go to the workers as configured (empty config)."""
+    if celery_enabled():
+        return {}
+    return {"execution": {"config": {"in_process": {}}}}
+
+
 def source_queue(name: str) -> str:
     """The queue of a named source's extracts (``source-<name>``): a worker near that database takes
     them with ``etl-assets worker --queue source-<name>``."""

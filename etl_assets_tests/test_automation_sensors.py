@@ -84,6 +84,7 @@ def test_change_requests_one_run_same_change_once_no_change_no_run(dbs, instance
     assert set(request.asset_selection) == {dg.AssetKey(s.asset_key_path) for s in specs}
     assert request.tags[sensors.AUTOMATION_TAG] == sensor.name
     assert request.tags["dagster/priority"] == "1"  # ahead of the recompute runs in the queue
+    assert request.run_config == {}  # two extracts: Dagster's default, a process per step
     for spec in specs:
         run(spec, dbs)
     # Nothing moved: no run, and the reason says what was seen.
@@ -96,6 +97,8 @@ def test_change_requests_one_run_same_change_once_no_change_no_run(dbs, instance
         sql.Identifier(second)))
     (moved,) = _tick(sensor, job, specs, instance, dbs).run_requests
     assert moved.asset_selection == [dg.AssetKey(specs[1].asset_key_path)]
+    # one table: its steps run in the run's own process (no process per step)
+    assert moved.run_config == {"execution": {"config": {"in_process": {}}}}
     assert moved.run_key.startswith("watch_incremental_every_30s:")
     # The same change seen again: the same key (the daemon launches a key once).
     (again,) = _tick(sensor, job, specs, instance, dbs).run_requests

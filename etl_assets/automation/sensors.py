@@ -201,10 +201,14 @@ def evaluate(context: dg.SensorEvaluationContext, sensor_name: str, interval: fl
     }
     key = run_key(sensor_name, wanted, last_ids)
     context.log.info(f"requesting {key}: {seen}")
+    from etl_assets.celery_executor import one_table_run_config
+
     request = dg.RunRequest(
         run_key=key,
         asset_selection=[asset_key(by_target[p.target]) for p in wanted],
         tags={AUTOMATION_TAG: sensor_name, PRIORITY_TAG: EXTRACT_PRIORITY},
+        # one table: its steps in the run's process; several: a process per step, side by side
+        run_config=one_table_run_config() if len(wanted) == 1 else {},
     )
     return dg.SensorResult(run_requests=[request], asset_events=events)
 

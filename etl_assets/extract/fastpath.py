@@ -1,4 +1,4 @@
-"""The COPY transport (``fast_path: true``): rows never become Python objects.
+"""The COPY transport (``fast_path: true``, the default): rows never become Python objects.
 
 The source's ``COPY (SELECT …) TO STDOUT`` is streamed block by block into the warehouse's
 ``COPY … FROM STDIN`` - what ``pg_dump | psql`` does - in BINARY format when every column has a

@@ -4,9 +4,9 @@ Every read strategy (:mod:`.full`, :mod:`.incremental`, :mod:`.chunked`) decides
 how it commits (snapshot, transactions, checkpoints, state); a transport decides HOW the rows of one
 query get into a warehouse table. Two exist:
 
-* :class:`FrameTransport` (the default): ``COPY (query) TO STDOUT`` as CSV into bounded polars
+* :class:`FrameTransport` (``fast_path: false``): ``COPY (query) TO STDOUT`` as CSV into bounded polars
   frames of text, written with the IO layer's bulk pieces (``copy_frame``, ``upsert_frame``);
-* :class:`etl_assets.extract.fastpath.CopyTransport` (``fast_path: true``): the source's COPY
+* :class:`etl_assets.extract.fastpath.CopyTransport` (``fast_path: true``, the default): the source's COPY
   stream piped into the warehouse's ``COPY … FROM STDIN``, rows never becoming Python objects.
 
 A transport is made per run, after the target is prepared, as

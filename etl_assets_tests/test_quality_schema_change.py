@@ -60,6 +60,12 @@ def test_extract_reports_added_removed_and_retyped_columns_in_its_own_step(
         ((passed, text),) = _verdicts(alone)
         assert not passed and "Added columns: colour" in text
         assert instance.get_latest_materialization_event(asset.key).run_id == before
+        # The asset without its check (the UI's launchpad selects no checks): it materializes, no verdict.
+        job_def = dg.Definitions(assets=[asset], resources=resources).resolve_implicit_global_asset_job_def()
+        subset = job_def.get_subset(asset_selection={asset.key}, asset_check_selection=set())
+        bare = subset.execute_in_process(instance=instance)
+        assert bare.success and _verdicts(bare) == []
+        assert instance.get_latest_materialization_event(asset.key).run_id == bare.run_id
     # WARN: a changed schema is reported, the run itself succeeds (checked above) and exits 0.
 
 

@@ -23,7 +23,7 @@ query Status($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { 
 """
 
 
-def test_ui_lists_the_assets_and_a_launched_run_succeeds(dev_server: DevServer, warehouse_dsn: str) -> None:
+def test_ui_lists_the_assets_and_a_launched_run_succeeds(dev_server: DevServer) -> None:
     def asset_paths() -> list[str] | None:
         nodes = dev_server.query(ASSETS_QUERY)["assetNodes"]
         return sorted("/".join(n["assetKey"]["path"]) for n in nodes) or None
@@ -54,5 +54,6 @@ def test_ui_lists_the_assets_and_a_launched_run_succeeds(dev_server: DevServer, 
         return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
 
     assert dev_server.poll(finished, "the launched run to finish") == "SUCCESS"
-    with psycopg.connect(warehouse_dsn) as conn:
+    # the server's own warehouse (dev_server runs on fresh databases), not the session's
+    with psycopg.connect(dev_server.env["ETL_WAREHOUSE_DSN"]) as conn:
         assert conn.execute("SELECT count(*) FROM raw.categories").fetchone()[0] == 12

@@ -70,8 +70,11 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         op_tags=source_op_tags(spec),
     )
     def _extract(context: dg.AssetExecutionContext):
+        # Yielded, not returned: Dagster validates a returned result against every output of the op,
+        # and a run that selects the asset without its check (the UI's launchpad) has one unused.
         if key not in context.selected_asset_keys:  # only the schema check was selected
-            return schema_change_result(context.instance, key)
+            yield schema_change_result(context.instance, key)
+            return
         source: PostgresResource = getattr(context.resources, source_resource_key)
         warehouse: PostgresResource = getattr(context.resources, keys.warehouse)
 
@@ -104,8 +107,8 @@ def extract_asset(spec: TableSpec, origin: str, keys: ResourceKeys = DEFAULT_KEY
         metadata = {**quality, **report.metadata()}
         checks = [schema_change_result(context.instance, key, metadata.get("dagster/column_schema"))
                   for check in context.selected_asset_check_keys if check.name == SCHEMA_CHANGE_CHECK]
-        return dg.MaterializeResult(asset_key=key, metadata=metadata, data_version=version,
-                                    check_results=checks)
+        yield dg.MaterializeResult(asset_key=key, metadata=metadata, data_version=version,
+                                   check_results=checks)
 
     return _extract
 

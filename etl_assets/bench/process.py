@@ -179,11 +179,23 @@ def _sling_binary() -> str | None:
 
 
 def _sling_url(dsn: str) -> str:
-    """Sling takes a URL with host and port; a socket-only DSN goes through its ``host`` parameter."""
-    from etl_assets.bench.peer_dlt import _dlt_destination_url
+    """Sling's connection URL for ``dsn``: host and port in the URL, or, for a unix socket (the
+    embedded server), no host in the URL and the socket folder as the ``host`` parameter (a
+    placeholder host there would make Sling connect over TCP to whatever listens on that port)."""
+    from urllib.parse import quote, urlencode
 
-    url = _dlt_destination_url(dsn)
-    return url + ("&" if "?" in url else "?") + "sslmode=disable"
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    user = quote(params.pop("user", "postgres"), safe="")
+    password = params.pop("password", None)
+    auth = user + (f":{quote(password, safe='')}" if password else "")
+    database = quote(params.pop("dbname", "postgres"), safe="")
+    host, port = params.pop("host", "localhost"), params.pop("port", "5432")
+    params.setdefault("sslmode", "disable")
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{database}?" + urlencode({"host": host, "port": port, **params})
+    return f"postgresql://{auth}@{host}:{port}/{database}?" + urlencode(params)
 
 
 def _psql() -> str | None:

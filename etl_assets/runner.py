@@ -642,9 +642,7 @@ def keep_storage_connections(instance: dg.DagsterInstance) -> None:
     webserver takes: a pool of one connection (plus overflow for concurrent callers), no statement
     timeout (0).
     """
-    optimize = getattr(instance, "optimize_for_webserver", None)
-    if optimize is not None:
-        optimize(statement_timeout=0, pool_recycle=3600, max_overflow=4)
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
 
 
 def run(

@@ -332,30 +332,37 @@ def _measure(tools: Tools, dsns: dict[str, str], rows: int, repeat: int,
     pipe_gap = None if tools.psql else "no psql on the PATH or in the embedded server's wheel"
     results: list[JobResult] = []
 
-    def measure(job: str, tool: str, run: Callable[[], Timing], gap: str | None = None,
-                before: Callable[[int], None] | None = None, verify: bool = True) -> JobResult:
+    def source_sum() -> Any:
+        return table_checksum_dsn(dsns["source"], sql.Identifier(SCHEMA, TABLE))
+
+    def timed_run(job: str, tool: str, run: Callable[[], Timing], expected: Any, label: str,
+                  note: str = "") -> Timing:
+        """One timed run, verified against ``expected`` (None: verified by its exit status alone)."""
+        t = run()
+        if t.exit == 0 and expected is None:
+            t.verified = True
+        elif t.exit == 0:
+            role, table = _target(tool, job)
+            t.verified = table_checksum_dsn(dsns[role], table) == expected
+        log(f"  {job} {tool} [{label}]{note}: {t.seconds:.2f} s, peak {t.peak_mb:.0f} MB, {_status(t)}")
+        return t
+
+    def add(job: str, tool: str, gap: str | None, timings: list[Timing]) -> None:
         result = JobResult(job=job, tool=tool, rows=rows, gap=gap)
-        results.append(result)
         if gap:
             log(f"  {job} {tool}: GAP {gap}")
-            return result
-        expected = table_checksum_dsn(dsns["source"], sql.Identifier(SCHEMA, TABLE)) if verify else None
+        elif timings:
+            _summarize(result, timings)
+        results.append(result)
+
+    def measure(job: str, tool: str, run: Callable[[], Timing], gap: str | None = None,
+                before: Callable[[], None] | None = None, verify: bool = True) -> None:
         timings = []
-        for i in range(repeat):
+        for i in range(0 if gap else repeat):
             if before is not None:
-                before(i)
-                expected = table_checksum_dsn(dsns["source"], sql.Identifier(SCHEMA, TABLE))
-            t = run()
-            if t.exit == 0 and verify:
-                role, table = _target(tool, job)
-                t.verified = table_checksum_dsn(dsns[role], table) == expected
-            elif t.exit == 0:
-                t.verified = True
-            timings.append(t)
-            log(f"  {job} {tool} [{i + 1}/{repeat}]: {t.seconds:.2f} s, peak {t.peak_mb:.0f} MB, "
-                f"{_status(t)}")
-        _summarize(result, timings)
-        return result
+                before()
+            timings.append(timed_run(job, tool, run, source_sum() if verify else None, f"{i + 1}/{repeat}"))
+        add(job, tool, gap, timings)
 
     # Untimed: the Dagster storage's and the warehouse's schemas are created once (a deployment has
     # them), and every incremental target gets its first load.
@@ -364,15 +371,15 @@ def _measure(tools: Tools, dsns: dict[str, str], rows: int, repeat: int,
     first = {"etl-assets": lambda: tools.ours("incremental"),
              "sling": lambda: tools.sling_run("incremental"), "dlt": lambda: tools.dlt_run("incremental")}
     gaps = {"etl-assets": None, "sling": sling_gap, "dlt": dlt_gap}
-    for tool, run in first.items():
-        if not gaps[tool]:
-            t = run()
-            log(f"  first incremental load {tool}: {t.seconds:.2f} s (untimed)"
-                + ("" if t.exit == 0 else f", FAILED: {t.output[-2000:]}"))
+    ready = {tool: run for tool, run in first.items() if not gaps[tool]}
+    for tool, run in ready.items():
+        t = run()
+        log(f"  first incremental load {tool}: {t.seconds:.2f} s (untimed)"
+            + ("" if t.exit == 0 else f", FAILED: {t.output[-2000:]}"))
 
     measure("floor", "floor", tools.floor, verify=False)
 
-    def empty_pipe(_: int) -> None:
+    def empty_pipe() -> None:
         with psycopg.connect(dsns["pipe"], autocommit=True) as conn:
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(SCHEMA, TABLE)))
 
@@ -383,28 +390,17 @@ def _measure(tools: Tools, dsns: dict[str, str], rows: int, repeat: int,
 
     for tool, run in first.items():
         measure("incremental_unchanged", tool, run, gaps[tool])
-    slices = iter(range(1, 10_000))
 
-    # Every tool picks up the same change: the change happens once per repeat, before the first tool.
-    per_repeat: list[Callable[[], Timing]] = [first[t] for t in first if not gaps[t]]
-    names = [t for t in first if not gaps[t]]
-    partial: dict[str, list[Timing]] = {t: [] for t in names}
+    # Every tool picks up the same change: it happens once per repeat (another 1 % each time).
+    changed_runs: dict[str, list[Timing]] = {tool: [] for tool in ready}
     for i in range(repeat):
-        changed = _change(dsns["source"], next(slices))
-        expected = table_checksum_dsn(dsns["source"], sql.Identifier(SCHEMA, TABLE))
-        for tool, run in zip(names, per_repeat, strict=True):
-            t = run()
-            if t.exit == 0:
-                role, table = _target(tool, "incremental")
-                t.verified = table_checksum_dsn(dsns[role], table) == expected
-            partial[tool].append(t)
-            log(f"  incremental_1pct {tool} [{i + 1}/{repeat}] ({changed:,} changed): {t.seconds:.2f} s, "
-                f"peak {t.peak_mb:.0f} MB, {_status(t)}")
+        changed = _change(dsns["source"], i + 1)
+        expected = source_sum()
+        for tool, run in ready.items():
+            changed_runs[tool].append(timed_run("incremental_1pct", tool, run, expected, f"{i + 1}/{repeat}",
+                                                f" ({changed:,} changed)"))
     for tool in first:
-        result = JobResult(job="incremental_1pct", tool=tool, rows=rows, gap=gaps[tool])
-        if partial.get(tool):
-            _summarize(result, partial[tool])
-        results.append(result)
+        add("incremental_1pct", tool, gaps[tool], changed_runs.get(tool, []))
     return results
 
 

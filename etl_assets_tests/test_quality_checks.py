@@ -68,44 +68,37 @@ def test_failing_error_check_blocks_downstream_in_a_real_run(fresh_schema, wareh
         keys=("k",),
         sensitive=("email",),
     )
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [src, down, build_asset_checks(rules)],
-            resources={"warehouse": warehouse},
-            instance=instance,
-            raise_on_error=False,
-        )
-        assert not result.success
-        assert materialized_keys(result) == {src_key}  # down never ran
-        down_step = down_key.to_python_identifier()
-        assert [
-            e for e in result.all_events if e.step_key == down_step and e.event_type_value == "STEP_START"
-        ] == []
-        assert any(
-            "blocking asset check failed" in str(e.event_specific_data)
-            and "no_null_ids" in str(e.event_specific_data)
-            for e in result.all_events
-            if e.event_type_value == "STEP_FAILURE"
-        )
-        got = evaluations(result)
-        assert set(got) == {"no_null_ids", "valid_emails", "ids_measured"}
-        err = got["no_null_ids"]
-        assert (err.passed, err.severity, err.blocking) == (False, dg.AssetCheckSeverity.ERROR, True)
-        assert err.metadata["failing_rows"].value == 1
-        assert err.metadata["failing_percent"].value == pytest.approx(100 / 3)
-        assert err.metadata["sample"].value == [{"k": 2, "id": None}]
-        assert err.metadata["rule"].value == {
-            "name": "no_null_ids",
-            "kind": "not_null",
-            "severity": "error",
-            "columns": ["id"],
-        }
-        warn = got["valid_emails"]
-        assert (warn.passed, warn.severity) == (False, dg.AssetCheckSeverity.WARN)
-        assert warn.metadata["sample"].value == [{"k": 3, "email": MASK}]
-        info = got["ids_measured"]
-        assert info.passed is True and info.metadata["failing_rows"].value == 1
-        assert info.metadata["threshold_met"].value is False
+    result, got = _materialize_with_rules(src, down, rules, warehouse)
+    assert not result.success
+    assert materialized_keys(result) == {src_key}  # down never ran
+    down_step = down_key.to_python_identifier()
+    assert [
+        e for e in result.all_events if e.step_key == down_step and e.event_type_value == "STEP_START"
+    ] == []
+    assert any(
+        "blocking asset check failed" in str(e.event_specific_data)
+        and "no_null_ids" in str(e.event_specific_data)
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    )
+    assert set(got) == {"no_null_ids", "valid_emails", "ids_measured"}
+    err = got["no_null_ids"]
+    assert (err.passed, err.severity, err.blocking) == (False, dg.AssetCheckSeverity.ERROR, True)
+    assert err.metadata["failing_rows"].value == 1
+    assert err.metadata["failing_percent"].value == pytest.approx(100 / 3)
+    assert err.metadata["sample"].value == [{"k": 2, "id": None}]
+    assert err.metadata["rule"].value == {
+        "name": "no_null_ids",
+        "kind": "not_null",
+        "severity": "error",
+        "columns": ["id"],
+    }
+    warn = got["valid_emails"]
+    assert (warn.passed, warn.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert warn.metadata["sample"].value == [{"k": 3, "email": MASK}]
+    info = got["ids_measured"]
+    assert info.passed is True and info.metadata["failing_rows"].value == 1
+    assert info.metadata["threshold_met"].value is False
 
 
 def test_failing_warning_check_lets_downstream_run(fresh_schema, warehouse_dsn, warehouse) -> None:
@@ -117,18 +110,11 @@ def test_failing_warning_check_lets_downstream_run(fresh_schema, warehouse_dsn, 
             Rule(name="rows", kind="row_count", min=1, severity="error"),  # passes: blocking but green
         ),
     )
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [src, down, build_asset_checks(rules)],
-            resources={"warehouse": warehouse},
-            instance=instance,
-            raise_on_error=False,
-        )
-        assert result.success
-        assert materialized_keys(result) == {src_key, down_key}
-        got = evaluations(result)
-        assert (got["no_null_ids"].passed, got["no_null_ids"].severity) == (False, dg.AssetCheckSeverity.WARN)
-        assert got["rows"].passed is True and got["rows"].metadata["observed_row_count"].value == 3
+    result, got = _materialize_with_rules(src, down, rules, warehouse)
+    assert result.success
+    assert materialized_keys(result) == {src_key, down_key}
+    assert (got["no_null_ids"].passed, got["no_null_ids"].severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert got["rows"].passed is True and got["rows"].metadata["observed_row_count"].value == 3
 
 
 def test_threshold_turns_a_blocking_failure_into_a_pass(fresh_schema, warehouse_dsn, warehouse) -> None:
@@ -136,15 +122,9 @@ def test_threshold_turns_a_blocking_failure_into_a_pass(fresh_schema, warehouse_
     rules = RuleSet(
         src_key, (Rule(name="no_null_ids", kind="not_null", columns=["id"], max_failing_percent=40),)
     )
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [src, down, build_asset_checks(rules)],
-            resources={"warehouse": warehouse},
-            instance=instance,
-            raise_on_error=False,
-        )
-        assert result.success and materialized_keys(result) == {src_key, down_key}
-        assert evaluations(result)["no_null_ids"].metadata["failing_rows"].value == 1
+    result, _ = _materialize_with_rules(src, down, rules, warehouse)
+    assert result.success and materialized_keys(result) == {src_key, down_key}
+    assert evaluations(result)["no_null_ids"].metadata["failing_rows"].value == 1
 
 
 def _materialize_with_rules(src, down, rules, warehouse):
@@ -242,13 +222,7 @@ def test_checks_run_read_only_with_a_statement_timeout(
         table=TableRef(fresh_schema, "src"),
     )
     monkeypatch.setenv("ETL_CHECK_STATEMENT_TIMEOUT", "500ms")
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [src, down, build_asset_checks(rules)],
-            resources={"warehouse": warehouse},
-            instance=instance,
-            raise_on_error=False,
-        )
+    result, _ = _materialize_with_rules(src, down, rules, warehouse)
     got = evaluations(result)
     assert result.success  # the failing rules are warnings; the read-only rule passes
     assert got["fine"].passed is True and got["fine"].metadata["failing_rows"].value == 0
